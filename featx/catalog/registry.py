@@ -1,0 +1,123 @@
+"""Catalog as data: model entries in ``models/*.yaml``, modelsets in ``modelsets/*.yaml``.
+
+Adding a model is adding a YAML entry; a modelset is a list of ids (or inline entries). Users
+pass their own modelset file with ``--modelset path/to/set.yaml``. This module never imports
+torch: planning and sizing run without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from featx.catalog.spec import MODALITIES, ModelSpec
+from featx.errors import UsageError
+
+_HERE = Path(__file__).parent
+MODELS_DIR = _HERE / "models"
+MODELSETS_DIR = _HERE / "modelsets"
+_TIMM_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)?$")
+
+
+@dataclass(frozen=True)
+class Modelset:
+    name: str
+    description: str
+    models: tuple[ModelSpec, ...]
+
+    def select(self, modality: str = "all") -> list[ModelSpec]:
+        return [m for m in self.models if modality == "all" or m.modality == modality]
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path}: not valid YAML ({e.__class__.__name__}); fix the file") from e
+
+
+@functools.cache
+def catalog() -> dict[str, ModelSpec]:
+    """Every model the catalog knows, by id."""
+    out: dict[str, ModelSpec] = {}
+    for path in sorted(MODELS_DIR.glob("*.yaml")):
+        doc = _read_yaml(path)
+        defaults = doc.get("defaults", {})
+        for entry in doc["models"]:
+            spec = ModelSpec.from_dict({**defaults, **entry})
+            if spec.id in out:
+                raise ValueError(f"{path}: duplicate model id {spec.id!r}")
+            out[spec.id] = spec
+    return out
+
+
+def builtin_modelsets() -> list[str]:
+    return sorted(p.stem for p in MODELSETS_DIR.glob("*.yaml"))
+
+
+def infer_spec(model_id: str) -> ModelSpec:
+    """A spec for an id the catalog does not list: a local directory, an HF id or a timm name."""
+    path = Path(model_id)
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return ModelSpec(id=model_id, modality="language", family="local")
+        raise UsageError(
+            f"{model_id}: a local model must be a directory written by save_pretrained "
+            "(config.json missing)"
+        )
+    if "/" in model_id:
+        return ModelSpec(id=model_id, modality="language", family="unknown")
+    if _TIMM_NAME.match(model_id):
+        return ModelSpec(id=model_id, modality="vision", family=model_id.split("_")[0])
+    raise UsageError(
+        f"{model_id!r} is neither an HF repo id (org/name), a timm name nor a local directory; "
+        "see `featx models` for known ids"
+    )
+
+
+def get_spec(entry: str | dict[str, Any]) -> ModelSpec:
+    if isinstance(entry, dict):
+        known = catalog().get(entry.get("id", ""))
+        base = known.to_dict() if known else {}
+        return ModelSpec.from_dict({**base, **entry})
+    return catalog().get(entry) or infer_spec(entry)
+
+
+def load_modelset(name: str) -> Modelset:
+    """A built-in modelset by name, or a user's YAML file by path."""
+    path = Path(name)
+    if not (name.endswith((".yaml", ".yml")) or path.is_file()):
+        path = MODELSETS_DIR / f"{name}.yaml"
+        if not path.exists():
+            raise UsageError(
+                f"unknown modelset {name!r}; choose one of {', '.join(builtin_modelsets())} "
+                "or pass a YAML file (see README, 'Your own modelset')"
+            )
+    elif not path.exists():
+        raise UsageError(f"modelset file {name} does not exist; check the path")
+    doc = _read_yaml(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
+        raise UsageError(f"{path}: a modelset file needs a top-level 'models:' list of ids")
+    models = tuple(get_spec(e) for e in doc["models"])
+    for m in models:
+        if m.modality not in MODALITIES:
+            raise UsageError(f"{path}: model {m.id!r} has modality {m.modality!r}; use one of {MODALITIES}")
+    return Modelset(doc.get("name", path.stem), doc.get("description", ""), models)
+
+
+def resolve(
+    modelset: str | None = None, models: Iterable[str] | None = None, modality: str = "all"
+) -> list[ModelSpec]:
+    """The models a command works on: ``--models`` wins over ``--modelset``; order kept."""
+    if modality not in ("all", *MODALITIES):
+        raise UsageError(f"--modality {modality!r}: choose all, language or vision")
+    if models:
+        specs = [get_spec(m) for m in models]
+    else:
+        specs = list(load_modelset(modelset or "custom").models)
+    return [s for s in specs if modality == "all" or s.modality == modality]

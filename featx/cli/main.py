@@ -1,0 +1,51 @@
+"""Entry point: wires the command modules; errors become one line with the fix
+(tracebacks only with FEATX_DEBUG=1)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from featx import __version__, settings
+from featx.errors import EXIT_USAGE, FeatxError
+
+COMMANDS = ("featx.cli.extract", "featx.cli.models", "featx.cli.status", "featx.cli.kube", "featx.cli.align")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line + usage hint, exit 2
+        self.exit(EXIT_USAGE, f"featx: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="featx", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"featx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue  # command group not installed in this build
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except FeatxError as e:
+        if settings.DEBUG:
+            raise
+        print(f"featx: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("featx: interrupted; nothing partial was committed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Options shared by several commands, declared once. Flags use the reference's underscore
+spelling (``--output_dir``) and accept the dashed one too (``--output-dir``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from featx import settings
+
+
+def flag(parser: argparse._ActionsContainer, name: str, **kwargs) -> None:
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*names, **kwargs)
+
+
+def add_selection(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("which models")
+    flag(g, "modelset", help="built-in modelset (custom, val, test, exhaustive, smoke) or a YAML file")
+    flag(g, "models", nargs="+", metavar="ID", help="model ids instead of a modelset (HF id, timm name, local dir)")
+    flag(g, "modality", default="all", choices=["all", "language", "vision"])
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    flag(g, "dataset", default=settings.DEFAULT_DATASET,
+         help="HF data set id (prh = minhuh/prh), featx-sample, or a local directory")
+    flag(g, "subset", default=None, help="HF revision of the data set (default wit_1024; a label for local data)")
+    flag(g, "caption_idx", type=int, default=0, help="which text of each row the language models read")
+    flag(g, "num_samples", type=int, default=None, help="use only the first N rows")
+    flag(g, "pool", choices=["avg", "cls", "last", "max"], default=None,
+         help="pooling (default: avg for language, cls for vision models)")
+
+
+def add_store(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where features live")
+    flag(g, "output_dir", default=None, help=f"local directory (default {settings.DEFAULT_OUTPUT_DIR})")
+    flag(g, "store", default=None, help="store URL: s3://bucket/prefix or a directory")
+    flag(g, "s3_endpoint", default=None, help="S3 endpoint URL (overrides AWS_ENDPOINT_URL)")
+
+
+def open_store_from(args: argparse.Namespace):
+    from featx.store import open_store
+
+    if args.store and args.output_dir:
+        from featx.errors import UsageError
+
+        raise UsageError("give either --store or --output_dir, not both")
+    options = {"endpoint_url": args.s3_endpoint} if args.s3_endpoint else {}
+    return open_store(args.store, args.output_dir, **options)

@@ -1,0 +1,68 @@
+"""``featx status``: per model done / failed / missing / corrupt, from one store listing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from featx.cli.options import add_data, add_selection, add_store, flag
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show which models are committed in a store")
+    add_selection(p)
+    add_data(p)
+    add_store(p)
+    flag(p, "format", choices=["pt", "safetensors"], default="pt")
+    flag(p, "json", action="store_true")
+    p.set_defaults(run=run)
+
+
+def model_states(args: argparse.Namespace) -> list[dict]:
+    """One row per selected model: id, key, state, reason, attempts (pure over a store scan)."""
+    from featx.catalog import resolve
+    from featx.data.datasets import HUB_ALIASES
+    from featx.extract.runner import pool_for
+    from featx.store import ArtifactKey
+
+    specs = resolve(args.modelset, args.models, args.modality)
+    store = open_store_from(args)
+    dataset = HUB_ALIASES.get(args.dataset, args.dataset)
+    from pathlib import Path
+
+    if Path(dataset).exists() or dataset == "featx-sample":
+        dataset = Path(dataset).resolve().name if dataset != "featx-sample" else dataset
+        subset = args.subset or "default"
+    else:
+        subset = args.subset or "wit_1024"
+    states = store.scan(f"{dataset}/{subset}/")
+    rows = []
+    for spec in specs:
+        pool = pool_for(spec, args.pool)
+        key = ArtifactKey(dataset, subset, spec.file_name, pool,
+                          args.caption_idx if spec.modality == "language" else 0, args.format)
+        st = states.get(key.stem)
+        rows.append({"id": spec.id, "modality": spec.modality, "state": st.state if st else "missing",
+                     "reason": (st.reason if st else ""), "attempts": st.failure.attempt if st and st.failure else 0,
+                     "key": key.data})
+    return rows
+
+
+def open_store_from(args):
+    from featx.cli.options import open_store_from as _open
+
+    return _open(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = model_states(args)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max((len(r["id"]) for r in rows), default=10)
+        for r in rows:
+            extra = f"  attempts={r['attempts']}" if r["attempts"] else ""
+            print(f"{r['id'].ljust(width)}  {r['state']:<8}{extra}  {r['reason']}".rstrip())
+        counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "missing", "corrupt")}
+        print("  ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0

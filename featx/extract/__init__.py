@@ -1,0 +1,1 @@
+"""Extraction: load a model (one factory), run it over the rows, pool every layer."""

@@ -1,0 +1,246 @@
+"""Language-model extraction: length-sorted, right-padded batches; every hidden state pooled as
+the layer produces it; next-token loss computed in chunks from the final hidden state.
+
+Right padding makes a text's features independent of its batch mates for every family (causal
+attention never looks right; absolute, rotary and ALiBi positions all start at 0), which the
+reference's left padding without ``position_ids`` breaks for GPT-2/GPT-Neo.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from featx.errors import OutOfMemoryError
+from featx.extract.loading import Loaded
+from featx.extract.pooling import pool_tokens
+from featx.extract.result import Extraction
+from featx.plan.batching import plan_batches
+from featx.plan.memory import LOSS_CHUNK_TOKENS
+
+LOG2E = math.log2(math.e)
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int | None) -> list[list[int]]:
+    """Token ids per text, unpadded, with the tokenizer's own special tokens (as the reference)."""
+    enc = tokenizer(texts, add_special_tokens=True, truncation=max_length is not None,
+                    max_length=max_length)["input_ids"]
+    fallback = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return [ids if ids else [fallback] for ids in enc]
+
+
+def max_positions(config: Any) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _decoder_layers(base: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList | None:
+    """The block list: the shallowest ModuleList with one entry per hidden layer."""
+    found = [(name.count("."), m) for name, m in base.named_modules()
+             if isinstance(m, torch.nn.ModuleList) and len(m) == num_layers]
+    return min(found, key=lambda x: x[0])[1] if found else None
+
+
+class LayerTap:
+    """Pools hidden states as the decoder produces them, so the L+1 states of a batch never
+    exist at once. ``hidden_states[0]`` is the first block's input, ``[i]`` block i-1's output,
+    ``[L]`` the final (normed) state, exactly as ``output_hidden_states`` numbers them."""
+
+    def __init__(self, model: Any, pool: str):
+        self.model, self.pool = model, pool
+        self.base = model.base_model
+        self.layers = _decoder_layers(self.base, model.config.num_hidden_layers)
+        self.pooled: list[torch.Tensor] = []
+        self.lengths: torch.Tensor | None = None
+        self.use_hooks = self.layers is not None
+
+    def _take(self, hidden: torch.Tensor) -> None:
+        self.pooled.append(pool_tokens(hidden, self.lengths, self.pool))
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        handles = []
+        if self.use_hooks:
+            def pre(_m, args, kwargs):
+                self._take(args[0] if args else kwargs["hidden_states"])
+
+            def post(_m, _args, output):
+                self._take(output[0] if isinstance(output, (tuple, list)) else output)
+
+            handles.append(self.layers[0].register_forward_pre_hook(pre, with_kwargs=True))
+            handles += [layer.register_forward_hook(post) for layer in list(self.layers)[:-1]]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def forward(self, ids: torch.Tensor, attn: torch.Tensor, lengths: torch.Tensor,
+                full_model: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled states [B, L+1, D] (float32) and the final hidden state [B, T, D] (or the
+        logits, when ``full_model`` runs the whole causal LM)."""
+        self.pooled, self.lengths = [], lengths
+        module = self.model if full_model else self.base
+        with self.hooks():
+            out = module(input_ids=ids, attention_mask=attn, use_cache=False,
+                         output_hidden_states=full_model or not self.use_hooks)
+        if self.use_hooks:
+            self._take(out.hidden_states[-1] if full_model else out[0])
+        else:
+            for h in out.hidden_states:
+                self._take(h)
+        return torch.stack(self.pooled, 1), (out.logits if full_model else out[0])
+
+
+def _logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def chunked_token_ce(model: Any, last: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-sample sum of next-token cross-entropy (nats) over real tokens; full-vocabulary logits
+    exist for at most ``LOSS_CHUNK_TOKENS`` tokens at a time."""
+    B, T = ids.shape
+    valid = torch.arange(T - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)
+    h, labels = last[:, :-1][valid], ids[:, 1:][valid]
+    owner = torch.arange(B, device=ids.device)[:, None].expand(B, T - 1)[valid]
+    sums = torch.zeros(B, dtype=torch.float32, device=ids.device)
+    for s in range(0, h.shape[0], LOSS_CHUNK_TOKENS):
+        ce = F.cross_entropy(_logits(model, h[s:s + LOSS_CHUNK_TOKENS]), labels[s:s + LOSS_CHUNK_TOKENS], reduction="none")
+        sums.index_add_(0, owner[s:s + LOSS_CHUNK_TOKENS], ce)
+    return sums
+
+
+def logits_token_ce(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-sample CE sums from the model's own logits (fallback path)."""
+    valid = torch.arange(ids.shape[1] - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+    return (ce * valid).sum(1)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    scale = max(b.abs().max().item(), 1.0)
+    return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), rtol=2e-2, atol=2e-2 * scale))
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+class LanguageExtractor:
+    def __init__(self, loaded: Loaded, pool: str):
+        self.loaded, self.model, self.pool = loaded, loaded.model, pool
+        self.device = next(self.model.parameters()).device
+        self.tap = LayerTap(self.model, pool)
+        tok = loaded.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.splits = 0
+        self.full_logits = False  # set by self_check for heads featx cannot reproduce
+
+    def _collate(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([len(t) for t in token_ids])
+        T = int(lengths.max())
+        ids = torch.full((len(token_ids), T), self.pad_id, dtype=torch.long)
+        for i, t in enumerate(token_ids):
+            ids[i, : len(t)] = torch.tensor(t)
+        attn = (torch.arange(T)[None, :] < lengths[:, None]).long()
+        return (ids.to(self.device, non_blocking=True), attn.to(self.device, non_blocking=True),
+                lengths.to(self.device, non_blocking=True))
+
+    @torch.inference_mode()
+    def run_batch(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled [B, L+1, D] and per-sample CE sums [B]; halves the batch on out-of-memory."""
+        try:
+            ids, attn, lengths = self._collate(token_ids)
+            if self.full_logits:
+                pooled, logits = self.tap.forward(ids, attn, lengths, full_model=True)
+                ce = logits_token_ce(logits, ids, lengths)
+            else:
+                pooled, last = self.tap.forward(ids, attn, lengths)
+                ce = chunked_token_ce(self.model, last, ids, lengths)
+            return pooled.cpu(), ce.cpu()
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e):
+                raise
+            del e
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(token_ids) == 1:
+                raise OutOfMemoryError(
+                    f"out of GPU memory on a single text of {len(token_ids[0])} tokens; use --qlora or a larger GPU"
+                ) from None
+            self.splits += 1
+            half = len(token_ids) // 2
+            a, b = self.run_batch(token_ids[:half]), self.run_batch(token_ids[half:])
+            return torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
+
+    def self_check(self, token_ids: list[int]) -> list[str]:
+        """Check, on one text, that the layer taps and the chunked loss reproduce the model's own
+        ``output_hidden_states`` and logits; fall back to those where they do not."""
+        notes: list[str] = []
+        ids = torch.tensor([token_ids[:64]], device=self.device)
+        attn, lengths = torch.ones_like(ids), torch.tensor([ids.shape[1]], device=self.device)
+        with torch.inference_mode():
+            full = self.model(input_ids=ids, attention_mask=attn, output_hidden_states=True, use_cache=False)
+            ref = torch.stack([pool_tokens(h, lengths, self.pool) for h in full.hidden_states], 1)
+            ref_ce = F.cross_entropy(full.logits[0, :-1].float(), ids[0, 1:], reduction="sum")
+            pooled, last = self.tap.forward(ids, attn, lengths)
+            if self.tap.use_hooks and not _close(pooled, ref):
+                self.tap.use_hooks = False
+                notes.append("layer taps differ from output_hidden_states; using output_hidden_states")
+                pooled, last = self.tap.forward(ids, attn, lengths)
+            if not _close(pooled, ref):
+                raise RuntimeError(f"{self.loaded.model.config.model_type}: pooled features differ from the model's hidden states")
+            ce = chunked_token_ce(self.model, last, ids, lengths)[0]
+            if not _close(ce, ref_ce):
+                self.full_logits = True
+                notes.append("chunked loss differs from the model's logits; using full logits")
+        return notes
+
+    def extract(self, texts: list[str], max_batch_size: int, token_budget: int,
+                progress: Callable[[int], None] | None = None) -> Extraction:
+        t0 = time.perf_counter()
+        tok = self.loaded.tokenizer
+        token_ids = tokenize(tok, texts, max_positions(self.model.config))
+        lengths = [len(t) for t in token_ids]
+        plan = plan_batches(lengths, max_batch_size, token_budget)
+        notes = self.self_check(max(token_ids, key=len))
+        L1 = self.model.config.num_hidden_layers + 1
+        feats: torch.Tensor | None = None
+        ce_sum = torch.zeros(len(texts))
+        t1 = time.perf_counter()
+        for batch in plan.batches:
+            pooled, ce = self.run_batch([token_ids[i] for i in batch])
+            if feats is None:
+                feats = torch.empty(len(texts), L1, pooled.shape[-1], dtype=getattr(torch, self.loaded.dtype))
+            index = torch.tensor(batch)
+            feats[index] = pooled.to(feats.dtype)
+            ce_sum[index] = ce
+            if progress:
+                progress(len(batch))
+        t2 = time.perf_counter()
+        n_pred = torch.tensor([max(n - 1, 0) for n in lengths], dtype=torch.float32)
+        n_bytes = torch.tensor([max(len(t.encode("utf-8")), 1) for t in texts], dtype=torch.float32)
+        per_loss = ce_sum / n_pred  # NaN for single-token texts: nothing to predict
+        per_bpb = ce_sum * LOG2E / n_bytes
+        T = max(lengths)
+        mask = (torch.arange(T)[None, :] >= (T - torch.tensor(lengths))[:, None]).long()
+        tensors = {"feats": feats, "num_params": self.loaded.num_params, "mask": mask,
+                   "loss": per_loss.nanmean(), "bpb": per_bpb[n_pred > 0].mean()}
+        info = {"batch_plan": plan.summary(), "padding_efficiency": round(plan.padding_efficiency(lengths), 4),
+                "tokens": sum(lengths), "max_tokens": T, "oom_splits": self.splits,
+                "layer_pooling": "hooks" if self.tap.use_hooks else "output_hidden_states",
+                "loss": "full_logits" if self.full_logits else "chunked",
+                "self_check": notes, "timings": {"tokenize_plan_s": round(t1 - t0, 3), "extract_s": round(t2 - t1, 3)}}
+        return Extraction(tensors, info)

@@ -1,0 +1,191 @@
+"""One factory: a catalog entry becomes a loaded model (HF causal LM or timm) on a device.
+
+Loading failures are classified here, once: a model that is missing, gated without a token or of
+an architecture the installed libraries do not know is a ``PermanentError`` (never retried);
+network trouble is a ``TransientError``. Unsupported attention kernels or dtypes fall back
+(sdpa -> eager, bf16 -> fp16 -> fp32) and the fallback is recorded for the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from featx import settings
+from featx.catalog.spec import ModelSpec
+from featx.errors import PermanentError, TransientError, UsageError
+
+
+@dataclass
+class Loaded:
+    """A ready model with what the manifest must record about how it was built."""
+
+    model: Any
+    tokenizer: Any = None  # language models
+    transform: Any = None  # vision models
+    num_params: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    attn_implementation: str | None = None
+    revision: str | None = None
+    fallbacks: list[str] = field(default_factory=list)
+
+
+def pick_device(requested: str | None = None) -> str:
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, fallbacks: list[str]) -> torch.dtype:
+    """bf16 on GPUs that support it, else fp16 on GPU; fp32 on CPU (as the seed asks)."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    fallbacks.append("dtype: bfloat16 unsupported on this GPU -> float16")
+    return torch.float16
+
+
+def classify_load_error(model_id: str, exc: BaseException) -> Exception:
+    """Turn a loader exception into featx's failure policy, with the fix in the message."""
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    if "gated" in low or "401" in low or "403" in low or "restricted" in low:
+        has_token = bool(os.environ.get(settings.HF_TOKEN_ENV))
+        fix = ("accept the model's license on its hub page for the token's account" if has_token
+               else f"set {settings.HF_TOKEN_ENV} to a token that has accepted the model's license")
+        return PermanentError(f"{model_id} is gated: {fix}")
+    if any(s in low for s in ("connection", "timed out", "temporarily", "max retries", "network is unreachable")):
+        return TransientError(f"{model_id}: cannot reach the hub ({type(exc).__name__}); check the network or HF_ENDPOINT and retry")
+    if ("not a valid model identifier" in low or "repository not found" in low or "404" in low
+            or "unknown model" in low or "does not appear to have a file" in low or "no such file" in low):
+        return PermanentError(f"{model_id} was not found on the hub or on disk; check the id with `featx models --check`")
+    if ("does not recognize this architecture" in low or "unrecognized configuration" in low
+            or "model type" in low or "trust_remote_code" in low or isinstance(exc, (KeyError, NotImplementedError))):
+        return PermanentError(f"{model_id}: architecture not supported by the installed libraries ({text.splitlines()[0][:160]}); upgrade transformers/timm or drop the model")
+    return exc if isinstance(exc, Exception) else RuntimeError(text)
+
+
+def _count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _tokenizer(spec: ModelSpec, token: str | None):
+    if spec.tokenizer == "tiny-bpe":
+        from featx.extract.tokenizer import tiny_bpe
+
+        return tiny_bpe(spec.vocab or 512)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec.load_id, revision=spec.revision, token=token,
+                                         trust_remote_code=spec.trust_remote_code)
+
+
+def load_language(spec: ModelSpec, init: str, device: str, qlora: bool = False, seed: int = 0) -> Loaded:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    token = os.environ.get(settings.HF_TOKEN_ENV) or None
+    fallbacks: list[str] = []
+    dtype = pick_dtype(device, fallbacks)
+    common: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    placed = qlora  # bitsandbytes places quantised weights itself
+    try:
+        tokenizer = _tokenizer(spec, token)
+        if spec.init == "random" or init == "random":
+            if spec.arch and spec.config:
+                special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+                config = AutoConfig.for_model(spec.arch, **{**special, **spec.config})
+            else:
+                config = AutoConfig.from_pretrained(spec.load_id, revision=spec.revision, token=token, **common)
+            torch.manual_seed(seed)
+            model, attn = _build(lambda **kw: AutoModelForCausalLM.from_config(config, **kw), dtype, common, fallbacks)
+            num_params = _count_params(model)
+            if qlora:
+                model = _quantize_4bit(model, fallbacks)
+        else:
+            kwargs: dict[str, Any] = {"revision": spec.revision, "token": token, **common}
+            if qlora:
+                kwargs["quantization_config"] = _bnb_config(dtype)
+            if device.startswith("cuda"):
+                kwargs["device_map"] = "auto" if torch.cuda.device_count() > 1 else device
+                placed = True
+            model, attn = _build(lambda **kw: AutoModelForCausalLM.from_pretrained(spec.load_id, **kw, **kwargs),
+                                 dtype, {}, fallbacks)
+            num_params = _params_before_quantising(model, spec) if qlora else _count_params(model)
+    except (PermanentError, TransientError, UsageError):
+        raise
+    except Exception as e:  # loaders raise many types; classify once
+        raise classify_load_error(spec.id, e) from e
+    if not placed:
+        model = model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        fallbacks.append("tokenizer: no pad token -> EOS (as the reference)")
+    return Loaded(model, tokenizer=tokenizer, num_params=num_params, dtype=str(dtype).removeprefix("torch."),
+                  device=device, attn_implementation=attn, revision=spec.revision, fallbacks=fallbacks)
+
+
+def _build(factory, dtype: torch.dtype, common: dict, fallbacks: list[str]):
+    """Build with sdpa attention, falling back to eager where the architecture lacks it."""
+    try:
+        return factory(dtype=dtype, attn_implementation="sdpa", **common), "sdpa"
+    except (ValueError, ImportError) as e:
+        if "sdpa" not in str(e).lower() and "attn" not in str(e).lower():
+            raise
+        fallbacks.append(f"attention: sdpa unsupported -> eager ({str(e).splitlines()[0][:120]})")
+        return factory(dtype=dtype, attn_implementation="eager", **common), "eager"
+
+
+def _bnb_config(dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def _quantize_4bit(model, fallbacks: list[str]):
+    """Quantise a randomly initialised model to NF4 the way from_pretrained would (for tests and
+    random baselines): save, then reload with the bitsandbytes config."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=_bnb_config(model.dtype), dtype=model.dtype)
+    fallbacks.append("qlora: random weights quantised to NF4 after init")
+    return q
+
+
+def _params_before_quantising(model, spec: ModelSpec) -> int:
+    """A 4-bit model stores two weights per byte; count the unquantised architecture instead."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return _count_params(AutoModelForCausalLM.from_config(model.config))
+
+
+def load_vision(spec: ModelSpec, init: str, device: str, seed: int = 0) -> Loaded:
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    name = spec.load_id
+    pretrained = not (spec.init == "random" or init == "random")
+    try:
+        if not timm.is_model(name.split(".")[0]):
+            raise PermanentError(f"{spec.id}: timm {timm.__version__} has no model {name!r}; see timm.list_pretrained()")
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=pretrained, **spec.config)
+    except (PermanentError, TransientError):
+        raise
+    except Exception as e:
+        raise classify_load_error(spec.id, e) from e
+    if not hasattr(model, "forward_intermediates"):
+        raise PermanentError(f"{spec.id}: timm model lacks forward_intermediates; featx cannot take per-block features")
+    transform = create_transform(**resolve_data_config(model.pretrained_cfg, model=model))
+    model = model.to(device).eval()
+    return Loaded(model, transform=transform, num_params=_count_params(model), dtype="float32", device=device)

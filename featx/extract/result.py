@@ -1,0 +1,21 @@
+"""What an extractor hands to the store: the reference's tensors plus how they were made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Extraction:
+    """``tensors`` is the reference-compatible dict (``feats``, ``num_params``, LLM extras);
+    ``info`` goes into the manifest (batch plan, timings, fallbacks, padding efficiency)."""
+
+    tensors: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feats(self) -> torch.Tensor:
+        return self.tensors["feats"]

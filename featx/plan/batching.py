@@ -1,0 +1,44 @@
+"""Length-sorted batches under a token budget (the reference pads every batch to the longest text
+of the whole data set at batch size 4: 4-41x slower on an H200)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Batches of row indices, longest first, so an out-of-memory shows up in the first batch."""
+
+    batches: tuple[tuple[int, ...], ...]
+    token_budget: int
+    max_batch_size: int
+    longest: tuple[int, ...]  # padded length of each batch
+
+    def padding_efficiency(self, lengths: list[int]) -> float:
+        """Real tokens / padded tokens (1.0 = no padding computed)."""
+        padded = sum(len(b) * m for b, m in zip(self.batches, self.longest))
+        return sum(lengths) / padded if padded else 1.0
+
+    def summary(self) -> dict:
+        return {"batches": len(self.batches), "token_budget": self.token_budget,
+                "max_batch_size": self.max_batch_size,
+                "largest_batch": max((len(b) for b in self.batches), default=0)}
+
+
+def plan_batches(lengths: list[int], max_batch_size: int, token_budget: int) -> BatchPlan:
+    """Group rows by descending length; each batch holds at most ``max_batch_size`` rows and at
+    most ``token_budget`` padded tokens (a single row longer than the budget gets its own batch)."""
+    if max_batch_size < 1 or token_budget < 1:
+        raise ValueError("max_batch_size and token_budget must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[tuple[int, ...]] = []
+    longest: list[int] = []
+    start = 0
+    while start < len(order):
+        first = max(lengths[order[start]], 1)
+        size = max(1, min(max_batch_size, token_budget // first))
+        batches.append(tuple(order[start:start + size]))
+        longest.append(lengths[order[start]])
+        start += size
+    return BatchPlan(tuple(batches), token_budget, max_batch_size, tuple(longest))

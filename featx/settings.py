@@ -1,0 +1,20 @@
+"""All environment settings in one place: one ``FEATX_`` prefix, documented defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Root of featx's own cache (generated sample data, trained tiny tokenizers).
+FEATX_HOME = Path(os.environ.get("FEATX_HOME", Path.home() / ".cache" / "featx"))
+#: Default output directory of ``featx extract`` (the reference's ``./results/features``).
+DEFAULT_OUTPUT_DIR = os.environ.get("FEATX_OUTPUT_DIR", "./results/features")
+#: Default data set and subset (revision) of the Platonic Representation Hypothesis study.
+DEFAULT_DATASET = os.environ.get("FEATX_DATASET", "minhuh/prh")
+DEFAULT_SUBSET = os.environ.get("FEATX_SUBSET", "wit_1024")
+#: Show tracebacks for errors (otherwise one line with the fix).
+DEBUG = os.environ.get("FEATX_DEBUG", "") not in ("", "0", "false")
+#: Data-loader worker processes for image decoding and transforms (0 = in the main process).
+NUM_WORKERS = int(os.environ.get("FEATX_NUM_WORKERS", str(min(8, os.cpu_count() or 1))))
+#: Hub token for gated models; the usual huggingface_hub variable.
+HF_TOKEN_ENV = "HF_TOKEN"

@@ -1,0 +1,130 @@
+"""One store interface, the commit protocol written once over a few primitives.
+
+Commit order: (1) drop any old manifest, so nothing half-new can look done; (2) write the data
+object with its checksum; (3) write the manifest only if absent; (4) clear the failure record.
+A manifest whose size/etag (and, verified, sha256) match the data object is the only "done".
+Backends implement the primitives: local directory (``local.py``) and S3 (``s3.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from featx.errors import TransientError
+from featx.store.keys import FAILURE_SUFFIX, MANIFEST_SUFFIX, ArtifactKey
+from featx.store.records import FailureRecord, Manifest, StoredState
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    etag: str  # changes whenever the bytes change (S3 ETag; local size+mtime)
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Store(ABC):
+    """A place for feature files: ``url`` names it for users and manifests (never secrets)."""
+
+    url: str
+
+    # -- primitives -------------------------------------------------------------------------
+    @abstractmethod
+    def put_file(self, rel: str, src: Path, sha256: str) -> ObjectInfo:
+        """Write ``src`` under ``rel`` atomically; the backend verifies ``sha256`` on the way."""
+
+    @abstractmethod
+    def put_bytes_if_absent(self, rel: str, data: bytes) -> bool:
+        """Write only if nothing is at ``rel``; False if something already is."""
+
+    @abstractmethod
+    def put_bytes(self, rel: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, rel: str) -> bytes | None: ...
+
+    @abstractmethod
+    def get_file(self, rel: str, dest: Path) -> None: ...
+
+    @abstractmethod
+    def delete(self, rel: str) -> None:
+        """Remove ``rel``; no error when it is absent."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Every object under ``prefix`` (relative names) in one listing."""
+
+    def read_manifest(self, rel: str, info: ObjectInfo) -> Manifest | None:
+        """Manifests never change once written; backends may cache by ``info.etag``."""
+        data = self.get_bytes(rel)
+        return Manifest.from_json(data) if data is not None else None
+
+    # -- protocol ---------------------------------------------------------------------------
+    def commit(self, key: ArtifactKey, data_file: Path, manifest: Manifest) -> Manifest:
+        self.delete(key.manifest)
+        info = self.put_file(key.data, data_file, manifest.sha256)
+        manifest.etag, manifest.size = info.etag, info.size
+        if not self.put_bytes_if_absent(key.manifest, manifest.to_json()):
+            raise TransientError(f"{key.manifest}: another writer committed this model at the same time; rerun to verify")
+        self.delete(key.failure)
+        return manifest
+
+    def record_failure(self, key: ArtifactKey, failure: FailureRecord) -> FailureRecord:
+        old = self.get_bytes(key.failure)
+        if old is not None:
+            failure.attempt = FailureRecord.from_json(old).attempt + 1
+        self.put_bytes(key.failure, failure.to_json())
+        return failure
+
+    def scan(self, prefix: str = "") -> dict[str, StoredState]:
+        """State of every artifact stem under ``prefix``, from one listing."""
+        objects = self.list(prefix)
+        stems: dict[str, dict[str, str]] = {}
+        for rel in objects:
+            for suffix, kind in ((MANIFEST_SUFFIX, "manifest"), (FAILURE_SUFFIX, "failure"), (".pt", "data"),
+                                 (".safetensors", "data")):
+                if rel.endswith(suffix):
+                    stems.setdefault(rel[: -len(suffix)], {})[kind] = rel
+                    break
+        return {stem: self._state(parts, objects) for stem, parts in stems.items()}
+
+    def _state(self, parts: dict[str, str], objects: dict[str, ObjectInfo]) -> StoredState:
+        failure = None
+        if "failure" in parts:
+            raw = self.get_bytes(parts["failure"])
+            failure = FailureRecord.from_json(raw) if raw else None
+        if "manifest" not in parts:
+            if failure:
+                return StoredState("failed", failure=failure, reason=failure.reason)
+            return StoredState("missing", reason="data without manifest (interrupted run)" if "data" in parts else "")
+        manifest = self.read_manifest(parts["manifest"], objects[parts["manifest"]])
+        data = objects.get(manifest.data_key) if manifest else None
+        if manifest is None or data is None:
+            return StoredState("corrupt", manifest, failure, "manifest without its data object")
+        if data.size != manifest.size or (manifest.etag and data.etag != manifest.etag):
+            return StoredState("corrupt", manifest, failure, "data object changed after commit (size/etag differ)")
+        return StoredState("done", manifest, failure)
+
+    def state(self, key: ArtifactKey) -> StoredState:
+        return self.scan(key.stem).get(key.stem, StoredState("missing"))
+
+    def verify(self, key: ArtifactKey, dest: Path) -> Manifest:
+        """Download the data object to ``dest`` and check its sha256 against the manifest."""
+        raw = self.get_bytes(key.manifest)
+        if raw is None:
+            raise FileNotFoundError(f"{key.stem} is not committed in {self.url}; run `featx extract` first")
+        manifest = Manifest.from_json(raw)
+        self.get_file(manifest.data_key, dest)
+        if sha256_file(dest) != manifest.sha256:
+            dest.unlink(missing_ok=True)
+            raise ValueError(f"{manifest.data_key} in {self.url} does not match its manifest's sha256 (corrupt); re-extract with `featx extract --force_remake`")
+        return manifest

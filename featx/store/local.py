@@ -1,0 +1,88 @@
+"""Local directory store: temporary name + fsync + rename, so a file is whole or absent."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from featx.store.base import ObjectInfo, Store, sha256_file
+
+
+def _info(path: Path) -> ObjectInfo:
+    st = path.stat()
+    return ObjectInfo(st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        self.url = str(self.root)
+
+    def _path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def _tmp(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+    def put_file(self, rel: str, src: Path, sha256: str) -> ObjectInfo:
+        dest = self._path(rel)
+        tmp = self._tmp(dest)
+        try:
+            shutil.copyfile(src, tmp)
+            with tmp.open("rb+") as f:
+                os.fsync(f.fileno())
+            if sha256_file(tmp) != sha256:
+                raise OSError(f"{rel}: bytes changed while copying; retry")
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return _info(dest)
+
+    def _write_tmp(self, dest: Path, data: bytes) -> Path:
+        tmp = self._tmp(dest)
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def put_bytes_if_absent(self, rel: str, data: bytes) -> bool:
+        dest = self._path(rel)
+        tmp = self._write_tmp(dest, data)
+        try:
+            os.link(tmp, dest)  # atomic, fails if dest exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_bytes(self, rel: str, data: bytes) -> None:
+        dest = self._path(rel)
+        os.replace(self._write_tmp(dest, data), dest)
+
+    def get_bytes(self, rel: str) -> bytes | None:
+        try:
+            return self._path(rel).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def get_file(self, rel: str, dest: Path) -> None:
+        shutil.copyfile(self._path(rel), dest)
+
+    def delete(self, rel: str) -> None:
+        self._path(rel).unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> dict[str, ObjectInfo]:
+        base = self._path(prefix)
+        top = base if base.is_dir() else base.parent
+        if not top.is_dir():
+            return {}
+        out = {}
+        for path in top.rglob("*"):
+            rel = path.relative_to(self.root).as_posix()
+            if path.is_file() and rel.startswith(prefix) and not path.name.startswith("."):
+                out[rel] = _info(path)
+        return out
