@@ -1,3 +1,10 @@
 """featx: per-layer pooled features of many pretrained models, and alignment between them."""
 
 __version__ = "0.1.0"
+
+
+def load(*args, **kwargs):
+    """Verified features from a store; see :func:`featx.features.load`."""
+    from featx.features import load as _load
+
+    return _load(*args, **kwargs)

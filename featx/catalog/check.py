@@ -250,6 +250,10 @@ def _check_language(spec: ModelSpec, info: Any, token: str | None) -> CheckResul
             return CheckResult(spec.id, False, reason=f"{cfg_path}: unreadable ({_one_line(e)})",
                                fix="rewrite it with save_pretrained()")
         notes.append("local directory")
+    elif spec.init == "random" and spec.config and spec.source is None:
+        # Built from the catalog's own config (smoke models): nothing to fetch from the hub.
+        model_type = spec.arch
+        notes.append("random init from the catalog's config (nothing to download)")
     else:
         exists, gated, model_type = info(load_id, spec.revision)
         if not exists:

@@ -15,6 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_store(p)
     flag(p, "format", choices=["pt", "safetensors"], default="pt")
     flag(p, "json", action="store_true")
+    k = p.add_argument_group("cluster (adds each model's Job, attempt and phase)")
+    flag(k, "namespace", default=None, help="namespace of the release's Jobs")
+    flag(k, "release", default=None, help="Helm release name (featx.io/release label)")
+    flag(k, "kubeconfig", default=None)
     p.set_defaults(run=run)
 
 
@@ -44,7 +48,11 @@ def model_states(args: argparse.Namespace) -> list[dict]:
         st = states.get(key.stem)
         rows.append({"id": spec.id, "modality": spec.modality, "state": st.state if st else "missing",
                      "reason": (st.reason if st else ""), "attempts": st.failure.attempt if st and st.failure else 0,
-                     "key": key.data})
+                     "key": key.data, "stem": key.stem})
+    if getattr(args, "release", None) or getattr(args, "namespace", None):
+        from featx.kube.status import job_rows
+
+        rows = job_rows(rows, args.namespace, args.release or "featx", args.kubeconfig)
     return rows
 
 
@@ -62,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
         width = max((len(r["id"]) for r in rows), default=10)
         for r in rows:
             extra = f"  attempts={r['attempts']}" if r["attempts"] else ""
+            if r.get("job"):
+                extra += f"  job={r['job']} ({r['phase']})"
             print(f"{r['id'].ljust(width)}  {r['state']:<8}{extra}  {r['reason']}".rstrip())
-        counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "missing", "corrupt")}
+        states = ("done", "failed", "missing", "corrupt") + (("running", "pending") if any("job" in r for r in rows) else ())
+        counts = {s: sum(r["state"] == s for r in rows) for s in states}
         print("  ".join(f"{k}={v}" for k, v in counts.items()))
     return 0

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from featx.errors import OutOfMemoryError
+from featx.errors import OutOfMemoryError, PermanentError
 from featx.extract.loading import Loaded
 from featx.extract.pooling import pool_tokens
 from featx.extract.result import Extraction
@@ -51,8 +51,10 @@ def _decoder_layers(base: torch.nn.Module, num_layers: int) -> torch.nn.ModuleLi
 
 class LayerTap:
     """Pools hidden states as the decoder produces them, so the L+1 states of a batch never
-    exist at once. ``hidden_states[0]`` is the first block's input, ``[i]`` block i-1's output,
-    ``[L]`` the final (normed) state, exactly as ``output_hidden_states`` numbers them."""
+    exist at once. ``[0]`` is the first block's input, ``[i]`` block i-1's output and ``[L]`` the
+    final (normed) state, as ``output_hidden_states`` numbers them. Where a model projects its
+    final state to another width (OPT-350m: 1024 -> 512), ``[L]`` is the last block's output,
+    so that every layer has the same width."""
 
     def __init__(self, model: Any, pool: str):
         self.model, self.pool = model, pool
@@ -61,6 +63,7 @@ class LayerTap:
         self.pooled: list[torch.Tensor] = []
         self.lengths: torch.Tensor | None = None
         self.use_hooks = self.layers is not None
+        self.projected_final = False
 
     def _take(self, hidden: torch.Tensor) -> None:
         self.pooled.append(pool_tokens(hidden, self.lengths, self.pool))
@@ -76,12 +79,19 @@ class LayerTap:
                 self._take(output[0] if isinstance(output, (tuple, list)) else output)
 
             handles.append(self.layers[0].register_forward_pre_hook(pre, with_kwargs=True))
-            handles += [layer.register_forward_hook(post) for layer in list(self.layers)[:-1]]
+            handles += [layer.register_forward_hook(post) for layer in self.layers]
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
+
+    def _final(self, final: torch.Tensor) -> None:
+        """Replace the last block's raw output by the final normed state when widths agree."""
+        if final.shape[-1] == self.pooled[0].shape[-1]:
+            self.pooled[-1] = pool_tokens(final, self.lengths, self.pool)
+        else:
+            self.projected_final = True
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor, lengths: torch.Tensor,
                 full_model: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,10 +103,13 @@ class LayerTap:
             out = module(input_ids=ids, attention_mask=attn, use_cache=False,
                          output_hidden_states=full_model or not self.use_hooks)
         if self.use_hooks:
-            self._take(out.hidden_states[-1] if full_model else out[0])
+            self._final(out.hidden_states[-1] if full_model else out[0])
         else:
-            for h in out.hidden_states:
-                self._take(h)
+            states = out.hidden_states
+            if states[-1].shape[-1] != states[0].shape[-1]:
+                raise PermanentError("the final hidden state has another width than the blocks and "
+                                     "featx found no block list to hook; this architecture is unsupported")
+            self.pooled = [pool_tokens(h, lengths, self.pool) for h in states]
         return torch.stack(self.pooled, 1), (out.logits if full_model else out[0])
 
 
@@ -193,13 +206,18 @@ class LanguageExtractor:
         attn, lengths = torch.ones_like(ids), torch.tensor([ids.shape[1]], device=self.device)
         with torch.inference_mode():
             full = self.model(input_ids=ids, attention_mask=attn, output_hidden_states=True, use_cache=False)
-            ref = torch.stack([pool_tokens(h, lengths, self.pool) for h in full.hidden_states], 1)
+            states = list(full.hidden_states)
+            if states[-1].shape[-1] != states[0].shape[-1]:
+                states = states[:-1]  # projected final state: compare the blocks only
+            ref = torch.stack([pool_tokens(h, lengths, self.pool) for h in states], 1)
             ref_ce = F.cross_entropy(full.logits[0, :-1].float(), ids[0, 1:], reduction="sum")
             pooled, last = self.tap.forward(ids, attn, lengths)
+            pooled = pooled[:, : ref.shape[1]]
             if self.tap.use_hooks and not _close(pooled, ref):
                 self.tap.use_hooks = False
                 notes.append("layer taps differ from output_hidden_states; using output_hidden_states")
                 pooled, last = self.tap.forward(ids, attn, lengths)
+                pooled = pooled[:, : ref.shape[1]]
             if not _close(pooled, ref):
                 raise RuntimeError(f"{self.loaded.model.config.model_type}: pooled features differ from the model's hidden states")
             ce = chunked_token_ce(self.model, last, ids, lengths)[0]
@@ -242,5 +260,6 @@ class LanguageExtractor:
                 "tokens": sum(lengths), "max_tokens": T, "oom_splits": self.splits,
                 "layer_pooling": "hooks" if self.tap.use_hooks else "output_hidden_states",
                 "loss": "full_logits" if self.full_logits else "chunked",
+                "final_layer": "last block (final state is projected)" if self.tap.projected_final else "final norm",
                 "self_check": notes, "timings": {"tokenize_plan_s": round(t1 - t0, 3), "extract_s": round(t2 - t1, 3)}}
         return Extraction(tensors, info)

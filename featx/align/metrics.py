@@ -1,0 +1,379 @@
+"""The reference's alignment metrics (platonic-rep ``metrics.py``), batched over layers.
+
+The reference scores one layer pair at a time: for every layer ``i`` of model A and every layer
+``j`` of model B it recomputes both k-NN graphs (or kernels) and the metric. Here each model's
+per-layer structures are computed once (:func:`build_state`: k-NN indices, dense neighbour masks,
+centred kernels, SVD bases) and a model pair is scored for all its layer pairs at once
+(:func:`layer_scores`), mostly as gathers and matrix products:
+
+* ``mutual_knn``: ``|knn_A(i) ∩ knn_B(i)|`` for all layer pairs = B's neighbour masks gathered at
+  A's neighbour indices, summed.
+* ``cycle_knn``: A's masks gathered at (B's neighbour of ``i``, ``i``).
+* ``lcs_knn`` / ``edit_distance_knn``: the dynamic programmes run row by row over all
+  (layer pair, sample) sequences at once (one ``cummax``/``cummin`` per row).
+* ``cka`` / ``unbiased_cka``: centred (resp. U-centred) kernels per layer, one matrix product per
+  model pair (HSIC = Frobenius inner product of centred kernels; the unbiased estimator equals the
+  inner product of U-centred kernels / n(n-3), Song et al. 2012; Székely & Rizzo 2014).
+* ``cknna``: the unbiased HSIC of the masked kernels, expanded into sums over the (sparse)
+  intersection of the two neighbour sets.
+* ``svcca``: canonical correlations of the two top-``cca_dim`` SVD subspaces = singular values of
+  ``U_Aᵀ U_B``.
+
+``layer_scores(metric, A, B)[i, j]`` equals ``AlignmentMetrics.measure(metric, A_i, B_j, topk)``
+of the reference (argument order as there; it matters only for ``cycle_knn``). The one deliberate
+difference: ``svcca`` uses the exact top-``cca_dim`` singular subspace where the reference draws a
+randomised ``torch.svd_lowrank(q=cca_dim, niter=2)`` approximation of it (so the reference's value
+is not even reproducible run to run), and closed-form CCA in place of sklearn's iterative one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "cka", "unbiased_cka", "cknna", "svcca", "edit_distance_knn")
+#: The reference treats every metric but cycle_knn as symmetric (measure_alignment.py).
+SYMMETRIC = frozenset(METRICS) - {"cycle_knn"}
+KERNEL_METRICS = ("cka", "unbiased_cka", "cknna")
+DEFAULT_Q = 0.95
+DEFAULT_CCA_DIM = 10
+
+_GATHER_BUDGET = 1 << 22  # elements per intermediate [layers_a, layers_b, N, k] chunk
+_KERNEL_BUDGET = 1 << 25  # elements per [layers, N, N] chunk while building states
+
+
+def uses_topk(metric: str) -> bool:
+    """The reference's rule (``'knn' in metric``): also true for cknna."""
+    return "knn" in metric
+
+
+def result_name(metric: str, topk: int) -> str:
+    """File stem of a result as the reference names it: ``mutual_knn_k10``, ``cka``."""
+    return f"{metric}_k{topk}" if uses_topk(metric) else metric
+
+
+# -- preparation ------------------------------------------------------------------------------------
+
+def outlier_threshold(feats: torch.Tensor, q: float = DEFAULT_Q) -> torch.Tensor:
+    """The reference's exact ``remove_outliers`` threshold: sort |x| over the whole tensor and take
+    index ``int(q * numel)`` (found with ``kthvalue``: the same value without the full sort)."""
+    flat = feats.reshape(-1).abs()
+    idx = int(q * feats.numel())
+    try:
+        return flat.kthvalue(idx + 1).values
+    except RuntimeError:  # very large tensors on some backends: fall back to the reference's sort
+        return flat.sort().values[idx]
+
+
+def prepare_features(feats: torch.Tensor, q: float = DEFAULT_Q, device: torch.device | str | None = None,
+                     layers: list[int] | None = None) -> torch.Tensor:
+    """``feats [N, L, D]`` (or ``[N, D]``) → float32 ``[L, N, D]``: clamped at the 0.95 quantile of
+    |x| over the whole model tensor (``remove_outliers(exact=True)``), then each layer L2-normalised
+    (``F.normalize``), as ``measure_alignment.py`` prepares them. ``layers`` selects layers after
+    the clamp (the threshold always comes from the whole tensor)."""
+    x = feats.to(device=device) if device is not None else feats
+    x = x.float()
+    if x.dim() == 2:
+        x = x[:, None, :]
+    if x.dim() != 3:
+        raise ValueError(f"features must be [N, L, D] or [N, D], got shape {tuple(feats.shape)}")
+    if q != 1:
+        t = outlier_threshold(x, q)
+        x = x.clamp(-t, t)
+    x = x.transpose(0, 1)
+    if layers is not None:
+        x = x[layers]
+    return F.normalize(x, p=2, dim=-1).contiguous()
+
+
+# -- per-model state --------------------------------------------------------------------------------
+
+@dataclass
+class ModelState:
+    """What the metrics need of one model's prepared layers, computed once and reused for every
+    pair the model takes part in. Tensors are layer-major; kernels/masks flattened to ``[L, N*N]``."""
+
+    n: int
+    num_layers: int
+    topk: int = 0
+    knn: torch.Tensor | None = None  # [L, N, k] int64, neighbours by decreasing similarity, self excluded
+    knn_vals: torch.Tensor | None = None  # [L, N, k] similarities at those neighbours
+    mask: torch.Tensor | None = None  # [L, N*N] bool: mask[l, i*N + j] = j in knn(i)
+    kernels: dict[str, torch.Tensor] = field(default_factory=dict)  # 'raw' | 'centered' | 'ucentered'
+    self_sim: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> [L] float64
+    basis: torch.Tensor | None = None  # [L, N, cca_dim] float64 (svcca)
+
+    def nbytes(self) -> int:
+        tensors = [self.knn, self.knn_vals, self.mask, self.basis, *self.kernels.values(), *self.self_sim.values()]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _needs(metrics) -> set[str]:
+    need: set[str] = set()
+    for m in metrics:
+        if m not in METRICS:
+            raise ValueError(f"unknown metric {m!r}; choose one of {', '.join(METRICS)}")
+        if uses_topk(m):
+            need.add("knn")
+        if m in ("mutual_knn", "cycle_knn", "cknna"):
+            need.add("mask")
+        if m == "cka":
+            need.add("centered")
+        if m == "unbiased_cka":
+            need.add("ucentered")
+        if m == "cknna":
+            need.add("raw")
+        if m == "svcca":
+            need.add("basis")
+    return need
+
+
+def _layer_chunk(n: int, budget: int = _KERNEL_BUDGET) -> int:
+    return max(1, budget // max(1, n * n))
+
+
+def build_state(prepared: torch.Tensor, metrics, topk: int = 10, cca_dim: int = DEFAULT_CCA_DIM) -> ModelState:
+    """Everything ``metrics`` need of one model, from its prepared ``[L, N, D]`` layers."""
+    L, n, _ = prepared.shape
+    need = _needs(metrics)
+    if "knn" in need and not 1 <= topk < n:
+        raise ValueError(f"topk {topk} must be between 1 and N-1 = {n - 1}")
+    st = ModelState(n=n, num_layers=L, topk=topk)
+    knn, vals, kernels = [], [], {k: [] for k in ("raw", "centered", "ucentered") if k in need}
+    if need & {"knn", "raw", "centered", "ucentered"}:
+        step = _layer_chunk(n)
+        for s in range(0, L, step):
+            x = prepared[s:s + step]
+            gram = torch.bmm(x, x.transpose(1, 2))  # [c, N, N] inner products
+            if "knn" in need:
+                hat = gram.clone()
+                hat.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # self excluded
+                v, i = hat.topk(topk, dim=-1, largest=True, sorted=True)
+                knn.append(i)
+                vals.append(v)
+                del hat
+            if "raw" in kernels:
+                kernels["raw"].append(gram.reshape(gram.shape[0], -1).clone())
+            if "centered" in kernels:
+                kernels["centered"].append(_center(gram).reshape(gram.shape[0], -1))
+            if "ucentered" in kernels:
+                kernels["ucentered"].append(_ucenter(gram).reshape(gram.shape[0], -1))
+            del gram
+    if knn:
+        st.knn, st.knn_vals = torch.cat(knn), torch.cat(vals)
+    for name, parts in kernels.items():
+        st.kernels[name] = torch.cat(parts)
+    if "mask" in need:
+        st.mask = knn_masks(st.knn)
+    if "centered" in need:
+        st.self_sim["cka"] = _rowwise_sq(st.kernels["centered"])
+    if "ucentered" in need:
+        st.self_sim["unbiased_cka"] = _rowwise_sq(st.kernels["ucentered"]) / (n * (n - 3))
+    if "cknna" in metrics:
+        st.self_sim["cknna"] = torch.cat([
+            _cknna_hsic(st.knn[l:l + 1], st.knn_vals[l:l + 1], st.mask[l:l + 1], st.mask[l:l + 1],
+                        st.kernels["raw"][l:l + 1]).reshape(1)
+            for l in range(L)])
+    if "basis" in need:
+        st.basis = svcca_basis(prepared, cca_dim)
+    return st
+
+
+def knn_masks(knn: torch.Tensor) -> torch.Tensor:
+    """``[L, N, k]`` neighbour indices → ``[L, N*N]`` bool masks (row i marks knn(i))."""
+    L, n, k = knn.shape
+    mask = torch.zeros(L, n * n, dtype=torch.bool, device=knn.device)
+    rows = torch.arange(n, device=knn.device).view(1, n, 1) * n
+    mask.scatter_(1, (rows + knn).reshape(L, n * k), True)
+    return mask
+
+
+def _center(gram: torch.Tensor) -> torch.Tensor:
+    """H K H for a batch of kernels (H = I - 11ᵀ/n)."""
+    row = gram.mean(dim=2, keepdim=True)
+    col = gram.mean(dim=1, keepdim=True)
+    tot = gram.mean(dim=(1, 2), keepdim=True)
+    return gram - row - col + tot
+
+
+def _ucenter(gram: torch.Tensor) -> torch.Tensor:
+    """U-centred kernels: <U(K), U(L)> / (n(n-3)) is the reference's ``hsic_unbiased(K, L)``."""
+    n = gram.shape[-1]
+    kt = gram.clone()
+    kt.diagonal(dim1=1, dim2=2).zero_()
+    r = kt.sum(dim=2, keepdim=True)  # [c, N, 1]
+    s = r.sum(dim=1, keepdim=True)  # [c, 1, 1]
+    u = kt - r / (n - 2) - r.transpose(1, 2) / (n - 2) + s / ((n - 1) * (n - 2))
+    u.diagonal(dim1=1, dim2=2).zero_()
+    return u
+
+
+def _rowwise_sq(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([(row.double() ** 2).sum() for row in x])
+
+
+def svcca_basis(prepared: torch.Tensor, cca_dim: int = DEFAULT_CCA_DIM) -> torch.Tensor:
+    """Top-``cca_dim`` left singular vectors of each layer after the reference's standardisation
+    (centre, divide by unbiased std + 1e-8), float64 ``[L, N, cca_dim]``."""
+    out = []
+    for x in prepared:
+        act = x.double()
+        act = act - act.mean(dim=0)
+        act = act / (act.std(dim=0) + 1e-8)
+        u, _, _ = torch.linalg.svd(act, full_matrices=False)
+        out.append(u[:, :cca_dim])
+    return torch.stack(out)
+
+
+# -- pair scores ------------------------------------------------------------------------------------
+
+def layer_scores(metric: str, a: ModelState, b: ModelState) -> torch.Tensor:
+    """``[La, Lb]`` float64: entry ``[i, j]`` is the reference's ``measure(metric, A_i, B_j)``."""
+    if a.n != b.n:
+        raise ValueError(f"models have different sample counts ({a.n} vs {b.n})")
+    fn = _PAIR[metric]
+    return fn(a, b).double()
+
+
+def _chunks(total: int, per_item: int, budget: int = _GATHER_BUDGET):
+    step = max(1, budget // max(1, per_item))
+    for s in range(0, total, step):
+        yield slice(s, min(total, s + step))
+
+
+def _mutual_knn(a: ModelState, b: ModelState) -> torch.Tensor:
+    n, k = a.n, a.topk
+    rows = torch.arange(n, device=a.knn.device).view(1, n, 1) * n
+    out = []
+    for sl in _chunks(a.num_layers, b.num_layers * n * k):
+        lin = (rows + a.knn[sl]).reshape(-1)  # (i, knn_A(i)) positions
+        hits = b.mask[:, lin].view(b.num_layers, -1, n * k)  # [Lb, ca, N*k]
+        out.append(hits.sum(dim=-1, dtype=torch.int64).T)
+    return torch.cat(out).double() / (n * k)
+
+
+def _cycle_knn(a: ModelState, b: ModelState) -> torch.Tensor:
+    # reference: compute_knn_accuracy(knn_A[knn_B]): is i among the A-neighbours of its B-neighbours?
+    n, k = a.n, a.topk
+    cols = torch.arange(n, device=a.knn.device).view(1, n, 1)
+    out = []
+    for sl in _chunks(b.num_layers, a.num_layers * n * k):
+        lin = (b.knn[sl] * n + cols).reshape(-1)  # (knn_B(i), i) positions in A's masks
+        hits = a.mask[:, lin].view(a.num_layers, -1, n, k).any(dim=-1)  # [La, cb, N]
+        out.append(hits.double().mean(dim=-1))
+    return torch.cat(out, dim=1)
+
+
+def _sequences(a: ModelState, b: ModelState, reduce) -> torch.Tensor:
+    n, k = a.n, a.topk
+    out = []
+    for sl in _chunks(a.num_layers, b.num_layers * n * k * k):
+        eq = a.knn[sl][:, None, :, :, None] == b.knn[None, :, :, None, :]  # [ca, Lb, N, k, k]
+        out.append(reduce(eq.reshape(-1, k, k)).view(eq.shape[0], b.num_layers, n).double().mean(dim=-1))
+    return torch.cat(out)
+
+
+def lcs_lengths(eq: torch.Tensor) -> torch.Tensor:
+    """LCS length of each pair of sequences from their equality table ``eq [B, m, n]``: the
+    classic DP, one row at a time (dp[i][j] = max(dp[i-1][j], dp[i][j-1], dp[i-1][j-1] + eq))."""
+    bsz, m, n = eq.shape
+    prev = torch.zeros(bsz, n + 1, dtype=torch.int32, device=eq.device)
+    for i in range(m):
+        c = torch.maximum(prev[:, 1:], prev[:, :-1] + eq[:, i].int())
+        new = torch.zeros_like(prev)
+        new[:, 1:] = c.cummax(dim=1).values
+        prev = new
+    return prev[:, -1]
+
+
+def edit_distances(eq: torch.Tensor) -> torch.Tensor:
+    """Levenshtein distance (unit insert/delete/substitute, as torchaudio's ``edit_distance``)
+    of each pair of sequences from ``eq [B, m, n]``, one DP row at a time."""
+    bsz, m, n = eq.shape
+    ar = torch.arange(n + 1, dtype=torch.int32, device=eq.device)
+    prev = ar.expand(bsz, n + 1)
+    for i in range(1, m + 1):
+        c = torch.minimum(prev[:, 1:] + 1, prev[:, :-1] + (~eq[:, i - 1]).int())
+        c = torch.cat([torch.full((bsz, 1), i, dtype=torch.int32, device=eq.device), c], dim=1)
+        prev = (c - ar).cummin(dim=1).values + ar
+    return prev[:, -1]
+
+
+def _lcs_knn(a: ModelState, b: ModelState) -> torch.Tensor:
+    return _sequences(a, b, lcs_lengths)  # the reference's mean LCS length (not divided by k)
+
+
+def _edit_distance_knn(a: ModelState, b: ModelState) -> torch.Tensor:
+    return 1 - _sequences(a, b, edit_distances) / a.topk
+
+
+def _cka(a: ModelState, b: ModelState) -> torch.Tensor:
+    hsic = (a.kernels["centered"] @ b.kernels["centered"].T).double()
+    return hsic / (torch.sqrt(a.self_sim["cka"][:, None] * b.self_sim["cka"][None, :]) + 1e-6)
+
+
+def _unbiased_cka(a: ModelState, b: ModelState) -> torch.Tensor:
+    n = a.n
+    hsic = (a.kernels["ucentered"] @ b.kernels["ucentered"].T).double() / (n * (n - 3))
+    return hsic / (torch.sqrt(a.self_sim["unbiased_cka"][:, None] * b.self_sim["unbiased_cka"][None, :]) + 1e-6)
+
+
+def _cknna_hsic(knn_a, vals_a, mask_a, mask_b, kern_b) -> torch.Tensor:
+    """The reference's ``hsic_unbiased(mask∘K, mask∘L)`` with ``mask = mask_K ∘ mask_L`` for every
+    (A layer, B layer): ``[ca, Lb]``. The mask's non-zeros lie at A's neighbour positions
+    ``(i, knn_A(i))``, so each term of the estimator is a sum over those ``N·k`` positions."""
+    ca, n, k = knn_a.shape
+    lb = mask_b.shape[0]
+    rows = torch.arange(n, device=knn_a.device).view(1, n, 1)
+    pos = (rows * n + knn_a).reshape(ca, n * k)  # (i, j)
+    pos_t = (knn_a * n + rows).reshape(ca, n * k)  # (j, i)
+    g = mask_b[:, pos.reshape(-1)].view(lb, ca, n, k).double()  # mask_ij
+    kb = kern_b[:, pos.reshape(-1)].view(lb, ca, n, k).double()  # L_ij
+    ta = mask_a.gather(1, pos_t).view(1, ca, n, k).double()  # mask_K[j, i]
+    tb = mask_b[:, pos_t.reshape(-1)].view(lb, ca, n, k).double()  # mask_L[j, i]
+    ka = vals_a.view(1, ca, n, k).double()  # K_ij
+    p = g * ka  # (mask∘K)_ij at the candidate positions
+    q = g * kb  # (mask∘L)_ij
+    term1 = (p * kb * ta * tb).sum(dim=(2, 3))  # Σ P_ij Q_ji
+    sum_p, sum_q = p.sum(dim=(2, 3)), q.sum(dim=(2, 3))
+    row_q = q.sum(dim=3)  # [Lb, ca, N]
+    col_p = torch.zeros(lb, ca, n, dtype=torch.float64, device=knn_a.device)
+    col_p.scatter_add_(2, knn_a.reshape(1, ca, n * k).expand(lb, ca, n * k), p.reshape(lb, ca, n * k))
+    term3 = (col_p * row_q).sum(dim=2)  # Σ (P @ Q)
+    hsic = (term1 + sum_p * sum_q / ((n - 1) * (n - 2)) - 2 * term3 / (n - 2)) / (n * (n - 3))
+    return hsic.T
+
+
+def _cknna(a: ModelState, b: ModelState) -> torch.Tensor:
+    n, k = a.n, a.topk
+    parts = []
+    for sl in _chunks(a.num_layers, b.num_layers * n * k * 6):
+        parts.append(_cknna_hsic(a.knn[sl], a.knn_vals[sl], a.mask[sl], b.mask, b.kernels["raw"]))
+    sim = torch.cat(parts)
+    return sim / (torch.sqrt(a.self_sim["cknna"][:, None] * b.self_sim["cknna"][None, :]) + 1e-6)
+
+
+def _svcca(a: ModelState, b: ModelState) -> torch.Tensor:
+    out = []
+    for sl in _chunks(a.num_layers, b.num_layers * a.basis.shape[-1] ** 2, 1 << 20):
+        m = torch.einsum("anc,bnd->abcd", a.basis[sl], b.basis)  # [ca, Lb, c, c]
+        out.append(torch.linalg.svdvals(m).clamp(max=1.0).mean(dim=-1))
+    return torch.cat(out)
+
+
+_PAIR = {"mutual_knn": _mutual_knn, "cycle_knn": _cycle_knn, "lcs_knn": _lcs_knn, "cka": _cka,
+         "unbiased_cka": _unbiased_cka, "cknna": _cknna, "svcca": _svcca, "edit_distance_knn": _edit_distance_knn}
+
+
+def best_layer_pair(scores_ab: torch.Tensor) -> tuple[float, tuple[int, int]]:
+    """Best score of an ``[La, Lb]`` matrix and its ``(i, j)``, ties and NaNs as the reference's
+    loop (outer over A's layers, first strictly greater score wins, NaN never wins). Where every
+    score is NaN the result is (nan, (-1, -1))."""
+    flat = scores_ab.reshape(-1)
+    clean = torch.where(torch.isnan(flat), torch.full_like(flat, float("-inf")), flat)
+    idx = int(torch.argmax(clean))  # first maximal value
+    if torch.isinf(clean[idx]) and clean[idx] < 0:
+        return float("nan"), (-1, -1)
+    return float(flat[idx]), divmod(idx, scores_ab.shape[1])

@@ -1,0 +1,218 @@
+"""``featx report``: for every ``featx align`` result under a directory, a heat map (models ordered
+by family, then size), an alignment-vs-model-size plot, the best pair's layer×layer map when the
+run kept them (``--layers all``), and one ``index.html`` that ties them together."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+
+from featx.errors import UsageError
+
+
+def find_results(out: Path, skip: Path | None = None) -> list[tuple[Path, dict]]:
+    """Every featx-written alignment ``.npy`` under ``out`` (reference-written ones lack model ids)."""
+    found = []
+    for path in sorted(out.rglob("*.npy")):
+        if path.name.startswith(".") or (skip and skip in path.parents):
+            continue
+        try:
+            data = np.load(path, allow_pickle=True).item()
+        except (ValueError, OSError, AttributeError):
+            continue
+        if isinstance(data, dict) and "scores" in data and "models_x" in data:
+            found.append((path, data))
+    return found
+
+
+def _order(ids, families, params) -> list[int]:
+    return sorted(range(len(ids)), key=lambda i: (str(families[i]), int(params[i] or 0), ids[i]))
+
+
+def _short(model_id: str) -> str:
+    return model_id.rsplit("/", 1)[-1]
+
+
+def _self_mask(data: dict) -> np.ndarray:
+    """True where x and y are the same feature file (score 1 by construction)."""
+    mx, my = len(data["models_x"]), len(data["models_y"])
+    px, py = data.get("pool_x", [None] * mx), data.get("pool_y", [None] * my)
+    return np.array([[data["models_x"][i] == data["models_y"][j] and px[i] == py[j] for j in range(my)]
+                     for i in range(mx)], dtype=bool).reshape(mx, my)
+
+
+def _title(data: dict) -> str:
+    k = f" (k={data['topk']})" if data.get("topk") else ""
+    return f"{data['metric']}{k} — {data.get('label_x', 'x')} vs {data.get('label_y', 'y')} — {data['dataset']}/{data['subset']}"
+
+
+def heatmap(data: dict, dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ox = _order(data["models_x"], data["family_x"], data["params_x"])
+    oy = _order(data["models_y"], data["family_y"], data["params_y"])
+    scores = np.asarray(data["scores"], dtype=float)[np.ix_(ox, oy)]
+    mx, my = scores.shape
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.38 * my + 3.5), max(4.0, 0.32 * mx + 2.5)))
+    im = ax.imshow(scores, cmap="viridis", aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(my), [_short(data["models_y"][j]) for j in oy], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(mx), [_short(data["models_x"][i]) for i in ox], fontsize=8)
+    ax.set_xlabel(f"{data.get('label_y', 'y')} (by family, then size)")
+    ax.set_ylabel(f"{data.get('label_x', 'x')}")
+    if mx * my <= 400:
+        finite = scores[np.isfinite(scores)]
+        mid = (finite.min() + finite.max()) / 2 if finite.size else 0
+        for i in range(mx):
+            for j in range(my):
+                if np.isfinite(scores[i, j]):
+                    ax.text(j, i, f"{scores[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if scores[i, j] > mid else "white")
+    fig.colorbar(im, ax=ax, label=data["metric"])
+    ax.set_title(_title(data), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def size_plot(data: dict, dest: Path) -> None:
+    """Per model: mean alignment to the other side (self pairs left out) against its parameter count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = np.asarray(data["scores"], dtype=float).copy()
+    scores[_self_mask(data)] = np.nan
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, side, other, mean in ((axes[0], "x", "y", np.nanmean(scores, axis=1) if scores.size else []),
+                                  (axes[1], "y", "x", np.nanmean(scores, axis=0) if scores.size else [])):
+        ids, fams, params = data[f"models_{side}"], data[f"family_{side}"], [int(p or 0) for p in data[f"params_{side}"]]
+        use_log = all(p > 0 for p in params)
+        xs = params if use_log else list(range(len(ids)))
+        for fam in sorted(set(fams)):
+            idx = sorted((i for i in range(len(ids)) if fams[i] == fam), key=lambda i: xs[i])
+            ax.plot([xs[i] for i in idx], [mean[i] for i in idx], "o-", label=fam, markersize=5)
+        if use_log:
+            ax.set_xscale("log")
+            ax.set_xlabel("parameters")
+        else:
+            ax.set_xlabel("model (parameter counts unknown)")
+        ax.set_ylabel(f"mean {data['metric']} to {data.get('label_' + other, other)}")
+        ax.set_title(f"{data.get('label_' + side, side)} models", fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(set(fams)) <= 12:
+            ax.legend(fontsize=7)
+    fig.suptitle(_title(data), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def best_pair(data: dict) -> tuple[int, int] | None:
+    scores = np.asarray(data["scores"], dtype=float).copy()
+    scores[_self_mask(data)] = np.nan
+    if not np.isfinite(scores).any():
+        return None
+    i, j = np.unravel_index(np.nanargmax(scores), scores.shape)
+    return int(i), int(j)
+
+
+def layer_plot(data: dict, i: int, j: int, dest: Path) -> bool:
+    mats = data.get("layer_scores")
+    if mats is None or mats[i, j] is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(mats[i, j], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(m, cmap="viridis", aspect="auto", origin="lower", interpolation="nearest")
+    ax.set_ylabel(f"{_short(data['models_x'][i])} layer")
+    ax.set_xlabel(f"{_short(data['models_y'][j])} layer")
+    ax.plot([data["layer_y"][i][j]], [data["layer_x"][i][j]], "r+", markersize=12)
+    fig.colorbar(im, ax=ax, label=data["metric"])
+    ax.set_title(f"{data['metric']}: every layer pair of the best model pair", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _top_rows(data: dict, top: int) -> list[tuple]:
+    scores = np.asarray(data["scores"], dtype=float)
+    mask = _self_mask(data)
+    rows = [(scores[i, j], i, j) for i in range(scores.shape[0]) for j in range(scores.shape[1])
+            if not mask[i, j] and math.isfinite(scores[i, j])]
+    return sorted(rows, key=lambda r: -r[0])[:top]
+
+
+def write_report(out: Path, report_dir: Path | None = None, top: int = 10) -> Path:
+    report_dir = report_dir or out / "report"
+    results = find_results(out, skip=report_dir) if out.is_dir() else []
+    if not results:
+        raise UsageError(f"no `featx align` results under {out}; run `featx align --out {out} ...` first")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for path, data in results:
+        rel = path.relative_to(out)
+        slug = "__".join(rel.with_suffix("").parts).replace(" ", "_")
+        files = {"heat": f"{slug}_heatmap.png", "size": f"{slug}_size.png", "layers": f"{slug}_layers.png"}
+        heatmap(data, report_dir / files["heat"])
+        size_plot(data, report_dir / files["size"])
+        bp = best_pair(data)
+        has_layers = bool(bp) and layer_plot(data, *bp, report_dir / files["layers"])
+        rows = "".join(
+            f"<tr><td>{s:.4f}</td><td>{html.escape(data['models_x'][i])}</td><td>{int(data['layer_x'][i][j])}</td>"
+            f"<td>{html.escape(data['models_y'][j])}</td><td>{int(data['layer_y'][i][j])}</td></tr>"
+            for s, i, j in _top_rows(data, top))
+        csv_path = path.with_suffix(".csv")
+        links = [f'<a href="{html.escape(_relpath(path, report_dir))}">{html.escape(path.name)}</a>']
+        if csv_path.exists():
+            links.append(f'<a href="{html.escape(_relpath(csv_path, report_dir))}">{html.escape(csv_path.name)}</a>')
+        meta = (f"{len(data['models_x'])} × {len(data['models_y'])} models, {data.get('num_rows')} rows, "
+                f"rows fingerprint <code>{html.escape(str(data.get('rows_fingerprint', ''))[:16])}</code>, "
+                f"revision {html.escape(str(data.get('dataset_revision') or '-'))}, layers: {data.get('layers', 'best')}")
+        layers_img = (f'<figure><img src="{files["layers"]}" alt="layer map of the best pair">'
+                      f"<figcaption>Every layer pair of the best model pair (+ marks the best).</figcaption></figure>"
+                      if has_layers else "")
+        sections.append(f"""
+<section>
+<h2>{html.escape(_title(data))}</h2>
+<p>{meta}<br>{' · '.join(links)}</p>
+<figure><img src="{files['heat']}" alt="alignment heat map"><figcaption>Best score over all layer pairs of each
+model pair; rows and columns ordered by family, then size.</figcaption></figure>
+<figure><img src="{files['size']}" alt="alignment vs model size"><figcaption>Each model's mean alignment to the
+other side against its parameter count.</figcaption></figure>
+{layers_img}
+<table><tr><th>score</th><th>model x</th><th>layer</th><th>model y</th><th>layer</th></tr>{rows}</table>
+</section>""")
+    page = report_dir / "index.html"
+    page.write_text(f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>featx alignment report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 1200px; color: #222; }}
+section {{ border-top: 1px solid #ccc; padding-top: 1rem; margin-top: 2rem; }}
+img {{ max-width: 100%; }} figure {{ margin: 1rem 0; }} figcaption {{ color: #555; font-size: 0.9em; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ padding: 2px 8px; border-bottom: 1px solid #eee; text-align: left; }}
+</style></head><body>
+<h1>featx alignment report</h1>
+<p>{len(results)} result(s) from <code>{html.escape(str(out))}</code>. Scores follow the reference's definitions
+(platonic-rep): features clamped at the 0.95 quantile of |x|, each layer L2-normalised, every layer pair scored, best kept.</p>
+{''.join(sections)}
+</body></html>
+""")
+    return page
+
+
+def _relpath(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path.resolve(), start.resolve())

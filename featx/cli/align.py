@@ -1,0 +1,172 @@
+"""``featx align`` (cross-model alignment from stored features) and ``featx report`` (heat maps,
+alignment vs. model size, one HTML page)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from featx import settings
+from featx.cli.options import add_store, flag
+
+METRIC_CHOICES = ("mutual_knn", "cycle_knn", "lcs_knn", "cka", "unbiased_cka", "cknna", "svcca", "edit_distance_knn")
+MODALITY_WORDS = ("all", "language", "vision")
+DEFAULT_OUT = "results/alignment"
+
+ALIGN_EXAMPLES = """examples:
+  featx align --modelset val --x language --y vision --metric mutual_knn --topk 10
+  featx align --x val:language --y val:vision --metric cka --layers all --store s3://bucket/features
+  featx align --modelset smoke --dataset featx-sample --x language --y vision --metric mutual_knn cknna
+  featx report                       # heat maps + index.html for everything under results/alignment
+
+--x/--y: a modality (language, vision, all) of --modelset/--models, a modelset name or YAML file
+(all its models), or MODELSET:MODALITY. The side's name in the output path is MODELSET-MODALITY
+(just MODELSET for all), e.g. results/alignment/minhuh/prh/wit_1024/val-language_pool-avg_val-vision_pool-cls/mutual_knn_k10.npy
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("align", help="cross-model alignment (mutual k-NN, CKA, ...) of stored features",
+                       epilog=ALIGN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("which models")
+    flag(g, "x", default="language", metavar="SPEC", help="first side: MODALITY | MODELSET | MODELSET:MODALITY (default language)")
+    flag(g, "y", default="vision", metavar="SPEC", help="second side (default vision)")
+    flag(g, "modelset", default=None, help="modelset for bare modalities in --x/--y (default custom)")
+    flag(g, "models", nargs="+", metavar="ID", help="model ids instead of --modelset for bare modalities")
+    g = p.add_argument_group("data (as extracted)")
+    flag(g, "dataset", default=settings.DEFAULT_DATASET, help="HF data set id (prh = minhuh/prh), featx-sample, or a local directory")
+    flag(g, "subset", default=None, help="revision/subset label (default wit_1024; 'default' for local data)")
+    flag(g, "caption_idx", type=int, default=0, help="which caption the language models read")
+    flag(g, "pool_x", choices=["avg", "cls", "last", "max"], default=None, help="pool of the x side (default avg for language, cls for vision)")
+    flag(g, "pool_y", choices=["avg", "cls", "last", "max"], default=None, help="pool of the y side")
+    flag(g, "format", choices=["pt", "safetensors"], default="pt")
+    add_store(p)
+    g = p.add_argument_group("alignment")
+    flag(g, "metric", nargs="+", choices=METRIC_CHOICES, default=["mutual_knn"], help="one or more metrics (features read once for all)")
+    flag(g, "topk", type=int, default=10, help="k of the k-NN metrics (and cknna), as the reference (default 10)")
+    flag(g, "layers", choices=["best", "all", "last"], default="best",
+         help="best: every layer pair, best kept (reference); all: also save every layer×layer matrix; last: last layers only")
+    flag(g, "out", default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
+    flag(g, "device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    flag(g, "quiet", action="store_true", help="no progress lines")
+    p.set_defaults(run=run_align)
+
+    r = sub.add_parser("report", help="heat maps, alignment vs. model size and an HTML page from `featx align` results")
+    flag(r, "out", default=DEFAULT_OUT, help=f"results directory `featx align` wrote (default {DEFAULT_OUT})")
+    flag(r, "report_dir", default=None, help="where the report goes (default OUT/report)")
+    flag(r, "top", type=int, default=10, help="best pairs listed per result")
+    r.set_defaults(run=run_report)
+
+
+def _dataset_names(dataset: str, subset: str | None) -> tuple[str, str]:
+    """The data set's name and subset as extraction wrote them into the store's paths."""
+    from featx.data.datasets import HUB_ALIASES
+    from featx.data.sample import SAMPLE_NAME
+
+    if dataset == SAMPLE_NAME:
+        return SAMPLE_NAME, subset or "default"
+    path = Path(dataset).expanduser()
+    if path.exists():
+        return path.resolve().name, subset or "default"
+    return HUB_ALIASES.get(dataset, dataset), subset or settings.DEFAULT_SUBSET
+
+
+def _side(value: str, modelset: str | None, models: list[str] | None):
+    """(label, specs) of one side."""
+    from featx.align.run import models_label, side_label
+    from featx.catalog import load_modelset, resolve
+    from featx.errors import UsageError
+
+    if value in MODALITY_WORDS:
+        specs = resolve(modelset, models, value)
+        base = models_label([s.id for s in resolve(None, models)]) if models else _set_name(modelset or "custom")
+        label = side_label(base, value)
+    else:
+        name, modality = value, "all"
+        head, sep, tail = value.rpartition(":")
+        if sep and tail in MODALITY_WORDS:
+            name, modality = head, tail
+        elif sep:
+            raise UsageError(f"--x/--y {value!r}: after ':' give language, vision or all")
+        specs = load_modelset(name).select(modality)
+        label = side_label(_set_name(name), modality)
+    specs = list({s.id: s for s in specs}.values())  # once each, order kept
+    if not specs:
+        raise UsageError(f"--x/--y {value!r} selects no models; check the modelset and modality")
+    return label, specs
+
+
+def _set_name(name: str) -> str:
+    p = Path(name)
+    return p.stem if name.endswith((".yaml", ".yml")) else name
+
+
+def run_align(args: argparse.Namespace) -> int:
+    from featx.align import metrics as M
+    from featx.align.run import Entry, Side, check_committed, check_same_rows, load_states, pick_device, score_pairs, write_result
+    from featx.cli.options import open_store_from
+    from featx.errors import UsageError
+    from featx.extract.runner import pool_for
+    from featx.store import ArtifactKey
+
+    metrics = list(dict.fromkeys(args.metric))
+    if args.topk < 1:
+        raise UsageError(f"--topk {args.topk}: give a positive number (the reference uses 10)")
+    if "cknna" in metrics and args.topk < 2:
+        raise UsageError("cknna needs --topk 2 or more (as the reference)")
+    dataset, subset = _dataset_names(args.dataset, args.subset)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(f"featx align: {msg}", file=sys.stderr))
+
+    sides = []
+    for value, pool in ((args.x, args.pool_x), (args.y, args.pool_y)):
+        label, specs = _side(value, args.modelset, args.models)
+        entries = [Entry(s, ArtifactKey(dataset, subset, s.file_name, pool_for(s, pool),
+                                        args.caption_idx if s.modality == "language" else 0, args.format))
+                   for s in specs]
+        pools = sorted({e.key.pool for e in entries})
+        sides.append(Side(label, pool or (pools[0] if len(pools) == 1 else "default"), entries))
+    x, y = sides
+    everything = x.entries + y.entries
+
+    store = open_store_from(args)
+    where = f" --store {args.store}" if args.store else (f" --output_dir {args.output_dir}" if args.output_dir else "")
+    hint = f" --dataset {args.dataset}" + (f" --subset {args.subset}" if args.subset else "") + where
+    check_committed(store, everything, hint)
+    check_same_rows(everything)
+    n = everything[0].manifest.num_rows
+    if any(M.uses_topk(m) for m in metrics) and not args.topk < n:
+        raise UsageError(f"--topk {args.topk} needs more rows than that; the features have {n}")
+    if any(m in ("unbiased_cka", "cknna") for m in metrics) and n < 4:
+        raise UsageError(f"unbiased_cka/cknna need at least 4 rows; the features have {n}")
+
+    device = pick_device(args.device)
+    log(f"{len(x.entries)} x {len(y.entries)} models, metrics {', '.join(metrics)}, {n} rows, device {device}")
+    states = load_states(store, everything, metrics, args.topk, args.layers, device, log)
+    out = Path(args.out)
+    for metric in metrics:
+        res = score_pairs(metric, x, y, states, args.topk, args.layers == "all", log)
+        write_result(res, out, dataset, subset, args.layers)
+        print(res.npy)
+        print(res.csv)
+        if not args.quiet:
+            _print_best(res)
+    return 0
+
+
+def _print_best(res, limit: int = 5) -> None:
+    import numpy as np
+
+    flat = [(res.scores[i, j], i, j) for i in range(res.scores.shape[0]) for j in range(res.scores.shape[1])
+            if res.x.entries[i].key != res.y.entries[j].key and not np.isnan(res.scores[i, j])]
+    for score, i, j in sorted(flat, reverse=True)[:limit]:
+        print(f"  {score:.4f}  {res.x.entries[i].spec.id} (layer {res.layer_x[i, j]}) ~ "
+              f"{res.y.entries[j].spec.id} (layer {res.layer_y[i, j]})", file=sys.stderr)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from featx.align.report import write_report
+
+    page = write_report(Path(args.out), Path(args.report_dir) if args.report_dir else None, top=args.top)
+    print(page)
+    return 0

@@ -1,0 +1,128 @@
+"""``featx render`` and ``featx reconcile``: the Kubernetes side of a run.
+
+Both read the Helm chart's values (``helm/featx/values.yaml`` + ``-f`` + ``--set``, as helm does)
+or the chart's rendered ConfigMap (``--config run.yaml`` / ``--configmap NAME``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from featx.cli.options import flag
+
+RENDER_EXAMPLES = """examples:
+  featx render --modelset smoke
+  featx render -f my-values.yaml --set concurrency=20 > jobs.yaml
+  featx render --models gpt2 --set gpuClasses[0].enabled=true
+"""
+
+RECONCILE_EXAMPLES = """examples:
+  featx reconcile --configmap featx-run --namespace research           # one pass from your laptop
+  featx reconcile --watch --config /etc/featx/run.yaml                 # what the chart's controller runs
+  featx reconcile -f my-values.yaml --release featx --dry-run          # what would it do?
+"""
+
+
+def _add_values(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("chart values (as helm reads them)")
+    g.add_argument("-f", "--values", action="append", default=[], metavar="FILE", help="values file (repeatable)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="value override (repeatable, helm syntax)")
+    flag(g, "chart", default=None, help="path of the featx chart (default: helm/featx of this checkout)")
+    flag(g, "release", default=None, help="Helm release name (default: featx, or the run config's)")
+    flag(g, "namespace", default=None, help="namespace of the Jobs (default: the run config's, in-cluster, kubeconfig)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="print the Job manifests of a run as a YAML stream (no cluster needed)",
+                       epilog=RENDER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    flag(p, "modelset", help="overrides the values' modelset: a built-in name")
+    flag(p, "models", nargs="+", metavar="ID", help="overrides the values' modelset: these ids")
+    flag(p, "modality", choices=["all", "language", "vision"], default=None)
+    _add_values(p)
+    flag(p, "config", default=None, help="a rendered run.yaml (the chart's ConfigMap) instead of values")
+    p.set_defaults(run=run_render)
+
+    r = sub.add_parser("reconcile", help="create, retry and clean up the per-model Jobs of a run",
+                       epilog=RECONCILE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = r.add_argument_group("run settings (one of)")
+    flag(src, "config", default=None, help="run.yaml of the chart's ConfigMap (the controller mounts it)")
+    flag(src, "configmap", default=None, help="read run.yaml from this ConfigMap in the namespace")
+    _add_values(r)
+    k = r.add_argument_group("cluster and store")
+    flag(k, "kubeconfig", default=None, help="kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
+    flag(k, "context", default=None, help="kubeconfig context")
+    flag(k, "s3_endpoint", default=None, help="S3 endpoint URL (overrides AWS_ENDPOINT_URL)")
+    w = r.add_argument_group("how")
+    flag(w, "watch", action="store_true", help="keep reconciling every --interval seconds")
+    flag(w, "interval", type=float, default=None, help="seconds between passes (default: the run config's)")
+    flag(w, "dry_run", action="store_true", help="log the decisions, create and delete nothing")
+    flag(w, "log_format", choices=["text", "json"], default="text")
+    r.set_defaults(run=run_reconcile)
+
+
+def _config_from_values(args: argparse.Namespace, overrides: list[str]):
+    from featx.kube.config import RunConfig
+    from featx.kube.values import load_values, run_config
+
+    values = load_values(args.chart, args.values, list(args.set) + overrides)
+    return RunConfig.from_dict(run_config(values, args.release or "featx", args.namespace or "default", args.chart))
+
+
+def run_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from featx.kube.config import RunConfig
+    from featx.kube.jobs import render_job
+    from featx.plan.sizing import choose
+
+    overrides = []
+    if args.models:
+        overrides.append("modelset={" + ",".join(m.replace(",", "\\,") for m in args.models) + "}")
+    elif args.modelset:
+        overrides.append(f"modelset={args.modelset}")
+    if args.modality:
+        overrides.append(f"modality={args.modality}")
+    if args.config:
+        config = RunConfig.load(args.config)
+    else:
+        config = _config_from_values(args, overrides)
+    docs = []
+    for d in config.desired():
+        sizing = choose(d.spec, config.classes, config.qlora, batch_size=config.batch_size)
+        if not sizing.fits:
+            print(f"featx: warning: {d.id}: not rendered: {sizing.reason}", file=sys.stderr)
+            continue
+        docs.append(render_job(config, d, sizing, 1))
+    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120))
+    return 0
+
+
+def run_reconcile(args: argparse.Namespace) -> int:
+    import yaml
+
+    from featx.errors import UsageError
+    from featx.kube.client import KubeClient
+    from featx.kube.config import RunConfig
+    from featx.kube.controller import Controller
+    from featx.logs import EventLog
+    from featx.store import open_store
+
+    if args.config and args.configmap:
+        raise UsageError("give either --config or --configmap, not both")
+    kube = KubeClient.connect(args.namespace, args.kubeconfig, args.context)
+    if args.config:
+        config = RunConfig.load(args.config)
+    elif args.configmap:
+        config = RunConfig.from_dict(yaml.safe_load(kube.read_run_config(args.configmap)))
+    else:
+        config = _config_from_values(args, [])
+    if args.namespace is None and args.config:
+        kube.namespace = config.namespace  # the release's namespace, unless told otherwise
+    options = {"endpoint_url": args.s3_endpoint} if args.s3_endpoint else {}
+    store = open_store(config.store, **options)
+    controller = Controller(config, kube, store, EventLog(args.log_format))
+    if args.watch:
+        return controller.watch(args.interval)
+    result = controller.run_once(dry_run=args.dry_run)
+    return 1 if result.errors else 0

@@ -1,0 +1,152 @@
+"""The only module of featx that talks to the Kubernetes API: a thin adapter over the official
+client with the few calls the controller makes (``VERBS``, which the chart's Role grants and
+nothing more). Objects go in and come out as plain dicts (the API's camelCase JSON form), so the
+rest of featx never sees the client's model classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from featx.errors import TransientError, UsageError
+
+#: (API group, resource, verb) the controller uses; helm/featx/templates/rbac.yaml grants exactly these.
+VERBS = frozenset({("batch", "jobs", "list"), ("batch", "jobs", "create"), ("batch", "jobs", "delete"),
+                   ("", "pods", "list")})
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def in_cluster_namespace() -> str | None:
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class KubeClient:
+    """Jobs and Pods of one namespace. ``api_client`` is a ``kubernetes.client.ApiClient``."""
+
+    def __init__(self, api_client: Any, namespace: str):
+        from kubernetes import client
+
+        self.api_client = api_client
+        self.namespace = namespace
+        self._batch = client.BatchV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+
+    @classmethod
+    def connect(cls, namespace: str | None = None, kubeconfig: str | None = None,
+                context: str | None = None) -> "KubeClient":
+        """In-cluster credentials when running in a pod (and no kubeconfig is given), else the
+        kubeconfig (``--kubeconfig``, ``$KUBECONFIG`` or ~/.kube/config)."""
+        from kubernetes import config
+        from kubernetes.config.config_exception import ConfigException
+
+        try:
+            if kubeconfig is None and context is None and in_cluster_namespace() is not None:
+                config.load_incluster_config()
+                from kubernetes import client
+
+                api = client.ApiClient()
+            else:
+                api = config.new_client_from_config(config_file=kubeconfig, context=context, persist_config=False)
+        except (ConfigException, OSError, TypeError) as e:
+            raise UsageError(f"cannot load Kubernetes credentials ({e}); pass --kubeconfig FILE, set KUBECONFIG, "
+                             "or run inside the cluster") from e
+        ns = namespace or in_cluster_namespace() or _kubeconfig_namespace(kubeconfig, context) or "default"
+        return cls(api, ns)
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return self.api_client.sanitize_for_serialization(obj)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as e:
+            if e.status in (401, 403):
+                raise UsageError(f"{what}: the API server refused ({e.status} {e.reason}); the ServiceAccount or "
+                                 "kubeconfig user needs the chart's Role (jobs: list/create/delete, pods: list) in "
+                                 f"namespace {self.namespace}") from e
+            raise
+        except (HTTPError, OSError) as e:
+            raise TransientError(f"{what}: cannot reach the Kubernetes API ({type(e).__name__}: {e}); "
+                                 "the next pass retries") from e
+
+    # -- the calls ----------------------------------------------------------------------------
+
+    def read_run_config(self, configmap: str) -> str:
+        """``run.yaml`` of the chart's ConfigMap: for ``featx reconcile --configmap`` run from outside
+        the cluster (the controller mounts the file instead, so this verb is not in its Role)."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            cm = self._call("read configmap", self._core.read_namespaced_config_map, configmap, self.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                raise UsageError(f"no ConfigMap {configmap} in namespace {self.namespace}; it is "
+                                 "`<release>-featx-run` after `helm install` (kubectl get configmaps)") from e
+            raise TransientError(f"read configmap {configmap}: {e.status} {e.reason}") from e
+        data = cm.data or {}
+        if "run.yaml" not in data:
+            raise UsageError(f"ConfigMap {configmap} has no run.yaml key; is it the featx chart's?")
+        return data["run.yaml"]
+
+    def list_jobs(self, selector: str) -> list[dict[str, Any]]:
+        res = self._call("list jobs", self._batch.list_namespaced_job, self.namespace, label_selector=selector)
+        return [self._plain(j) for j in res.items]
+
+    def list_pods(self, selector: str) -> list[dict[str, Any]]:
+        res = self._call("list pods", self._core.list_namespaced_pod, self.namespace, label_selector=selector)
+        return [self._plain(p) for p in res.items]
+
+    def create_job(self, manifest: dict[str, Any]) -> bool:
+        """Create a Job; False if one of that name exists already (another reconciler made it)."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self._call("create job", self._batch.create_namespaced_job, self.namespace, manifest)
+            return True
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            if e.status == 422:
+                raise UsageError(f"the API server rejected Job {manifest['metadata']['name']}: {_message(e)}; "
+                                 "check the chart values") from e
+            raise TransientError(f"create job {manifest['metadata']['name']}: {e.status} {e.reason}") from e
+
+    def delete_job(self, name: str) -> bool:
+        """Delete a Job and (in the background) its pods; False if it is already gone."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self._call("delete job", self._batch.delete_namespaced_job, name, self.namespace,
+                       propagation_policy="Background")
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise TransientError(f"delete job {name}: {e.status} {e.reason}") from e
+
+
+def _message(e: Any) -> str:
+    import json
+
+    try:
+        return json.loads(e.body).get("message", e.reason)
+    except (TypeError, ValueError):
+        return str(e.reason)
+
+
+def _kubeconfig_namespace(kubeconfig: str | None, context: str | None) -> str | None:
+    try:
+        from kubernetes import config
+
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        ctx = next((c for c in contexts if c["name"] == context), active) if context else active
+        return (ctx or {}).get("context", {}).get("namespace")
+    except Exception:  # noqa: BLE001 - only a default
+        return None

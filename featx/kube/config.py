@@ -1,0 +1,133 @@
+"""``run.yaml`` (the chart's ConfigMap) as a typed object, and what follows from it without any
+API call: the desired models, where each one's artifact lives in the store, its GPU sizing.
+
+Nothing here imports torch or kubernetes (the pool and data-set naming rules of
+``featx.extract.runner`` / ``featx.data`` are restated here and tested to agree with them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from featx.catalog import ModelSpec, resolve
+from featx.errors import UsageError
+from featx.plan.sizing import GpuClass, load_classes
+from featx.store.keys import ArtifactKey
+
+DEFAULT_POOL = {"language": "avg", "vision": "cls"}
+POOLS = {"language": ("avg", "last", "max", "cls"), "vision": ("cls", "avg", "max")}
+SAMPLE_DATASET = "featx-sample"
+HUB_ALIASES = {"prh": "minhuh/prh"}
+
+
+def pool_for(spec: ModelSpec, pool: str | None) -> str:
+    chosen = pool or DEFAULT_POOL[spec.modality]
+    if chosen not in POOLS[spec.modality]:
+        raise UsageError(f"pool {chosen} is not defined for {spec.modality} model {spec.id}; "
+                         f"use one of {', '.join(POOLS[spec.modality])} (or set modality to split the run)")
+    return chosen
+
+
+def dataset_naming(dataset: str, subset: str | None) -> tuple[str, str]:
+    """(name, subset) as ``featx extract`` writes them into artifact paths (``Rows.name/subset``)."""
+    if dataset == SAMPLE_DATASET:
+        return SAMPLE_DATASET, subset or "default"
+    if dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
+        return Path(dataset).expanduser().name, subset or "default"
+    return HUB_ALIASES.get(dataset, dataset), subset or "wit_1024"
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One model the run wants committed: its spec, pool and artifact key."""
+
+    spec: ModelSpec
+    pool: str
+    key: ArtifactKey
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def stem(self) -> str:
+        return self.key.stem
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    release: str
+    namespace: str
+    fullname: str
+    app_version: str
+    modelset: str | tuple[str, ...]
+    modality: str
+    pool: str | None
+    dataset: str
+    subset: str | None
+    caption_idx: int
+    num_samples: int | None
+    batch_size: int
+    qlora: bool
+    store: str
+    concurrency: int
+    attempts: int
+    interval_s: int
+    kueue_queue: str
+    extra_args: tuple[str, ...]
+    classes: tuple[GpuClass, ...]
+    job_template: dict[str, Any] = field(repr=False, hash=False, compare=False)
+    raw: dict[str, Any] = field(repr=False, hash=False, compare=False, default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        try:
+            modelset = d["modelset"]
+            return cls(
+                release=str(d["release"]), namespace=str(d.get("namespace") or "default"), fullname=str(d["fullname"]),
+                app_version=str(d.get("appVersion") or ""),
+                modelset=tuple(modelset) if isinstance(modelset, list) else str(modelset),
+                modality=d.get("modality") or "all", pool=d.get("pool"), dataset=str(d["dataset"]),
+                subset=d.get("subset"), caption_idx=int(d.get("captionIdx") or 0), num_samples=d.get("numSamples"),
+                batch_size=int(d.get("batchSize") or 64), qlora=bool(d.get("qlora")), store=str(d["store"]),
+                concurrency=int(d["concurrency"]), attempts=int(d["attempts"]),
+                interval_s=int(d.get("intervalSeconds") or 30), kueue_queue=str(d.get("kueueQueue") or ""),
+                extra_args=tuple(str(a) for a in d.get("extraArgs") or ()),
+                classes=load_classes(d["gpuClasses"]), job_template=d["jobTemplate"], raw=d)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"run config: missing or bad key {e}; render it from the chart "
+                             "(helm template / featx render) rather than by hand") from e
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"run config {p} does not exist; it is the chart's ConfigMap (key run.yaml)")
+        return cls.from_dict(yaml.safe_load(p.read_text()))
+
+    @property
+    def modelset_label(self) -> str:
+        return self.modelset if isinstance(self.modelset, str) else "inline"
+
+    def desired(self) -> list[Desired]:
+        """The models of the run, in modelset order, each with its artifact key."""
+        if isinstance(self.modelset, str):
+            specs = resolve(self.modelset, None, self.modality)
+        else:
+            specs = resolve(None, list(self.modelset), self.modality)
+        name, subset = dataset_naming(self.dataset, self.subset)
+        out = []
+        for spec in specs:
+            pool = pool_for(spec, self.pool)
+            cid = self.caption_idx if spec.modality == "language" else 0
+            out.append(Desired(spec, pool, ArtifactKey(name, subset, spec.file_name, pool, cid, "pt")))
+        return out
+
+    @property
+    def scan_prefix(self) -> str:
+        name, subset = dataset_naming(self.dataset, self.subset)
+        return f"{name}/{subset}/"

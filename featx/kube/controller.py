@@ -1,0 +1,169 @@
+"""One reconcile pass = observe (Jobs, then the store) -> ``decide`` -> apply; ``--watch`` repeats
+it every ``interval`` seconds. The only place where decisions become API calls and store writes.
+
+Order matters: Jobs are listed *before* the store is scanned. A Job seen Complete has committed
+before it exited, so its commit is in the later scan; the reverse order could see a fresh Job
+Complete but its commit not yet, and spend an attempt on a model that is done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from featx.errors import FeatxError, TransientError
+from featx.kube.config import Desired, RunConfig
+from featx.kube.jobs import release_selector, render_job
+from featx.kube.observe import ObservedJob, observe
+from featx.kube.reconcile import Action, Create, Delete, GiveUp, Settings, Skip, decide
+from featx.logs import EventLog
+from featx.store import FailureRecord, Store
+
+
+class Kube(Protocol):
+    """What the controller needs from the API (``featx.kube.client.KubeClient``; fakes in tests)."""
+
+    def list_jobs(self, selector: str) -> list[dict[str, Any]]: ...
+    def list_pods(self, selector: str) -> list[dict[str, Any]]: ...
+    def create_job(self, manifest: dict[str, Any]) -> bool: ...
+    def delete_job(self, name: str) -> bool: ...
+
+
+def settings_for(config: RunConfig) -> Settings:
+    return Settings(attempts=config.attempts, concurrency=config.concurrency, classes=config.classes,
+                    qlora=config.qlora, batch_size=config.batch_size, release=config.release,
+                    render=lambda d, sizing, attempt: render_job(config, d, sizing, attempt))
+
+
+@dataclass
+class PassResult:
+    actions: list[Action] = field(default_factory=list)
+    created: int = 0
+    existed: int = 0
+    deleted: int = 0
+    gave_up: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        skips: dict[str, int] = {}
+        for a in self.actions:
+            if isinstance(a, Skip):
+                skips[a.kind] = skips.get(a.kind, 0) + 1
+        return {"created": self.created, "existed": self.existed, "deleted": self.deleted, "gave_up": self.gave_up,
+                **{f"skip_{k}": v for k, v in sorted(skips.items())}, "errors": len(self.errors),
+                "seconds": round(self.seconds, 3)}
+
+
+class Controller:
+    def __init__(self, config: RunConfig, kube: Kube, store: Store, log: EventLog | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config, self.kube, self.store = config, kube, store
+        self.log = log or EventLog()
+        self.clock = clock
+        self.settings = settings_for(config)
+        self.selector = release_selector(config.release)
+        self._desired: list[Desired] | None = None
+        self._logged: set[tuple[str, str, str]] = set()  # skip lines already logged (no repeats per pass)
+
+    @property
+    def desired(self) -> list[Desired]:
+        if self._desired is None:  # the catalog does not change while the controller runs
+            self._desired = self.config.desired()
+        return self._desired
+
+    def observe(self) -> list[ObservedJob]:
+        jobs = self.kube.list_jobs(self.selector)
+        failed = any(_failed(j) for j in jobs)
+        pods = self.kube.list_pods(self.selector) if failed else []  # exit codes only matter for failures
+        return observe(jobs, pods)
+
+    def plan(self) -> list[Action]:
+        observed = self.observe()  # first: see the module docstring
+        committed = self.store.scan(self.config.scan_prefix)
+        return decide(self.desired, committed, observed, self.settings)
+
+    def run_once(self, dry_run: bool = False) -> PassResult:
+        t0 = self.clock()
+        result = PassResult()
+        result.actions = self.plan()
+        for action in result.actions:
+            if dry_run:
+                self._event(action, dry_run=True)
+                continue
+            try:
+                self._apply(action, result)
+            except FeatxError as e:
+                result.errors.append(f"{type(action).__name__} {action.model}: {e}")
+                self.log.event("error", model=action.model, action=type(action).__name__.lower(), reason=str(e))
+        result.seconds = self.clock() - t0
+        self.log.event("pass", **result.summary())
+        return result
+
+    def _apply(self, action: Action, result: PassResult) -> None:
+        if isinstance(action, Create):
+            if self.kube.create_job(action.job):
+                result.created += 1
+                self._event(action)
+            else:
+                result.existed += 1
+                self.log.event("exists", model=action.model, job=action.name, attempt=action.attempt,
+                               reason="another reconciler created it")
+        elif isinstance(action, Delete):
+            if self.kube.delete_job(action.name):
+                result.deleted += 1
+            self._event(action)
+        elif isinstance(action, GiveUp):
+            if action.record:
+                # put, not record_failure: keep the attempt number the Jobs counted
+                record = FailureRecord(action.model, action.reason, "permanent", action.attempt)
+                self.store.put_bytes(action.key.failure, record.to_json())
+                result.gave_up += 1
+            self._event(action)
+        else:
+            self._event(action)
+
+    def _event(self, action: Action, dry_run: bool = False) -> None:
+        extra = {"dry_run": True} if dry_run else {}
+        if isinstance(action, Create):
+            s = action.sizing
+            self.log.event("create" if action.attempt == 1 else "retry", model=action.model, job=action.name,
+                           attempt=action.attempt, gpu_class=s.class_name, gpus=s.gpus,
+                           token_budget=s.token_budget, reason=action.why, **extra)
+        elif isinstance(action, Delete):
+            self.log.event("delete", model=action.model, job=action.name, reason=action.reason, **extra)
+        elif isinstance(action, GiveUp):
+            key = ("give-up", action.model, str(action.attempt))
+            if action.record or key not in self._logged:
+                self._logged.add(key)
+                self.log.event("give-up", model=action.model, attempt=action.attempt, reason=action.reason, **extra)
+        else:
+            key = (action.kind, action.model, action.reason)
+            if key not in self._logged:  # one line per model and state, not one per pass
+                self._logged.add(key)
+                self.log.event(f"skip-{action.kind}", model=action.model, reason=action.reason or None, **extra)
+
+    def watch(self, interval: float | None = None, stop: threading.Event | None = None,
+              max_passes: int | None = None) -> int:
+        """Pass after pass until ``stop`` is set (or ``max_passes``); API or store outages are
+        logged and retried at the next pass."""
+        stop = stop or threading.Event()
+        interval = self.config.interval_s if interval is None else interval
+        passes = 0
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except TransientError as e:
+                self.log.event("error", reason=str(e), retry_in_s=interval)
+            passes += 1
+            if max_passes is not None and passes >= max_passes:
+                break
+            stop.wait(interval)
+        return 0
+
+
+def _failed(job: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Failed" and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])

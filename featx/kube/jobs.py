@@ -1,0 +1,140 @@
+"""One Kubernetes Job manifest per model and attempt, as a plain dict: the chart's Job template
+(``run.yaml`` ``jobTemplate``) filled with the model's name, labels, command and GPU sizing.
+
+- ``backoffLimit: 0``: every attempt is its own Job (the reconciler makes the next one at once,
+  without the Job controller's pod back-off), so attempts are visible as Jobs.
+- ``podFailurePolicy``: exit codes 2 (usage) and 3 (model missing, gated, unsupported) fail the
+  Job at once (condition reason ``PodFailurePolicy``); a pod disrupted by preemption or a node
+  drain is ignored (the Job makes a new pod, no attempt is spent).
+- GPU: ``resources.limits[<class resource>] = gpus``; node affinity ``<memoryLabel> Gt memoryMiB-1``
+  (GPU Feature Discovery labels device memory in MiB) plus the class's nodeSelector and tolerations.
+Pure: the same inputs give the same manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from featx.errors import EXIT_PERMANENT, EXIT_USAGE
+from featx.kube.config import Desired, RunConfig
+from featx.kube.naming import job_name, label_value
+from featx.plan.sizing import GiB, Sizing
+
+GROUP = "featx.io"
+L_RELEASE, L_MODEL, L_MODELSET, L_ATTEMPT, L_CLASS = (f"{GROUP}/release", f"{GROUP}/model", f"{GROUP}/modelset",
+                                                      f"{GROUP}/attempt", f"{GROUP}/gpu-class")
+A_MODEL_ID, A_STEM, A_GPUS, A_TOKEN_BUDGET, A_BATCH, A_PEAK, A_SIZING = (
+    f"{GROUP}/model-id", f"{GROUP}/stem", f"{GROUP}/gpus", f"{GROUP}/token-budget", f"{GROUP}/batch-size",
+    f"{GROUP}/est-peak-gib", f"{GROUP}/sizing")
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+CONTAINER = "extract"
+PERMANENT_EXIT_CODES = (EXIT_USAGE, EXIT_PERMANENT)
+
+
+def release_selector(release: str) -> str:
+    """The label selector of every Job (and pod) of a release."""
+    return f"{L_RELEASE}={label_value(release)}"
+
+
+def extract_args(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> list[str]:
+    """Arguments of ``featx extract`` for one model (the container command is ``featx extract``)."""
+    args = ["--models", d.id, "--store", config.store, "--dataset", config.dataset]
+    if config.subset:
+        args += ["--subset", str(config.subset)]
+    if d.spec.modality == "language" and config.caption_idx:
+        args += ["--caption_idx", str(config.caption_idx)]
+    if config.num_samples:
+        args += ["--num_samples", str(config.num_samples)]
+    args += ["--pool", d.pool, "--batch_size", str(sizing.batch_size)]
+    if sizing.token_budget:
+        args += ["--token_budget", str(sizing.token_budget)]
+    if config.qlora and d.spec.modality == "language":
+        args.append("--qlora")
+    args += ["--attempt", str(attempt), "--gpu_class", sizing.class_name, "--log_format", "json"]
+    return args + list(config.extra_args)
+
+
+def _affinity(sizing: Sizing) -> dict[str, Any] | None:
+    c = sizing.gpu_class
+    if c is None or not c.memory_label:
+        return None
+    term = {"matchExpressions": [{"key": c.memory_label, "operator": "Gt", "values": [str(c.memory_mib - 1)]}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
+def labels(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "featx",
+        "app.kubernetes.io/instance": label_value(config.release),
+        "app.kubernetes.io/version": label_value(config.app_version),
+        "app.kubernetes.io/component": "extract",
+        "app.kubernetes.io/part-of": "featx",
+        "app.kubernetes.io/managed-by": "featx-controller",
+        L_RELEASE: label_value(config.release),
+        L_MODEL: label_value(d.id),
+        L_MODELSET: label_value(config.modelset_label),
+        L_ATTEMPT: str(attempt),
+        L_CLASS: label_value(sizing.class_name),
+    }
+
+
+def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> dict[str, Any]:
+    """The Job for ``attempt`` of model ``d`` on ``sizing`` (which must fit)."""
+    if not sizing.fits:
+        raise ValueError(f"{d.id}: no GPU class fits ({sizing.reason}); nothing to render")
+    tpl = config.job_template
+    name = job_name(config.release, d.stem, d.id, attempt)
+    lab = labels(config, d, sizing, attempt)
+    ann = {A_MODEL_ID: d.id, A_STEM: d.stem, A_GPUS: str(sizing.gpus), A_BATCH: str(sizing.batch_size),
+           A_PEAK: f"{sizing.est_peak_bytes / GiB:.1f}", A_SIZING: sizing.reason}
+    if sizing.token_budget:
+        ann[A_TOKEN_BUDGET] = str(sizing.token_budget)
+    if config.kueue_queue:
+        lab[KUEUE_QUEUE] = config.kueue_queue
+
+    pod = copy.deepcopy(tpl["podSpec"])
+    container = next(c for c in pod["containers"] if c["name"] == CONTAINER)
+    container["args"] = extract_args(config, d, sizing, attempt)
+    resources = container.setdefault("resources", {})
+    c = sizing.gpu_class
+    assert c is not None
+    if c.resource:
+        for kind in ("requests", "limits"):
+            resources.setdefault(kind, {})[c.resource] = str(sizing.gpus)
+    else:  # a CPU class: the estimate is the memory the pod needs
+        need = f"{-(-sizing.est_peak_bytes // 2**20)}Mi"
+        resources.setdefault("requests", {})["memory"] = need
+    selector = {**(pod.get("nodeSelector") or {}), **c.node_selector}
+    if selector:
+        pod["nodeSelector"] = selector
+    else:
+        pod.pop("nodeSelector", None)
+    tolerations = list(pod.get("tolerations") or []) + [t for t in c.tolerations if t not in (pod.get("tolerations") or [])]
+    if tolerations:
+        pod["tolerations"] = tolerations
+    else:
+        pod.pop("tolerations", None)
+    affinity = _affinity(sizing)
+    if affinity:
+        pod["affinity"] = affinity
+
+    pod_labels = {k: v for k, v in lab.items() if k != KUEUE_QUEUE}
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(PERMANENT_EXIT_CODES)}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]},
+        "template": {"metadata": {"labels": pod_labels,
+                                  "annotations": {**(tpl.get("podAnnotations") or {}), A_MODEL_ID: d.id}},
+                     "spec": pod},
+    }
+    if tpl.get("activeDeadlineSeconds"):
+        spec["activeDeadlineSeconds"] = int(tpl["activeDeadlineSeconds"])
+    if config.kueue_queue:
+        spec["suspend"] = True  # Kueue admits (unsuspends) it when its quota allows
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": config.namespace, "labels": lab, "annotations": ann},
+            "spec": spec}

@@ -1,0 +1,213 @@
+"""The reconciler's decisions: a pure function from what is wanted, what the store holds and what
+the cluster shows to a list of actions. Purely computational, no side effects: the controller
+(``featx.kube.controller``) reads the three inputs fresh on every pass and applies the actions.
+
+Per model, numbered steps, the first that applies wins (level-triggered, as in kueue's reconciler):
+
+1. committed in the store -> nothing to run; its finished Jobs are deleted (the manifest is the record).
+2. a Job of it is pending, running or being deleted -> leave it alone.
+3. its last attempt finished without a commit -> classify the failure:
+   a. permanent (exit code 2/3, or the Job failed by its podFailurePolicy) -> give up now;
+   b. the attempts limit is reached -> give up with the last attempt's reason;
+   c. out of memory (exit code 4, or OOMKilled) -> next attempt on the next larger option
+      (``featx.plan.sizing.escalate``); give up when there is none;
+   d. anything else (transient errors, a Job that "succeeded" without committing, a deadline)
+      -> next attempt on the same GPU class.
+4. no Job and a permanent failure recorded in the store -> skip (delete the record to retry).
+5. no Job -> first attempt, sized by ``featx.plan.sizing.choose``.
+6. no enabled GPU class holds it -> skip with the reason (a configuration matter, not recorded).
+7. the concurrency limit (active Jobs of the release) is reached -> wait for the next pass.
+
+Giving up writes a permanent failure record to the store once (``GiveUp.record``); the Jobs of a
+model that gave up stay for ``kubectl logs``. Job names are deterministic per release + artifact +
+attempt, so a racing or restarted reconciler creates the same names and the API refuses duplicates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Mapping, Union
+
+from featx.errors import EXIT_OOM
+from featx.kube.config import Desired
+from featx.kube.jobs import PERMANENT_EXIT_CODES
+from featx.kube.naming import job_name
+from featx.kube.observe import ObservedJob
+from featx.plan.sizing import GpuClass, Sizing, choose, escalate, size_on
+from featx.store.keys import ArtifactKey
+from featx.store.records import StoredState
+
+SkipKind = Literal["done", "running", "pending", "deleting", "failed", "unsized", "waiting"]
+FailureKind = Literal["permanent", "transient", "oom"]
+
+
+# -- actions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Create:
+    model: str
+    attempt: int
+    name: str
+    sizing: Sizing
+    job: dict[str, Any] = field(repr=False, hash=False, compare=False)
+    why: str = ""  # "first attempt" or the previous attempt's failure
+
+
+@dataclass(frozen=True)
+class Delete:
+    model: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    model: str
+    key: ArtifactKey
+    attempt: int
+    reason: str
+    record: bool = True  # False when the store already holds a permanent failure record
+
+
+@dataclass(frozen=True)
+class Skip:
+    model: str
+    kind: SkipKind
+    reason: str = ""
+
+
+Action = Union[Create, Delete, GiveUp, Skip]
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    reason: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Policy as data. ``render(desired, sizing, attempt) -> Job manifest`` (``featx.kube.jobs``),
+    or None for a bare manifest holding only the name (tests of the decisions alone)."""
+
+    attempts: int = 3
+    concurrency: int = 10
+    classes: tuple[GpuClass, ...] = ()
+    qlora: bool = False
+    batch_size: int = 64
+    release: str = "featx"
+    render: Callable[[Desired, Sizing, int], dict[str, Any]] | None = field(default=None, compare=False)
+
+
+# -- classification (pure helpers) ----------------------------------------------------------
+
+
+def classify(job: ObservedJob, state: StoredState | None) -> Failure:
+    """Why a finished, uncommitted attempt failed, and whether retrying can help."""
+    record = state.failure if state is not None and state.state == "failed" else None
+    said = f": {record.reason}" if record is not None and record.reason else ""
+    if job.phase == "succeeded":
+        return Failure("transient", "the Job completed but committed no output to the store")
+    code = f"exit code {job.exit_code}" if job.exit_code is not None else "no exit code"
+    where = f" ({job.pod_reason})" if job.pod_reason and job.pod_reason not in ("Error",) else ""
+    if job.reason == "PodFailurePolicy" or job.exit_code in PERMANENT_EXIT_CODES:
+        return Failure("permanent", f"cannot succeed on retry ({code}){said}")
+    if job.exit_code == EXIT_OOM or job.pod_reason == "OOMKilled":
+        return Failure("oom", f"out of memory on {job.gpus}x {job.gpu_class} ({code}{where}){said}")
+    if job.reason == "DeadlineExceeded":
+        return Failure("transient", f"ran longer than the Job's activeDeadlineSeconds{said}")
+    return Failure("transient", f"{code}{where}{said or (': ' + job.message if job.message else '')}")
+
+
+def _recorded_permanent(state: StoredState | None) -> bool:
+    return bool(state is not None and state.state == "failed" and state.failure is not None
+                and state.failure.kind == "permanent")
+
+
+# -- the decision ---------------------------------------------------------------------------
+
+
+def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], observed: Iterable[ObservedJob],
+           settings: Settings) -> list[Action]:
+    """Actions that move the cluster toward "every desired model committed". Pure."""
+    observed = list(observed)
+    by_stem: dict[str, list[ObservedJob]] = {}
+    for j in observed:
+        by_stem.setdefault(j.stem, []).append(j)
+    budget = settings.concurrency - sum(j.active for j in observed)
+    actions: list[Action] = []
+
+    def create(d: Desired, sizing: Sizing, attempt: int, why: str) -> None:
+        nonlocal budget
+        # 6. no enabled class holds the model: a configuration matter, nothing to record
+        if not sizing.fits:
+            actions.append(Skip(d.id, "unsized", sizing.reason))
+            return
+        # 7. concurrency limit: wait for a slot
+        if budget <= 0:
+            actions.append(Skip(d.id, "waiting", f"concurrency limit {settings.concurrency} reached"))
+            return
+        budget -= 1
+        name = job_name(settings.release, d.stem, d.id, attempt)
+        job = settings.render(d, sizing, attempt) if settings.render else {"metadata": {"name": name}}
+        actions.append(Create(d.id, attempt, job["metadata"]["name"], sizing, job, why))
+
+    for d in desired:
+        jobs = sorted(by_stem.get(d.stem, ()), key=lambda j: j.attempt)
+        state = committed.get(d.stem)
+
+        # 1. committed: nothing to run; clean up its finished Jobs
+        if state is not None and state.state == "done":
+            actions += [Delete(d.id, j.name, "model is committed") for j in jobs if j.finished and not j.deleting]
+            actions.append(Skip(d.id, "done"))
+            continue
+
+        # 2. an attempt is in flight (or its Job is going away): leave it alone
+        live = [j for j in jobs if not j.finished]
+        if live:
+            j = live[-1]
+            kind: SkipKind = "deleting" if j.deleting else ("running" if j.phase == "running" else "pending")
+            actions.append(Skip(d.id, kind, f"Job {j.name} (attempt {j.attempt})"))
+            continue
+
+        # 3. the last attempt finished without a commit
+        if jobs:
+            last = jobs[-1]
+            failure = classify(last, state)
+            record = not _recorded_permanent(state)
+            # 3a. cannot succeed on retry
+            if failure.kind == "permanent":
+                actions.append(GiveUp(d.id, d.key, last.attempt, failure.reason, record))
+                continue
+            # 3b. attempts limit
+            if last.attempt >= settings.attempts:
+                actions.append(GiveUp(d.id, d.key, last.attempt,
+                                      f"gave up after {last.attempt} attempt(s); last: {failure.reason}", record))
+                continue
+            # 3c. out of memory: a larger option
+            if failure.kind == "oom":
+                sizing = escalate(d.spec, settings.classes, last.gpu_class, last.gpus, settings.qlora,
+                                  batch_size=settings.batch_size)
+                if not sizing.fits:
+                    actions.append(GiveUp(d.id, d.key, last.attempt,
+                                          f"{failure.reason}; no larger GPU class is configured", record))
+                    continue
+            # 3d. anything else: the same class again
+            else:
+                sizing = size_on(d.spec, settings.classes, last.gpu_class, last.gpus, settings.qlora,
+                                 batch_size=settings.batch_size)
+            create(d, sizing, last.attempt + 1, f"attempt {last.attempt} failed: {failure.reason}")
+            continue
+
+        # 4. no Job, and a permanent failure on record
+        if _recorded_permanent(state):
+            assert state is not None and state.failure is not None
+            actions.append(Skip(d.id, "failed", state.failure.reason))
+            continue
+
+        # 5. first attempt
+        sizing = choose(d.spec, settings.classes, settings.qlora, batch_size=settings.batch_size)
+        create(d, sizing, 1, "first attempt" if state is None or state.state == "missing"
+               else f"store says {state.state}: {state.reason}".rstrip(": "))
+    return actions

@@ -1,0 +1,457 @@
+"""S3-compatible store (AWS S3, MinIO, SeaweedFS, Ceph, CoreWeave...) over boto3.
+
+The commit protocol lives in ``base.Store``; this module supplies its primitives so that:
+
+* a data object becomes visible only whole and with the checksum the server verified: a single
+  PUT with ``Content-MD5`` and ``x-amz-checksum-sha256`` (the sha256 the manifest will record), or
+  a multipart upload whose parts each carry their ``Content-MD5`` and which is aborted on any
+  failure (a killed process leaves only an invisible, unfinished upload; the next ``put_file`` of
+  the same key aborts it);
+* a manifest is written only if absent (``If-None-Match: *``);
+* ``featx status`` of 1,000 models is one listing plus zero GETs once manifests are cached
+  (manifests are immutable: cached on local disk by URL, key and ETag).
+
+Endpoint, region and credentials come from the usual AWS variables and profiles
+(``AWS_ENDPOINT_URL[_S3]``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
+``AWS_REGION``/``AWS_DEFAULT_REGION``); an explicit ``endpoint_url`` (``--s3-endpoint``) wins.
+Nothing secret is ever put in ``url``, a message or a manifest.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from featx.errors import FeatxError, StoreError, TransientError
+from featx.store.base import ObjectInfo, Store
+from featx.store.records import Manifest
+
+MiB = 1 << 20
+PART_SIZE = 64 * MiB  # multipart part size (S3 allows 5 MiB .. 5 GiB, at most 10,000 parts)
+MULTIPART_THRESHOLD = 64 * MiB  # files at least this large go multipart, in parallel parts
+MAX_WORKERS = 8  # parallel parts per upload/download (memory: about (workers + 1) x part size)
+CONNECT_TIMEOUT_S = 3  # an unreachable endpoint fails in seconds, not minutes
+READ_TIMEOUT_S = 120
+MAX_ATTEMPTS = 5  # botocore "standard" retry mode: throttling, 5xx, connection resets
+
+# -- one table from S3 error codes to featx errors (``{url}``, ``{endpoint}``, ``{bucket}``) ------
+_ACCESS_DENIED = ("{url}: access denied: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                  "(or AWS_PROFILE) for this endpoint")
+_NO_BUCKET = "bucket {bucket} does not exist at {endpoint}: create it or fix --store"
+_UNREACHABLE = "cannot reach S3 endpoint {endpoint} for {url}: check --s3-endpoint / AWS_ENDPOINT_URL"
+_ERROR_CODES: dict[str, tuple[type[FeatxError], str]] = {
+    **{code: (StoreError, _ACCESS_DENIED) for code in (
+        "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+        "ExpiredToken", "InvalidClientTokenId", "AllAccessDisabled")},
+    "NoSuchBucket": (StoreError, _NO_BUCKET),
+    "BadDigest": (TransientError, "{url}: {key}: the server rejected the upload's checksum "
+                                  "(bytes changed in transit); retry"),
+    "InvalidDigest": (TransientError, "{url}: {key}: the server rejected the upload's checksum; retry"),
+}
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _md5_b64(data: bytes | memoryview) -> str:
+    return _b64(hashlib.md5(data, usedforsecurity=False).digest())
+
+
+def _public_endpoint(url: str | None) -> str:
+    """The endpoint without any ``user:password@`` part, for messages."""
+    if not url:
+        return "AWS S3"
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url.rstrip("/")
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])).rstrip("/")
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _status(exc: Exception) -> int:
+    return int(getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+class S3Store(Store):
+    """Features under ``s3://bucket/prefix``; see the module docstring for the guarantees.
+
+    ``client`` is a boto3 S3 client (``from_url`` builds one from the AWS environment);
+    ``manifest_cache`` is a directory (default ``$FEATX_HOME/manifest-cache``), ``False`` to disable.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", *, client: Any, part_size: int = PART_SIZE,
+                 multipart_threshold: int = MULTIPART_THRESHOLD, max_workers: int = MAX_WORKERS,
+                 manifest_cache: str | Path | bool | None = None):
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.client = client
+        self._check_client: Any = lambda: client  # from_url: a client with few retries, made on demand
+        self.endpoint = _public_endpoint(client.meta.endpoint_url)
+        self.part_size, self.multipart_threshold = max(part_size, 5 * MiB), multipart_threshold
+        self.max_workers = max(1, max_workers)
+        if manifest_cache is None or manifest_cache is True:
+            from featx import settings
+
+            manifest_cache = settings.FEATX_HOME / "manifest-cache"
+        self.manifest_cache = Path(manifest_cache) if manifest_cache else None
+        self._reached = False  # after one successful request, connection errors are transient
+        self._prefetched: dict[tuple[str, str], tuple[bytes, str]] = {}
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_url(cls, url: str, endpoint_url: str | None = None, region: str | None = None,
+                 **options: Any) -> "S3Store":
+        """``s3://bucket[/prefix]`` with endpoint/region/credentials from the AWS environment;
+        ``endpoint_url`` (``--s3-endpoint``) and ``region`` override it. ``options`` go to
+        the constructor (``part_size``, ``max_workers``, ``manifest_cache``...)."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise StoreError(f"{url!r} is not an S3 URL: use s3://bucket/prefix")
+        if "@" in parts.netloc:
+            raise StoreError("credentials do not belong in the store URL: use AWS_ACCESS_KEY_ID/"
+                             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+        bucket, prefix = parts.netloc, parts.path.strip("/")
+        workers = max(1, int(options.get("max_workers", MAX_WORKERS)))
+        client = _make_client(endpoint_url, region, pool=workers + 4, attempts=MAX_ATTEMPTS)
+        store = cls(bucket, prefix, client=client, **options)
+        store._check_client = lambda: _make_client(endpoint_url, region, pool=2, attempts=2)
+        return store
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
+
+    # -- errors ------------------------------------------------------------------------------
+    def _translate(self, exc: Exception, key: str = "") -> FeatxError:
+        import botocore.exceptions as bce
+
+        fill = {"url": self.url, "endpoint": self.endpoint, "bucket": self.bucket, "key": key}
+        if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ProxyConnectionError)):
+            kind = TransientError if self._reached else StoreError
+            return kind(_UNREACHABLE.format(**fill))
+        if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+            return StoreError(f"{self.url}: no AWS credentials found: set AWS_ACCESS_KEY_ID/"
+                              "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+        if isinstance(exc, bce.BotoCoreError):  # timeouts, closed connections, SSL...
+            return TransientError(f"{self.url}: {key or self.endpoint}: {type(exc).__name__}; retry")
+        code = _error_code(exc)
+        kind, text = _ERROR_CODES.get(code, (None, ""))
+        if kind is not None:
+            return kind(text.format(**fill))
+        message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")).splitlines()
+        detail = f"{code}" + (f": {message[0]}" if message and message[0] else "")
+        return TransientError(f"{self.url}: {key}: S3 error {detail or _status(exc)}; retry")
+
+    @contextlib.contextmanager
+    def _errors(self, key: str = "") -> Iterator[None]:
+        import botocore.exceptions as bce
+
+        try:
+            yield
+        except (bce.BotoCoreError, bce.ClientError) as exc:
+            raise self._translate(exc, key) from exc
+        self._reached = True
+
+    def check(self) -> None:
+        """HeadBucket: fail fast (one line, no retries to speak of) on wrong credentials, a
+        missing bucket or an unreachable endpoint, before any extraction starts."""
+        import botocore.exceptions as bce
+
+        try:
+            self._check_client().head_bucket(Bucket=self.bucket)
+        except bce.ClientError as exc:
+            if _error_code(exc) in ("404", "NotFound", "NoSuchBucket"):
+                raise StoreError(_NO_BUCKET.format(bucket=self.bucket, endpoint=self.endpoint)) from exc
+            raise self._translate(exc) from exc
+        except bce.BotoCoreError as exc:
+            raise self._translate(exc) from exc
+        self._reached = True
+
+    # -- primitives --------------------------------------------------------------------------
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def put_file(self, rel: str, src: Path, sha256: str) -> ObjectInfo:
+        size = Path(src).stat().st_size
+        if size < self.multipart_threshold:
+            return self._put_single(rel, Path(src), sha256)
+        return self._put_multipart(rel, Path(src), sha256, size)
+
+    def _put_single(self, rel: str, src: Path, sha256: str) -> ObjectInfo:
+        data = src.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise TransientError(f"{src}: bytes changed since they were hashed; retry")
+        key = self._key(rel)
+        with self._errors(key):
+            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentMD5=_md5_b64(data),
+                                          ChecksumSHA256=_b64(bytes.fromhex(sha256)))
+        return ObjectInfo(len(data), resp["ETag"].strip('"'))
+
+    def _abort_stale_uploads(self, key: str) -> None:
+        """Abort unfinished uploads of ``key`` left by a killed writer (best effort)."""
+        with contextlib.suppress(Exception):
+            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for upload in listing.get("Uploads", []):
+                if upload.get("Key") == key:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+
+    def _put_multipart(self, rel: str, src: Path, sha256: str, size: int) -> ObjectInfo:
+        """Parts read in order (sha256 over the whole file on the way), uploaded in parallel with
+        at most ``max_workers + 1`` parts in memory; any failure (or a signal) aborts the upload."""
+        key = self._key(rel)
+        part_size = max(self.part_size, -(-size // 10_000))
+        self._abort_stale_uploads(key)
+        with self._errors(key):
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        slots, failed = threading.BoundedSemaphore(self.max_workers + 1), threading.Event()
+        digest = hashlib.sha256()
+
+        def send(number: int, body: bytes) -> dict[str, Any]:
+            try:
+                resp = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                               Body=body, ContentMD5=_md5_b64(body))
+                return {"PartNumber": number, "ETag": resp["ETag"]}
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                slots.release()
+
+        pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="featx-s3-put")
+        futures: list[Future] = []
+        try:
+            with src.open("rb") as f, self._errors(key):
+                for number in range(1, -(-size // part_size) + 1):
+                    slots.acquire()
+                    if failed.is_set():
+                        break
+                    body = f.read(part_size)
+                    digest.update(body)
+                    futures.append(pool.submit(send, number, body))
+                parts = [fut.result() for fut in futures]
+                if f.read(1) or digest.hexdigest() != sha256:
+                    raise TransientError(f"{src}: bytes changed since they were hashed; retry")
+                resp = self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                             MultipartUpload={"Parts": parts})
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+        pool.shutdown()
+        return ObjectInfo(size, resp["ETag"].strip('"'))
+
+    def _put(self, rel: str, data: bytes, **extra: Any) -> dict[str, Any]:
+        return self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data,
+                                      ContentMD5=_md5_b64(data), **extra)
+
+    def put_bytes_if_absent(self, rel: str, data: bytes) -> bool:
+        import botocore.exceptions as bce
+
+        with self._errors(self._key(rel)):
+            try:
+                self._put(rel, data, IfNoneMatch="*")
+            except bce.ClientError as exc:
+                if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict") \
+                        or _status(exc) in (409, 412):
+                    return False
+                raise
+        return True
+
+    def put_bytes(self, rel: str, data: bytes) -> None:
+        with self._errors(self._key(rel)):
+            self._put(rel, data)
+
+    def _get(self, key: str) -> tuple[bytes, str] | None:
+        import botocore.exceptions as bce
+
+        with self._errors(key):
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            except bce.ClientError as exc:
+                if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    return None
+                raise
+            return resp["Body"].read(), resp.get("ETag", "").strip('"')
+
+    def get_bytes(self, rel: str) -> bytes | None:
+        got = self._get(self._key(rel))
+        return got[0] if got else None
+
+    def get_file(self, rel: str, dest: Path) -> None:
+        """Download to ``dest`` (written under a temporary name, then renamed), in parallel
+        ranges pinned to one ETag so an object replaced mid-download fails instead of mixing."""
+        import botocore.exceptions as bce
+
+        key, dest = self._key(rel), Path(dest)
+        with self._errors(key):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except bce.ClientError as exc:
+                if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    raise FileNotFoundError(f"{rel} is missing in {self.url}") from None
+                raise
+        size, etag = head["ContentLength"], head["ETag"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        try:
+            ranges = [(start, min(start + self.part_size, size) - 1) for start in range(0, size, self.part_size)]
+
+            def fetch(first: int, last: int) -> None:
+                resp = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag, Range=f"bytes={first}-{last}")
+                body, offset = resp["Body"], first
+                while chunk := body.read(8 * MiB):
+                    os.pwrite(fd, chunk, offset)
+                    offset += len(chunk)
+                if offset != last + 1:
+                    raise TransientError(f"{self.url}: {key}: short read; retry")
+
+            with self._errors(key), ThreadPoolExecutor(self.max_workers, thread_name_prefix="featx-s3-get") as pool:
+                for fut in [pool.submit(fetch, first, last) for first, last in ranges]:
+                    fut.result()
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, dest)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def delete(self, rel: str) -> None:
+        import botocore.exceptions as bce
+
+        key = self._key(rel)
+        with self._errors(key):
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            except bce.ClientError as exc:
+                if _error_code(exc) not in ("NoSuchKey", "404", "NotFound"):
+                    raise
+
+    def list(self, prefix: str) -> dict[str, ObjectInfo]:
+        """One paginated ListObjectsV2 (1,000 keys a page) of everything under ``prefix``."""
+        start = len(self._key(""))
+        out: dict[str, ObjectInfo] = {}
+        with self._errors(self._key(prefix)):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix), PaginationConfig={"PageSize": 1000})
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    out[obj["Key"][start:]] = ObjectInfo(obj["Size"], obj["ETag"].strip('"'))
+        return out
+
+    def prefetch_manifests(self, manifests: dict[str, ObjectInfo]) -> None:
+        """GET the manifests not in the local cache in parallel (``max_workers`` at a time), so a
+        cold ``scan`` of 1,000 models is not 1,000 sequential round trips."""
+        self._prefetched = {}
+        todo = [(rel, info) for rel, info in manifests.items() if self._cache_path(rel, info.etag) is None]
+        if len(todo) < 2:
+            return
+
+        def fetch(item: tuple[str, ObjectInfo]) -> None:
+            rel, info = item
+            got = self._get(self._key(rel))
+            if got is not None:
+                self._prefetched[(rel, info.etag)] = got
+
+        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="featx-s3-scan") as pool:
+            list(pool.map(fetch, todo))
+
+    def read_manifest(self, rel: str, info: ObjectInfo) -> Manifest | None:
+        """Manifests are immutable (written once, if absent), so they are cached on local disk
+        under ``$FEATX_HOME/manifest-cache``, keyed by a hash of endpoint + URL + key + ETag: after
+        the first time, ``featx status`` of 1,000 models is one listing and zero GETs (the first
+        time, ``prefetch_manifests`` fetches them in parallel). A manifest deleted and rewritten
+        (a re-commit) has a new ETag, hence a new cache entry."""
+        cached = self._cache_path(rel, info.etag)
+        if cached is not None:
+            with contextlib.suppress(OSError, ValueError):
+                return Manifest.from_json(cached.read_bytes())
+        got = self._prefetched.pop((rel, info.etag), None) or self._get(self._key(rel))
+        if got is None:
+            return None
+        data, etag = got
+        manifest = Manifest.from_json(data)
+        self._cache_store(rel, etag or info.etag, data)
+        return manifest
+
+    # -- manifest cache ----------------------------------------------------------------------
+    def _cache_file(self, rel: str, etag: str) -> Path | None:
+        if self.manifest_cache is None or not etag:
+            return None
+        name = hashlib.sha256("\n".join((self.endpoint, self.url, rel, etag)).encode()).hexdigest()
+        return self.manifest_cache / name[:2] / f"{name}.json"
+
+    def _cache_path(self, rel: str, etag: str) -> Path | None:
+        path = self._cache_file(rel, etag)
+        return path if path is not None and path.is_file() else None
+
+    def _cache_store(self, rel: str, etag: str, data: bytes) -> None:
+        path = self._cache_file(rel, etag)
+        if path is None:
+            return
+        if len(etag) == 32 and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
+            return  # not the bytes this ETag names (replaced between listing and GET): do not cache
+        with contextlib.suppress(OSError):  # a read-only home only loses the cache
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+
+_LOADER: Any = None
+
+
+def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, attempts: int) -> Any:
+    """A boto3 S3 client from the AWS environment; path-style addressing for custom endpoints
+    and checksums only when required (S3-compatible stores reject boto3's new defaults; featx
+    sends the checksums it wants explicitly)."""
+    import boto3
+    import botocore.exceptions as bce
+    import botocore.loaders
+    import botocore.session
+    from botocore.config import Config
+
+    global _LOADER
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    try:
+        core = botocore.session.get_session()  # a fresh one: reads the environment as it is now
+        _LOADER = _LOADER or botocore.loaders.create_loader()
+        core.register_component("data_loader", _LOADER)  # service models parsed once per process
+        session = boto3.session.Session(botocore_session=core, profile_name=os.environ.get("AWS_PROFILE") or None)
+    except bce.ProfileNotFound as exc:
+        raise StoreError(f"AWS profile {os.environ.get('AWS_PROFILE')!r} not found: fix AWS_PROFILE "
+                         "or ~/.aws/config") from exc
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \
+        or session.region_name or "us-east-1"
+
+    def build(path_style: bool) -> Any:
+        config = Config(
+            region_name=region, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+            retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=pool,
+            request_checksum_calculation="when_required", response_checksum_validation="when_required",
+            s3={"addressing_style": "path"} if path_style else None,
+        )
+        try:
+            return session.client("s3", endpoint_url=endpoint, config=config)
+        except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+            raise StoreError(f"invalid S3 endpoint {_public_endpoint(endpoint)!r}: fix --s3-endpoint / "
+                             "AWS_ENDPOINT_URL") from exc
+
+    client = build(path_style=bool(endpoint))
+    host = urlsplit(client.meta.endpoint_url).hostname or ""
+    if not endpoint and not host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        client = build(path_style=True)  # an endpoint from the profile's config: not AWS itself
+    return client
