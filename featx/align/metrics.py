@@ -36,6 +36,9 @@ import torch.nn.functional as F
 METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "cka", "unbiased_cka", "cknna", "svcca", "edit_distance_knn")
 #: The reference treats every metric but cycle_knn as symmetric (measure_alignment.py).
 SYMMETRIC = frozenset(METRICS) - {"cycle_knn"}
+#: Symmetric by definition. The reference's cknna is not quite: its unbiased HSIC of the two masked
+#: kernels has a term sum(P @ Q) that changes when P and Q (not symmetric) swap.
+EXACTLY_SYMMETRIC = SYMMETRIC - {"cknna"}
 KERNEL_METRICS = ("cka", "unbiased_cka", "cknna")
 DEFAULT_Q = 0.95
 DEFAULT_CCA_DIM = 10

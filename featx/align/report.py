@@ -46,7 +46,7 @@ def _self_mask(data: dict) -> np.ndarray:
 
 def _title(data: dict) -> str:
     k = f" (k={data['topk']})" if data.get("topk") else ""
-    return f"{data['metric']}{k} — {data.get('label_x', 'x')} vs {data.get('label_y', 'y')} — {data['dataset']}/{data['subset']}"
+    return f"{data['metric']}{k} on {data['dataset']}/{data['subset']}\n{data.get('label_x', 'x')} vs {data.get('label_y', 'y')}"
 
 
 def heatmap(data: dict, dest: Path) -> None:
@@ -185,7 +185,7 @@ def write_report(out: Path, report_dir: Path | None = None, top: int = 10) -> Pa
                       if has_layers else "")
         sections.append(f"""
 <section>
-<h2>{html.escape(_title(data))}</h2>
+<h2>{html.escape(_title(data)).replace(chr(10), '<br>')}</h2>
 <p>{meta}<br>{' · '.join(links)}</p>
 <figure><img src="{files['heat']}" alt="alignment heat map"><figcaption>Best score over all layer pairs of each
 model pair; rows and columns ordered by family, then size.</figcaption></figure>

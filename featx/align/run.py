@@ -171,11 +171,15 @@ def score_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey, M.Model
     res = AlignResult(metric, topk, x, y, np.zeros((mx, my)), np.zeros((mx, my), dtype=np.int64),
                       np.zeros((mx, my), dtype=np.int64))
     done: dict[tuple[ArtifactKey, ArtifactKey], tuple[torch.Tensor, tuple[int, int]]] = {}
+    same_lists = [e.key for e in x.entries] == [e.key for e in y.entries]
+    # reuse the other orientation where the metric is symmetric; cknna only in the reference's own
+    # symmetric mode (x list == y list), where the reference itself reuses it
+    reuse = metric in M.EXACTLY_SYMMETRIC or (metric in M.SYMMETRIC and same_lists)
     for i, ex in enumerate(x.entries):
         for j, ey in enumerate(y.entries):
             if (ey.key, ex.key) in done:
                 mat, best = done[(ey.key, ex.key)]
-            elif metric in M.SYMMETRIC and (ex.key, ey.key) in done:
+            elif reuse and (ex.key, ey.key) in done:
                 # as the reference's symmetric mode: the other orientation, transposed, indices reversed
                 mat_t, best_t = done[(ex.key, ey.key)]
                 mat, best = mat_t.T, best_t[::-1]

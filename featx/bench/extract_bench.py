@@ -46,7 +46,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from featx.bench.reference import reference_language, reference_vision, unpadded_language
+from featx.bench.reference import block_outputs, reference_language, reference_vision, unpadded_language
 from featx.catalog.spec import ModelSpec
 
 CPU_TOKEN_BUDGET_DEFAULT = 8192  # featx.extract.runner.CPU_TOKEN_BUDGET, read from there when present
@@ -529,7 +529,7 @@ def bench_vision(case: VisionCase, device: str, n: int, batch_size: int = FEATX_
     ext = VisionExtractor(loaded, "cls", spec.id)
     if warmup:
         ext.extract(images[:min(n, batch_size)], batch_size, 0)
-        reference_vision(model, transform, images[:4])
+        reference_vision(model, transform, images[:4], extractor=block_outputs(model))
 
     with measure(device) as m_fx:
         res = ext.extract(images, batch_size, workers)
@@ -548,8 +548,9 @@ def bench_vision(case: VisionCase, device: str, n: int, batch_size: int = FEATX_
             torch.stack([pool_vision(t, ext.num_prefix, "cls") for t in block_tokens(model, x)], 1).cpu()
     del pre
 
+    traced = block_outputs(model)  # once per model, as the reference does; not timed
     with measure(device) as m_ref:
-        ref, ref_info = reference_vision(model, transform, images)
+        ref, ref_info = reference_vision(model, transform, images, extractor=traced)
     patch = getattr(model.patch_embed, "patch_size", (16, 16))
     h, w = rec["input_size"][1:]
     tokens = (h // patch[0]) * (w // patch[1]) + int(getattr(model, "num_prefix_tokens", 1))

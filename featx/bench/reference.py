@@ -113,7 +113,7 @@ def unpadded_language(model: Any, tokenizer: Any, texts: list[str], pool: str = 
             "bpb": (ce * LOG2E / n_bytes).mean()}
 
 
-def _block_outputs(model: Any) -> tuple[Any, str]:
+def block_outputs(model: Any) -> tuple[Any, str]:
     """The reference's ``create_feature_extractor(model, return_nodes=blocks.{i}.add_1)``; forward
     hooks on the blocks (same tensors: ``add_1`` is a ViT block's last residual add) where FX
     tracing fails."""
@@ -136,12 +136,14 @@ def _block_outputs(model: Any) -> tuple[Any, str]:
         return run, "hooks:blocks[i]"
 
 
-def reference_vision(model: Any, transform: Any, images: Sequence[Any],
-                     batch_size: int = REFERENCE_BATCH_SIZE) -> tuple[torch.Tensor, dict[str, Any]]:
+def reference_vision(model: Any, transform: Any, images: Sequence[Any], batch_size: int = REFERENCE_BATCH_SIZE,
+                     extractor: tuple[Any, str] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """``extract_lvm_features``: images transformed one by one in the main loop, CLS token of every
     block output -> ``feats [N, L, D]``. The reference indexes ``range(i, i + batch_size)`` and so
-    fails when N is not a multiple of the batch size; here the last batch is short instead."""
-    extractor, how = _block_outputs(model)
+    fails when N is not a multiple of the batch size; here the last batch is short instead.
+    ``extractor``: a ``block_outputs(model)`` built beforehand (FX tracing takes seconds, once per
+    model in the reference too), so a timing can leave it out."""
+    extractor, how = extractor or block_outputs(model)
     p = next(model.parameters())
     feats = []
     for i in range(0, len(images), batch_size):

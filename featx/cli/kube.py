@@ -14,7 +14,7 @@ from featx.cli.options import flag
 RENDER_EXAMPLES = """examples:
   featx render --modelset smoke
   featx render -f my-values.yaml --set concurrency=20 > jobs.yaml
-  featx render --models gpt2 --set gpuClasses[0].enabled=true
+  featx render --models gpt2 meta-llama/Llama-2-70b-hf --set kueue.queueName=gpu
 """
 
 RECONCILE_EXAMPLES = """examples:

@@ -65,7 +65,8 @@ def classify_load_error(model_id: str, exc: BaseException) -> Exception:
             or "unknown model" in low or "does not appear to have a file" in low or "no such file" in low):
         return PermanentError(f"{model_id} was not found on the hub or on disk; check the id with `featx models --check`")
     if ("does not recognize this architecture" in low or "unrecognized configuration" in low
-            or "model type" in low or "trust_remote_code" in low or isinstance(exc, (KeyError, NotImplementedError))):
+            or "model type" in low or "model_type" in low or "trust_remote_code" in low
+            or isinstance(exc, (KeyError, NotImplementedError))):
         return PermanentError(f"{model_id}: architecture not supported by the installed libraries ({text.splitlines()[0][:160]}); upgrade transformers/timm or drop the model")
     return exc if isinstance(exc, Exception) else RuntimeError(text)
 
@@ -94,13 +95,14 @@ def load_language(spec: ModelSpec, init: str, device: str, qlora: bool = False, 
     common: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     placed = qlora  # bitsandbytes places quantised weights itself
     try:
-        tokenizer = _tokenizer(spec, token)
+        if spec.arch and spec.config:  # a config given as data (smoke models)
+            tokenizer = _tokenizer(spec, token)
+            special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+            config = AutoConfig.for_model(spec.arch, **{**special, **spec.config})
+        else:  # the config first: an unknown architecture fails here, in a second
+            config = AutoConfig.from_pretrained(spec.load_id, revision=spec.revision, token=token, **common)
+            tokenizer = _tokenizer(spec, token)
         if spec.init == "random" or init == "random":
-            if spec.arch and spec.config:
-                special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-                config = AutoConfig.for_model(spec.arch, **{**special, **spec.config})
-            else:
-                config = AutoConfig.from_pretrained(spec.load_id, revision=spec.revision, token=token, **common)
             torch.manual_seed(seed)
             model, attn = _build(lambda **kw: AutoModelForCausalLM.from_config(config, **kw), dtype, common, fallbacks)
             num_params = _count_params(model)
@@ -113,7 +115,7 @@ def load_language(spec: ModelSpec, init: str, device: str, qlora: bool = False, 
             if device.startswith("cuda"):
                 kwargs["device_map"] = "auto" if torch.cuda.device_count() > 1 else device
                 placed = True
-            model, attn = _build(lambda **kw: AutoModelForCausalLM.from_pretrained(spec.load_id, **kw, **kwargs),
+            model, attn = _build(lambda **kw: AutoModelForCausalLM.from_pretrained(spec.load_id, config=config, **kw, **kwargs),
                                  dtype, {}, fallbacks)
             num_params = _params_before_quantising(model, spec) if qlora else _count_params(model)
     except (PermanentError, TransientError, UsageError):

@@ -95,13 +95,20 @@ class KubeClient:
             raise UsageError(f"ConfigMap {configmap} has no run.yaml key; is it the featx chart's?")
         return data["run.yaml"]
 
+    def _list(self, what: str, fn, selector: str) -> list[dict[str, Any]]:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            res = self._call(what, fn, self.namespace, label_selector=selector)
+        except ApiException as e:
+            raise TransientError(f"{what}: {e.status} {e.reason}; the next pass retries") from e
+        return [self._plain(x) for x in res.items]
+
     def list_jobs(self, selector: str) -> list[dict[str, Any]]:
-        res = self._call("list jobs", self._batch.list_namespaced_job, self.namespace, label_selector=selector)
-        return [self._plain(j) for j in res.items]
+        return self._list("list jobs", self._batch.list_namespaced_job, selector)
 
     def list_pods(self, selector: str) -> list[dict[str, Any]]:
-        res = self._call("list pods", self._core.list_namespaced_pod, self.namespace, label_selector=selector)
-        return [self._plain(p) for p in res.items]
+        return self._list("list pods", self._core.list_namespaced_pod, selector)
 
     def create_job(self, manifest: dict[str, Any]) -> bool:
         """Create a Job; False if one of that name exists already (another reconciler made it)."""

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from featx.errors import FeatxError, TransientError
+from featx.errors import FeatxError
 from featx.kube.config import Desired, RunConfig
 from featx.kube.jobs import release_selector, render_job
 from featx.kube.observe import ObservedJob, observe
@@ -147,15 +147,15 @@ class Controller:
 
     def watch(self, interval: float | None = None, stop: threading.Event | None = None,
               max_passes: int | None = None) -> int:
-        """Pass after pass until ``stop`` is set (or ``max_passes``); API or store outages are
-        logged and retried at the next pass."""
+        """Pass after pass until ``stop`` is set (or ``max_passes``); a pass that fails (API or
+        store outage, a bad setting) is logged and the next one tries again."""
         stop = stop or threading.Event()
         interval = self.config.interval_s if interval is None else interval
         passes = 0
         while not stop.is_set():
             try:
                 self.run_once()
-            except TransientError as e:
+            except FeatxError as e:
                 self.log.event("error", reason=str(e), retry_in_s=interval)
             passes += 1
             if max_passes is not None and passes >= max_passes:

@@ -126,7 +126,7 @@ def apply_set(values: dict[str, Any], expr: str) -> dict[str, Any]:
                 if not isinstance(node, list):
                     raise UsageError(f"--set {key}: {parts[i - 1]} is not a list")
                 while len(node) <= part:
-                    node.append({} if nxt is not None and not isinstance(nxt, list) else None)
+                    node.append(None)
                 if last:
                     node[part] = value
                 else:
@@ -137,10 +137,7 @@ def apply_set(values: dict[str, Any], expr: str) -> dict[str, Any]:
                 if not isinstance(node, dict):
                     raise UsageError(f"--set {key}: {part} is inside a value that is not a map")
                 if last:
-                    if value is None:
-                        node.pop(part, None)
-                    else:
-                        node[part] = value
+                    node[part] = value  # null stays: coalescing with the chart's values removes the key
                 else:
                     if not isinstance(node.get(part), (dict, list)):
                         node[part] = nxt
@@ -148,10 +145,24 @@ def apply_set(values: dict[str, Any], expr: str) -> dict[str, Any]:
     return values
 
 
+def merge_maps(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's merging of ``-f`` files: maps merge key by key, anything else (lists, null) replaces."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_maps(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
 def load_values(chart: str | Path | None = None, files: Iterable[str | Path] = (), sets: Iterable[str] = ()) -> dict[str, Any]:
-    """The chart's values.yaml, then each ``-f`` file, then each ``--set`` (helm's order); validated."""
+    """Values as helm computes them, then checked: the ``-f`` files merged in order, the ``--set``
+    assignments applied to that (so ``--set list[0].key=...`` edits a list only when a file gave
+    one, and otherwise makes a new list, as in helm), then the chart's values.yaml underneath
+    (user lists replace the chart's, ``null`` removes a key)."""
     d = chart_dir(chart)
-    values = yaml.safe_load((d / "values.yaml").read_text()) or {}
+    user: dict[str, Any] = {}
     for f in files:
         p = Path(f)
         if not p.is_file():
@@ -159,9 +170,10 @@ def load_values(chart: str | Path | None = None, files: Iterable[str | Path] = (
         doc = yaml.safe_load(p.read_text()) or {}
         if not isinstance(doc, dict):
             raise UsageError(f"{f}: a values file must be a YAML map of keys")
-        values = merge(values, doc)
+        user = merge_maps(user, doc)
     for s in sets:
-        values = apply_set(values, s)
+        user = apply_set(user, s)
+    values = merge(yaml.safe_load((d / "values.yaml").read_text()) or {}, user)
     check(values, d)
     return values
 
@@ -256,20 +268,20 @@ def cross_errors(values: dict[str, Any]) -> list[str]:
         name = c.get("name")
         if name in seen:
             errors.append(f"gpuClasses[{i}].name {json.dumps(name)} is used twice: give each class its own name "
-                          f"(--set gpuClasses[{i}].name=...)")
+                          "(in the gpuClasses list of your -f values file)")
         seen.add(name)
         if c.get("enabled", True) is not False:
             enabled += 1
         resource = c.get("resource") or ""
         if "mig-" in resource and int(c.get("maxPerNode") or 1) > 1:
             errors.append(f"gpuClasses[{i}] ({name}): a MIG slice is one device per process; "
-                          f"set --set gpuClasses[{i}].maxPerNode=1")
+                          "set its maxPerNode to 1")
         if not resource and int(c.get("maxPerNode") or 1) > 1:
             errors.append(f'gpuClasses[{i}] ({name}): a CPU class (resource "") has no devices to split a model '
-                          f"over; set --set gpuClasses[{i}].maxPerNode=1")
+                          "over; set its maxPerNode to 1")
     if enabled == 0:
-        errors.append("gpuClasses: no class is enabled, so no model can be sized; enable one "
-                      "(--set gpuClasses[2].enabled=true)")
+        errors.append("gpuClasses: no class is enabled, so no model can be sized; set "
+                      "enabled: true on one in your -f values file")
     hf = values.get("hfToken") or {}
     if hf.get("secretName") and not hf.get("key"):
         errors.append("hfToken.key is empty: name the Secret key holding the token (--set hfToken.key=HF_TOKEN)")

@@ -3,8 +3,9 @@ that fits it. Pure: catalog facts + ``featx.plan.memory`` estimates in, a ``Sizi
 
 Rule: every enabled class is an *option* of one device, then (language models only, which load
 with ``device_map="auto"``) of 2..maxPerNode devices. Options are tried in a fixed order — one
-device by ascending memory, then several devices by ascending total memory (fewer devices on a
-tie) — and the first whose per-device estimate fits ``MARGIN`` x its memory wins:
+device (an enabled CPU class first, then GPUs by ascending memory), then several devices by
+ascending total memory (fewer devices on a tie) — and the first whose per-device estimate fits
+``MARGIN`` x its memory wins:
 
     per_device = weight_bytes / gpus + loss_chunk + runtime overhead + tokens x bytes_per_token
 
@@ -140,7 +141,8 @@ class _Option:
         return self.cls.memory_mib * self.gpus
 
     def key(self) -> tuple:
-        return (self.gpus > 1, self.total_mib, self.gpus, self.cls.name)
+        # one device first; an enabled CPU class (opt-in) before any GPU; then by memory
+        return (self.gpus > 1, not self.cls.is_cpu, self.total_mib, self.gpus, self.cls.name)
 
 
 def _options(spec: ModelSpec, classes: Iterable[GpuClass]) -> list[_Option]:
@@ -190,7 +192,8 @@ def escalate(spec: ModelSpec, classes: Iterable[GpuClass], failed_class: str, fa
     if failed is None:  # the class is no longer configured: start from the normal choice
         return choose(spec, classes, qlora, dtype, batch_size)
     opts = [o for o in _options(spec, classes)
-            if o.cls.memory_mib >= failed.memory_mib and o.total_mib > failed.memory_mib * failed_gpus]
+            if (failed.is_cpu and not o.cls.is_cpu)
+            or (o.cls.memory_mib >= failed.memory_mib and o.total_mib > failed.memory_mib * failed_gpus)]
     note = f"out of memory on {failed_gpus}x {failed_class}; "
     return _first_fit(spec, opts, qlora, dtype, batch_size, note)
 

@@ -1,0 +1,193 @@
+"""`featx extract` end to end on the offline sample data: files, names, skip/redo, failures,
+bad input (one line, non-zero exit, no partial output)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from featx.catalog import load_modelset
+from tests.helpers import FEATX, run_cli
+
+SMOKE = load_modelset("smoke").models
+SUBDIR = Path("featx-sample/default")
+
+
+def reference_filename(output_dir, dataset, subset, model_name, pool=None, prompt=None, caption_idx=None) -> str:
+    """platonic-rep's utils.to_feature_filename, re-stated from its documented behaviour."""
+    save_name = f"{model_name.replace('/', '_')}"
+    if pool:
+        save_name += f"_pool-{pool}"
+    if prompt:
+        save_name += f"_prompt-{prompt}"
+    if caption_idx:
+        save_name += f"_cid-{caption_idx}"
+    return os.path.join(output_dir, dataset, subset, save_name + ".pt")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("features")
+    result = run_cli("extract", "--modelset", "smoke", "--dataset", "featx-sample", "--output_dir", str(out),
+                     "--num_workers", "0")
+    return out, result
+
+
+def test_smoke_modelset_writes_one_reference_named_file_per_model(smoke_run):
+    out, result = smoke_run
+    assert result.code == 0, result.err[-2000:]
+    for spec in SMOKE:
+        pool = "avg" if spec.modality == "language" else "cls"
+        path = Path(reference_filename(str(out), "featx-sample", "default", spec.id, pool=pool))
+        assert path.is_file(), path
+        data = torch.load(path, weights_only=True)
+        keys = {"feats", "num_params", "mask", "loss", "bpb"} if spec.modality == "language" else {"feats", "num_params"}
+        assert set(data) == keys
+        assert data["feats"].shape[0] == 64 and data["num_params"] > 0
+        manifest = json.loads(path.with_name(path.name.removesuffix(".pt") + ".manifest.json").read_text())
+        assert manifest["num_rows"] == 64 and manifest["shape"] == list(data["feats"].shape)
+        assert manifest["model_id"] == spec.id and manifest["pool"] == pool
+        for field in ("sha256", "rows_fingerprint", "featx_version", "device", "extraction", "dataset"):
+            assert manifest[field]
+    assert len(list((out / SUBDIR).glob("*.pt"))) == len(SMOKE)
+    assert "featx-smoke/dinov2" in result.out and "committed" in result.out
+
+
+def test_second_run_skips_everything_and_force_remake_redoes(smoke_run):
+    out, _ = smoke_run
+    path = out / SUBDIR / "featx-smoke_llama_pool-avg.pt"
+    before = path.stat().st_mtime_ns
+    again = run_cli("extract", "--modelset", "smoke", "--dataset", "featx-sample", "--output_dir", str(out))
+    assert again.code == 0 and again.out.count("skipped") == len(SMOKE)
+    assert path.stat().st_mtime_ns == before
+    redo = run_cli("extract", "--models", "featx-smoke/llama", "--dataset", "featx-sample", "--output_dir", str(out),
+                   "--force_remake")
+    assert redo.code == 0 and "committed" in redo.out and path.stat().st_mtime_ns != before
+
+
+def test_altered_file_is_reported_corrupt_and_re_extracted(smoke_run):
+    out, _ = smoke_run
+    path = out / SUBDIR / "featx-smoke_gpt2_pool-avg.pt"
+    good = path.read_bytes()
+    path.write_bytes(good[:-10] + b"0123456789")
+    status = run_cli("status", "--modelset", "smoke", "--dataset", "featx-sample", "--output_dir", str(out), "--json")
+    states = {r["id"]: r["state"] for r in json.loads(status.out)}
+    assert states["featx-smoke/gpt2"] == "corrupt" and states["featx-smoke/llama"] == "done"
+    redo = run_cli("extract", "--models", "featx-smoke/gpt2", "--dataset", "featx-sample", "--output_dir", str(out))
+    assert redo.code == 0 and "committed" in redo.out
+    assert torch.load(path, weights_only=True)["feats"].shape[0] == 64
+
+
+def test_caption_idx_and_num_samples_are_honoured(tmp_path, sample_rows):
+    r = run_cli("extract", "--models", "featx-smoke/llama", "featx-smoke/vit", "--dataset", "featx-sample",
+                "--caption_idx", "1", "--num_samples", "10", "--output_dir", str(tmp_path), "--num_workers", "0")
+    assert r.code == 0, r.err
+    lang = tmp_path / SUBDIR / "featx-smoke_llama_pool-avg_cid-1.pt"
+    vis = tmp_path / SUBDIR / "featx-smoke_vit_pool-cls.pt"  # vision files carry no caption index
+    assert torch.load(lang, weights_only=True)["feats"].shape[0] == 10
+    assert torch.load(vis, weights_only=True)["feats"].shape[0] == 10
+    manifest = json.loads((tmp_path / SUBDIR / "featx-smoke_llama_pool-avg_cid-1.manifest.json").read_text())
+    assert manifest["caption_idx"] == 1
+
+
+def test_safetensors_format(tmp_path):
+    from featx.store.formats import read_tensors
+
+    r = run_cli("extract", "--models", "featx-smoke/pythia", "--dataset", "featx-sample", "--num_samples", "5",
+                "--format", "safetensors", "--output_dir", str(tmp_path))
+    assert r.code == 0, r.err
+    data = read_tensors(tmp_path / SUBDIR / "featx-smoke_pythia_pool-avg.safetensors")
+    assert data["feats"].shape == (5, 3, 64) and data["num_params"] > 0 and data["loss"].dim() == 0
+
+
+def test_local_directory_model(tmp_path):
+    from featx.catalog import get_spec
+    from featx.extract.loading import load_language
+
+    loaded = load_language(get_spec("featx-smoke/mistral"), "random", "cpu")
+    model_dir = tmp_path / "my-mistral"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    r = run_cli("extract", "--models", str(model_dir), "--dataset", "featx-sample", "--num_samples", "4",
+                "--output_dir", str(tmp_path / "out"))
+    assert r.code == 0, r.err
+    feats = torch.load(tmp_path / "out" / SUBDIR / "my-mistral_pool-avg.pt", weights_only=True)["feats"]
+    assert feats.shape == (4, 3, 64)
+
+
+def test_failing_model_among_good_ones(tmp_path):
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    r = run_cli("extract", "--models", "featx-smoke/gpt2", str(bad), "featx-smoke/vit", "--dataset", "featx-sample",
+                "--num_samples", "4", "--output_dir", str(tmp_path / "out"), "--num_workers", "0")
+    assert r.code == 3  # permanent failure: retrying cannot help
+    files = sorted(p.name for p in (tmp_path / "out" / SUBDIR).iterdir())
+    assert "featx-smoke_gpt2_pool-avg.pt" in files and "featx-smoke_vit_pool-cls.pt" in files
+    assert not any(f.startswith("not-a-model") and f.endswith((".pt", ".manifest.json")) for f in files)
+    failure = json.loads((tmp_path / "out" / SUBDIR / "not-a-model_pool-avg.failure.json").read_text())
+    assert failure["kind"] == "permanent" and failure["attempt"] == 1 and "not supported" in failure["reason"]
+    assert "failed" in r.out and "not-a-model" in r.out  # summary table
+    status = run_cli("status", "--models", "featx-smoke/gpt2", str(bad), "--dataset", "featx-sample",
+                     "--output_dir", str(tmp_path / "out"), "--json")
+    assert [s["state"] for s in json.loads(status.out)] == ["done", "failed"]
+
+
+def test_unreachable_hub_model_is_a_retryable_failure(tmp_path):
+    r = run_cli("extract", "--models", "someone/missing-model", "--dataset", "featx-sample", "--num_samples", "2",
+                "--output_dir", str(tmp_path))
+    assert r.code == 1
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--modelset", "nope"], "unknown modelset 'nope'"),
+    (["--models", "featx-smoke/vit", "--pool", "last"], "--pool last is not defined for vision"),
+    (["--models", "featx-smoke/gpt2", "--dataset", "/no/such/dir"], "does not exist"),
+    (["--models", "featx-smoke/gpt2", "--dataset", "featx-sample", "--caption_idx", "7"], "out of range"),
+    (["--models", "featx-smoke/gpt2", "--dataset", "featx-sample", "--num_samples", "0"], "positive"),
+    (["--models", "featx-smoke/gpt2", "--dataset", "featx-sample", "--batch_size", "-1"], "positive"),
+    (["--models", "featx-smoke/gpt2", "--dataset", "prh"], "cannot reach the Hugging Face hub"),
+    (["--models", "featx-smoke/gpt2", "--store", "x", "--output_dir", "y"], "either --store or --output_dir"),
+    (["--models", "featx-smoke/gpt2", "--pool", "mean"], "invalid choice"),
+    (["--models", "Bad Name!"], "neither an HF repo id"),
+])
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    argv = ["extract", *args]
+    if "--output_dir" not in args and "--store" not in args:
+        argv += ["--output_dir", str(tmp_path / "out")]
+    r = run_cli(*argv)
+    assert r.code != 0
+    lines = [line for line in r.err.splitlines() if line.startswith("featx: error:")]
+    assert len(lines) == 1 and message in lines[0], r.err
+    assert "Traceback" not in r.err
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.manifest.json"))
+
+
+def test_killed_run_leaves_nothing_done_and_the_next_run_completes(tmp_path):
+    out = tmp_path / "out"
+    cmd = [FEATX, "extract", "--models", "featx-smoke/gpt2", "featx-smoke/dinov2", "--dataset", "featx-sample",
+           "--output_dir", str(out), "--num_workers", "0", "--batch_size", "1", "--log_format", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # kill while the second model is half-way through
+        if '"event": "progress"' in line and "dinov2" in line or ('"start"' in line and "dinov2" in line):
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = run_cli("status", "--models", "featx-smoke/gpt2", "featx-smoke/dinov2", "--dataset", "featx-sample",
+                "--output_dir", str(out), "--json")
+    states = [s["state"] for s in json.loads(r.out)]
+    assert states == ["done", "missing"]
+    assert not (out / SUBDIR / "featx-smoke_dinov2_pool-cls.pt").exists()
+    again = run_cli("extract", "--models", "featx-smoke/gpt2", "featx-smoke/dinov2", "--dataset", "featx-sample",
+                    "--output_dir", str(out), "--num_workers", "0")
+    assert again.code == 0 and "skipped" in again.out and again.out.count("committed") == 1
