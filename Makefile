@@ -1,0 +1,46 @@
+# featx — set up with `make install`, test with `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
+
+.PHONY: install test test-unit bench bench-gpu control-plane image image-cpu local-kind local-kind-down clean
+
+install: $(BIN)/featx control-plane ## venv with pinned deps + featx; kube-apiserver/kwok/helm built once and cached
+
+$(BIN)/featx: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==0.13.9
+	$(UV) pip install -q -p $(BIN)/python -r requirements.txt
+	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
+	touch $@
+
+control-plane: ## etcd, kube-apiserver, controller-manager, scheduler, kwok, helm (cached in ~/.cache/featx/tools)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/build-control-plane.sh
+
+test: ## the whole suite; starts SeaweedFS and the control plane itself
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+test-unit: ## no services: skips the S3 and Kubernetes tiers
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not s3 and not k8s"
+
+bench: ## CPU extraction benchmark: featx vs the reference loop, same inputs, same process
+	$(BIN)/python scripts/bench_extract.py --device cpu
+
+bench-gpu: ## GPU extraction benchmark (7B-class configs, real-size ViTs, MFU)
+	$(BIN)/python scripts/bench_extract.py --device cuda --gpu
+
+image: ## GPU image
+	docker build -f docker/Dockerfile -t featx:dev .
+
+image-cpu: ## CPU image for local clusters
+	docker build -f docker/Dockerfile.cpu -t featx-cpu:dev .
+
+local-kind: ## kind cluster + in-cluster S3 + the chart with the smoke modelset
+	bash scripts/local-kind.sh
+
+local-kind-down:
+	bash scripts/local-kind-down.sh
+
+clean:
+	rm -rf results .pytest_cache
