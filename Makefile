@@ -19,10 +19,10 @@ control-plane: ## etcd, kube-apiserver, controller-manager, scheduler, kwok, hel
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/build-control-plane.sh
 
 test: ## the whole suite; starts SeaweedFS and the control plane itself
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	env -u PYTHONDONTWRITEBYTECODE PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 test-unit: ## no services: skips the S3 and Kubernetes tiers
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not s3 and not k8s"
+	env -u PYTHONDONTWRITEBYTECODE PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not s3 and not k8s"
 
 bench: ## CPU extraction benchmark: featx vs the reference loop, same inputs, same process
 	$(BIN)/python scripts/bench_extract.py --device cpu

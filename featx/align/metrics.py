@@ -96,15 +96,17 @@ def prepare_features(feats: torch.Tensor, q: float = DEFAULT_Q, device: torch.de
 @dataclass
 class ModelState:
     """What the metrics need of one model's prepared layers, computed once and reused for every
-    pair the model takes part in. Tensors are layer-major; kernels/masks flattened to ``[L, N*N]``."""
+    pair the model takes part in. N×N structures are flattened (``i*N + j``); the ones only gathered
+    from (masks, cknna's raw kernel) are position-major ``[N*N, L]``, the ones multiplied (centred
+    kernels) layer-major ``[L, N*N]``. Memory: about L·N² bytes per mask set, 4·L·N² per kernel."""
 
     n: int
     num_layers: int
     topk: int = 0
     knn: torch.Tensor | None = None  # [L, N, k] int64, neighbours by decreasing similarity, self excluded
     knn_vals: torch.Tensor | None = None  # [L, N, k] similarities at those neighbours
-    mask: torch.Tensor | None = None  # [L, N*N] bool: mask[l, i*N + j] = j in knn(i)
-    kernels: dict[str, torch.Tensor] = field(default_factory=dict)  # 'raw' | 'centered' | 'ucentered'
+    mask: torch.Tensor | None = None  # [N*N, L] bool, position-major: mask[i*N + j, l] = j in knn_l(i)
+    kernels: dict[str, torch.Tensor] = field(default_factory=dict)  # 'centered'/'ucentered' [L, N*N]; 'raw' [N*N, L]
     self_sim: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> [L] float64
     basis: torch.Tensor | None = None  # [L, N, cca_dim] float64 (svcca)
 
@@ -151,12 +153,14 @@ def build_state(prepared: torch.Tensor, metrics, topk: int = 10, cca_dim: int = 
             x = prepared[s:s + step]
             gram = torch.bmm(x, x.transpose(1, 2))  # [c, N, N] inner products
             if "knn" in need:
-                hat = gram.clone()
+                hat = gram.clone() if kernels else gram
                 hat.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # self excluded
                 v, i = hat.topk(topk, dim=-1, largest=True, sorted=True)
                 knn.append(i)
                 vals.append(v)
                 del hat
+            if not kernels:
+                continue
             if "raw" in kernels:
                 kernels["raw"].append(gram.reshape(gram.shape[0], -1).clone())
             if "centered" in kernels:
@@ -168,6 +172,8 @@ def build_state(prepared: torch.Tensor, metrics, topk: int = 10, cca_dim: int = 
         st.knn, st.knn_vals = torch.cat(knn), torch.cat(vals)
     for name, parts in kernels.items():
         st.kernels[name] = torch.cat(parts)
+    if "raw" in st.kernels:  # gathered at neighbour positions: position-major like the masks
+        st.kernels["raw"] = st.kernels["raw"].T.contiguous()
     if "mask" in need:
         st.mask = knn_masks(st.knn)
     if "centered" in need:
@@ -176,8 +182,8 @@ def build_state(prepared: torch.Tensor, metrics, topk: int = 10, cca_dim: int = 
         st.self_sim["unbiased_cka"] = _rowwise_sq(st.kernels["ucentered"]) / (n * (n - 3))
     if "cknna" in metrics:
         st.self_sim["cknna"] = torch.cat([
-            _cknna_hsic(st.knn[l:l + 1], st.knn_vals[l:l + 1], st.mask[l:l + 1], st.mask[l:l + 1],
-                        st.kernels["raw"][l:l + 1]).reshape(1)
+            _cknna_hsic(st.knn[l:l + 1], st.knn_vals[l:l + 1], st.mask, torch.tensor([l], device=st.knn.device),
+                        st.mask[:, l:l + 1], st.kernels["raw"][:, l:l + 1]).reshape(1)
             for l in range(L)])
     if "basis" in need:
         st.basis = svcca_basis(prepared, cca_dim)
@@ -185,12 +191,13 @@ def build_state(prepared: torch.Tensor, metrics, topk: int = 10, cca_dim: int = 
 
 
 def knn_masks(knn: torch.Tensor) -> torch.Tensor:
-    """``[L, N, k]`` neighbour indices → ``[L, N*N]`` bool masks (row i marks knn(i))."""
+    """``[L, N, k]`` neighbour indices → ``[N*N, L]`` bool masks, position-major (entry
+    ``[i*N + j, l]`` marks j in knn_l(i)), so that one gathered position brings all layers at once."""
     L, n, k = knn.shape
     mask = torch.zeros(L, n * n, dtype=torch.bool, device=knn.device)
     rows = torch.arange(n, device=knn.device).view(1, n, 1) * n
     mask.scatter_(1, (rows + knn).reshape(L, n * k), True)
-    return mask
+    return mask.T.contiguous()
 
 
 def _center(gram: torch.Tensor) -> torch.Tensor:
@@ -252,8 +259,8 @@ def _mutual_knn(a: ModelState, b: ModelState) -> torch.Tensor:
     out = []
     for sl in _chunks(a.num_layers, b.num_layers * n * k):
         lin = (rows + a.knn[sl]).reshape(-1)  # (i, knn_A(i)) positions
-        hits = b.mask[:, lin].view(b.num_layers, -1, n * k)  # [Lb, ca, N*k]
-        out.append(hits.sum(dim=-1, dtype=torch.int64).T)
+        hits = b.mask.index_select(0, lin).view(-1, n * k, b.num_layers)  # [ca, N*k, Lb]
+        out.append(hits.to(torch.uint8).sum(dim=1, dtype=torch.int32))
     return torch.cat(out).double() / (n * k)
 
 
@@ -264,8 +271,8 @@ def _cycle_knn(a: ModelState, b: ModelState) -> torch.Tensor:
     out = []
     for sl in _chunks(b.num_layers, a.num_layers * n * k):
         lin = (b.knn[sl] * n + cols).reshape(-1)  # (knn_B(i), i) positions in A's masks
-        hits = a.mask[:, lin].view(a.num_layers, -1, n, k).any(dim=-1)  # [La, cb, N]
-        out.append(hits.double().mean(dim=-1))
+        hits = a.mask.index_select(0, lin).view(-1, n, k, a.num_layers).any(dim=2)  # [cb, N, La]
+        out.append(hits.sum(dim=1, dtype=torch.int32).double().T / n)
     return torch.cat(out, dim=1)
 
 
@@ -323,37 +330,39 @@ def _unbiased_cka(a: ModelState, b: ModelState) -> torch.Tensor:
     return hsic / (torch.sqrt(a.self_sim["unbiased_cka"][:, None] * b.self_sim["unbiased_cka"][None, :]) + 1e-6)
 
 
-def _cknna_hsic(knn_a, vals_a, mask_a, mask_b, kern_b) -> torch.Tensor:
+def _cknna_hsic(knn_a, vals_a, mask_a, la_idx, mask_b, kern_b) -> torch.Tensor:
     """The reference's ``hsic_unbiased(mask∘K, mask∘L)`` with ``mask = mask_K ∘ mask_L`` for every
     (A layer, B layer): ``[ca, Lb]``. The mask's non-zeros lie at A's neighbour positions
-    ``(i, knn_A(i))``, so each term of the estimator is a sum over those ``N·k`` positions."""
+    ``(i, knn_A(i))``, so each term of the estimator is a sum over those ``N·k`` positions.
+    ``knn_a``/``vals_a`` ``[ca, N, k]`` are A's layers ``la_idx`` (indices into ``mask_a [N*N, La]``);
+    ``mask_b``/``kern_b`` ``[N*N, Lb]`` are B's position-major masks and kernels."""
     ca, n, k = knn_a.shape
-    lb = mask_b.shape[0]
+    lb = mask_b.shape[1]
     rows = torch.arange(n, device=knn_a.device).view(1, n, 1)
     pos = (rows * n + knn_a).reshape(ca, n * k)  # (i, j)
     pos_t = (knn_a * n + rows).reshape(ca, n * k)  # (j, i)
-    g = mask_b[:, pos.reshape(-1)].view(lb, ca, n, k).double()  # mask_ij
-    kb = kern_b[:, pos.reshape(-1)].view(lb, ca, n, k).double()  # L_ij
-    ta = mask_a.gather(1, pos_t).view(1, ca, n, k).double()  # mask_K[j, i]
-    tb = mask_b[:, pos_t.reshape(-1)].view(lb, ca, n, k).double()  # mask_L[j, i]
-    ka = vals_a.view(1, ca, n, k).double()  # K_ij
+    g = mask_b.index_select(0, pos.reshape(-1)).view(ca, n, k, lb).double()  # mask_ij (A's part is 1 there)
+    kb = kern_b.index_select(0, pos.reshape(-1)).view(ca, n, k, lb).double()  # L_ij
+    ta = mask_a[pos_t, la_idx.view(ca, 1)].view(ca, n, k, 1).double()  # mask_K[j, i]
+    tb = mask_b.index_select(0, pos_t.reshape(-1)).view(ca, n, k, lb).double()  # mask_L[j, i]
+    ka = vals_a.view(ca, n, k, 1).double()  # K_ij
     p = g * ka  # (mask∘K)_ij at the candidate positions
     q = g * kb  # (mask∘L)_ij
-    term1 = (p * kb * ta * tb).sum(dim=(2, 3))  # Σ P_ij Q_ji
-    sum_p, sum_q = p.sum(dim=(2, 3)), q.sum(dim=(2, 3))
-    row_q = q.sum(dim=3)  # [Lb, ca, N]
-    col_p = torch.zeros(lb, ca, n, dtype=torch.float64, device=knn_a.device)
-    col_p.scatter_add_(2, knn_a.reshape(1, ca, n * k).expand(lb, ca, n * k), p.reshape(lb, ca, n * k))
-    term3 = (col_p * row_q).sum(dim=2)  # Σ (P @ Q)
-    hsic = (term1 + sum_p * sum_q / ((n - 1) * (n - 2)) - 2 * term3 / (n - 2)) / (n * (n - 3))
-    return hsic.T
+    term1 = (p * kb * ta * tb).sum(dim=(1, 2))  # Σ P_ij Q_ji
+    sum_p, sum_q = p.sum(dim=(1, 2)), q.sum(dim=(1, 2))
+    row_q = q.sum(dim=2)  # [ca, N, Lb]
+    col_p = torch.zeros(ca, n, lb, dtype=torch.float64, device=knn_a.device)
+    col_p.scatter_add_(1, knn_a.reshape(ca, n * k, 1).expand(ca, n * k, lb), p.reshape(ca, n * k, lb))
+    term3 = (col_p * row_q).sum(dim=1)  # Σ (P @ Q)
+    return (term1 + sum_p * sum_q / ((n - 1) * (n - 2)) - 2 * term3 / (n - 2)) / (n * (n - 3))
 
 
 def _cknna(a: ModelState, b: ModelState) -> torch.Tensor:
     n, k = a.n, a.topk
     parts = []
+    layers = torch.arange(a.num_layers, device=a.knn.device)
     for sl in _chunks(a.num_layers, b.num_layers * n * k * 6):
-        parts.append(_cknna_hsic(a.knn[sl], a.knn_vals[sl], a.mask[sl], b.mask, b.kernels["raw"]))
+        parts.append(_cknna_hsic(a.knn[sl], a.knn_vals[sl], a.mask, layers[sl], b.mask, b.kernels["raw"]))
     sim = torch.cat(parts)
     return sim / (torch.sqrt(a.self_sim["cknna"][:, None] * b.self_sim["cknna"][None, :]) + 1e-6)
 

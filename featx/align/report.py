@@ -138,6 +138,10 @@ def layer_plot(data: dict, i: int, j: int, dest: Path) -> bool:
     ax.set_ylabel(f"{_short(data['models_x'][i])} layer")
     ax.set_xlabel(f"{_short(data['models_y'][j])} layer")
     ax.plot([data["layer_y"][i][j]], [data["layer_x"][i][j]], "r+", markersize=12)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=ax, label=data["metric"])
     ax.set_title(f"{data['metric']}: every layer pair of the best model pair", fontsize=9)
     fig.tight_layout()

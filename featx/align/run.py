@@ -155,8 +155,8 @@ def load_states(store: Store, entries: list[Entry], metrics, topk: int, layers: 
             raise UsageError(f"{key.model}: {err}") from err
         del prepared
         gc.collect()
-        log(f"read {n}/{len(by_key)} {group[0].spec.id}: {num_layers} layers, {manifest.num_rows} rows "
-            f"({time.perf_counter() - t0:.1f}s)")
+        log(f"read {n}/{len(by_key)} {group[0].spec.id}: {num_layers} layers, {manifest.num_rows} rows, "
+            f"state {states[key].nbytes() / 2**20:.0f} MiB ({time.perf_counter() - t0:.1f}s)")
     return states
 
 

@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "format", choices=["pt", "safetensors"], default="pt")
     add_store(p)
     g = p.add_argument_group("alignment")
-    flag(g, "metric", nargs="+", choices=METRIC_CHOICES, default=["mutual_knn"], help="one or more metrics (features read once for all)")
+    flag(g, "metric", nargs="+", choices=METRIC_CHOICES, default=["mutual_knn"], metavar="NAME",
+         help=f"one or more of {', '.join(METRIC_CHOICES)} (default mutual_knn; features are read once for all)")
     flag(g, "topk", type=int, default=10, help="k of the k-NN metrics (and cknna), as the reference (default 10)")
     flag(g, "layers", choices=["best", "all", "last"], default="best",
          help="best: every layer pair, best kept (reference); all: also save every layer×layer matrix; last: last layers only")

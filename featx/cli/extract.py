@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:
         pool_for(spec, args.pool)
     store = open_store_from(args)
-    if hasattr(store, "check"):
-        store.check()
+    store.check()
     rows = load_rows(args.dataset, args.subset, args.caption_idx, args.num_samples)
     opts = ExtractOptions(pool=args.pool, batch_size=args.batch_size, token_budget=args.token_budget,
                           force_remake=args.force_remake, qlora=args.qlora, init=args.init, seed=args.seed,

@@ -31,6 +31,7 @@ def model_states(args: argparse.Namespace) -> list[dict]:
 
     specs = resolve(args.modelset, args.models, args.modality)
     store = open_store_from(args)
+    store.check()
     dataset = HUB_ALIASES.get(args.dataset, args.dataset)
     from pathlib import Path
 

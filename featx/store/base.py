@@ -37,6 +37,9 @@ class Store(ABC):
 
     url: str
 
+    def check(self) -> None:
+        """Fail fast, before any work, when the store cannot be reached or written (S3 overrides)."""
+
     # -- primitives -------------------------------------------------------------------------
     @abstractmethod
     def put_file(self, rel: str, src: Path, sha256: str) -> ObjectInfo:

@@ -39,7 +39,10 @@ PART_SIZE = 64 * MiB  # multipart part size (S3 allows 5 MiB .. 5 GiB, at most 1
 MULTIPART_THRESHOLD = 64 * MiB  # files at least this large go multipart, in parallel parts
 MAX_WORKERS = 8  # parallel parts per upload/download (memory: about (workers + 1) x part size)
 SCAN_WORKERS = 16  # parallel manifest GETs of a cold scan (small objects: latency-bound)
-CONNECT_TIMEOUT_S = 3  # an unreachable endpoint fails in seconds, not minutes
+CHECK_CONNECT_TIMEOUT_S = 3  # check(): an unreachable endpoint fails in seconds, not minutes
+# urllib3 sends request bodies under the *connect* timeout, so for transfers it is also how long
+# a busy server may stall a 64 MiB part before the send is cut (3 s dropped parts under load).
+CONNECT_TIMEOUT_S = 15
 READ_TIMEOUT_S = 120
 MAX_ATTEMPTS = 5  # botocore "standard" retry mode: throttling, 5xx, connection resets
 
@@ -127,7 +130,8 @@ class S3Store(Store):
         workers = max(1, int(options.get("max_workers", MAX_WORKERS)))
         client = _make_client(endpoint_url, region, pool=max(workers, SCAN_WORKERS) + 4, attempts=MAX_ATTEMPTS)
         store = cls(bucket, prefix, client=client, **options)
-        store._check_client = lambda: _make_client(endpoint_url, region, pool=2, attempts=2)
+        store._check_client = lambda: _make_client(endpoint_url, region, pool=2, attempts=2,
+                                                   connect_timeout=CHECK_CONNECT_TIMEOUT_S)
         return store
 
     def __repr__(self) -> str:
@@ -415,7 +419,8 @@ class S3Store(Store):
 _LOADER: Any = None
 
 
-def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, attempts: int) -> Any:
+def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, attempts: int,
+                 connect_timeout: float = CONNECT_TIMEOUT_S) -> Any:
     """A boto3 S3 client from the AWS environment; path-style addressing for custom endpoints
     and checksums only when required (S3-compatible stores reject boto3's new defaults; featx
     sends the checksums it wants explicitly)."""
@@ -442,7 +447,7 @@ def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, att
 
     def build(path_style: bool) -> Any:
         config = Config(
-            region_name=region, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+            region_name=region, connect_timeout=connect_timeout, read_timeout=READ_TIMEOUT_S,
             retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=pool,
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
             s3={"addressing_style": "path"} if path_style else None,

@@ -1,0 +1,117 @@
+"""`featx extract --store s3://…` end to end against the real SeaweedFS the suite starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from featx.catalog import load_modelset
+from tests.helpers import FEATX, run_featx
+
+pytestmark = pytest.mark.s3
+SMOKE = load_modelset("smoke").models
+DATA = ["--dataset", "featx-sample"]
+
+
+def _states(url: str, env: dict, *extra: str) -> dict[str, dict]:
+    r = run_featx("status", "--modelset", "smoke", *DATA, "--store", url, "--json", *extra, env=env)
+    assert r.code == 0, r.err
+    return {row["id"]: row for row in json.loads(r.out)}
+
+
+def _keys(seaweedfs, prefix: str) -> dict[str, str]:
+    objs = seaweedfs.client().list_objects_v2(Bucket=seaweedfs.bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: o["ETag"] for o in objs}
+
+
+@pytest.fixture(scope="module")
+def committed(seaweedfs, tmp_path_factory):
+    url = seaweedfs.url("smoke-run")
+    env = {**seaweedfs.env(), "FEATX_HOME": str(tmp_path_factory.mktemp("home"))}
+    r = run_featx("extract", "--modelset", "smoke", *DATA, "--store", url, "--num_workers", "0", env=env)
+    assert r.code == 0, r.err[-3000:]
+    return url, env
+
+
+def test_full_smoke_run_is_all_done_in_s3(committed, seaweedfs):
+    url, env = committed
+    states = _states(url, env)
+    assert {s["state"] for s in states.values()} == {"done"} and len(states) == len(SMOKE)
+    keys = _keys(seaweedfs, "smoke-run/")
+    assert sum(k.endswith(".pt") for k in keys) == len(SMOKE)
+    assert sum(k.endswith(".manifest.json") for k in keys) == len(SMOKE)
+
+
+def test_second_run_skips_and_uploads_nothing(committed, seaweedfs):
+    url, env = committed
+    before = _keys(seaweedfs, "smoke-run/")
+    r = run_featx("extract", "--modelset", "smoke", *DATA, "--store", url, env=env)
+    assert r.code == 0 and r.out.count("skipped") == len(SMOKE)
+    assert _keys(seaweedfs, "smoke-run/") == before  # same objects, same ETags: nothing re-uploaded
+
+
+def test_altered_object_is_corrupt_then_re_extracted(committed, seaweedfs):
+    url, env = committed
+    key = "smoke-run/featx-sample/default/featx-smoke_opt_pool-avg.pt"
+    client = seaweedfs.client()
+    client.put_object(Bucket=seaweedfs.bucket, Key=key, Body=b"not the features")
+    assert _states(url, env)["featx-smoke/opt"]["state"] == "corrupt"
+    r = run_featx("extract", "--modelset", "smoke", *DATA, "--store", url, env=env)
+    assert r.code == 0 and r.out.count("committed") == 1
+    assert _states(url, env)["featx-smoke/opt"]["state"] == "done"
+    import featx
+
+    assert featx.load("featx-smoke/opt", store=_store(url, seaweedfs), dataset="featx-sample",
+                      subset="default").feats.shape[0] == 64
+
+
+def _store(url, seaweedfs):
+    from featx.store.s3 import S3Store
+
+    os.environ.update(seaweedfs.env())
+    return S3Store.from_url(url)
+
+
+def test_process_killed_mid_run_leaves_model_not_done(seaweedfs, tmp_path):
+    url = seaweedfs.url("killed")
+    env = {**os.environ, **seaweedfs.env(), "FEATX_HOME": str(tmp_path)}
+    cmd = [FEATX, "extract", "--models", "featx-smoke/llama", "featx-smoke/dinov2", *DATA, "--store", url,
+           "--num_workers", "0", "--batch_size", "1", "--log_format", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:
+        if '"start"' in line and "dinov2" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = run_featx("status", "--models", "featx-smoke/llama", "featx-smoke/dinov2", *DATA, "--store", url, "--json", env=env)
+    assert [s["state"] for s in json.loads(r.out)] == ["done", "missing"]
+    again = run_featx("extract", "--models", "featx-smoke/llama", "featx-smoke/dinov2", *DATA, "--store", url,
+                      "--num_workers", "0", env=env)
+    assert again.code == 0 and again.out.count("committed") == 1 and again.out.count("skipped") == 1
+
+
+@pytest.mark.parametrize("case", ["wrong-credentials", "missing-bucket", "unreachable"])
+def test_bad_store_settings_fail_fast_with_one_line(seaweedfs, tmp_path, case):
+    env = {**seaweedfs.env(), "FEATX_HOME": str(tmp_path / "home")}
+    url = seaweedfs.url("x")
+    if case == "wrong-credentials":
+        env["AWS_SECRET_ACCESS_KEY"] = "wrong-secret"
+    elif case == "missing-bucket":
+        url = "s3://no-such-bucket-featx/x"
+    else:
+        env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # discard port: nothing listens
+    r = subprocess.run([FEATX, "extract", "--models", "featx-smoke/gpt2", *DATA, "--store", url],
+                       capture_output=True, text=True, env={**os.environ, **env}, cwd=tmp_path, timeout=120)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("featx: error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr
+    assert {"wrong-credentials": "access denied", "missing-bucket": "does not exist",
+            "unreachable": "cannot reach"}[case] in errors[0]
+    assert "wrong-secret" not in r.stderr and "Traceback" not in r.stderr
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts]
+    assert leftovers == []

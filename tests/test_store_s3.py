@@ -1,0 +1,377 @@
+"""The commit protocol of the Store API against a real SeaweedFS (and, where it makes sense, the
+local directory store): only a manifest that matches its data object is "done"; a crash, a kill, a
+failed part or a wrong checksum never leaves anything that looks done; errors are one line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from featx.errors import FeatxError, StoreError, TransientError
+from featx.store import ArtifactKey, FailureRecord, Manifest, Store
+from featx.store import s3 as s3mod
+from featx.store.local import LocalStore
+from featx.store.s3 import S3Store
+from tests.fixtures.seaweedfs import SeaweedFS, free_ports
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+SMALL = dict(part_size=5 * MiB, multipart_threshold=6 * MiB, max_workers=3)  # multipart at test sizes
+
+BACKENDS = [pytest.param("local", id="local"), pytest.param("s3", id="s3", marks=pytest.mark.s3)]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def key_for(name: str = "org_model", fmt: str = "pt") -> ArtifactKey:
+    return ArtifactKey("prh", "wit_1024", name, "avg", 0, fmt)
+
+
+def data_file(tmp_path: Path, size: int = 4096, seed: int = 0) -> tuple[Path, str]:
+    path = tmp_path / f"data-{seed}-{size}.bin"
+    path.write_bytes(os.urandom(size) if seed == 0 else bytes([seed % 256]) * size)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest_for(key: ArtifactKey, path: Path, sha: str) -> Manifest:
+    return Manifest(model_id=key.model.replace("_", "/", 1), modality="language", dataset=key.dataset,
+                    subset=key.subset, rows_fingerprint="f" * 64, num_rows=8, pool=key.pool, caption_idx=0,
+                    format=key.fmt, data_key=key.data, sha256=sha, size=path.stat().st_size, shape=[8, 3, 4],
+                    dtype="float32", featx_version="test")
+
+
+def commit(store: Store, tmp_path: Path, key: ArtifactKey, size: int = 4096) -> Manifest:
+    path, sha = data_file(tmp_path, size)
+    return store.commit(key, path, manifest_for(key, path, sha))
+
+
+def s3_env(monkeypatch: pytest.MonkeyPatch, sw: SeaweedFS) -> None:
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in sw.env().items():
+        monkeypatch.setenv(name, value)
+
+
+def overwrite(store: Store, rel: str, data: bytes, sw: SeaweedFS | None) -> None:
+    """Change an object behind the store's back (bit rot, a stray writer)."""
+    if isinstance(store, S3Store):
+        sw.client().put_object(Bucket=store.bucket, Key=store._key(rel), Body=data)
+    else:
+        (store.root / rel).write_bytes(data)
+
+
+def pending_uploads(sw: SeaweedFS, store: S3Store, rel: str) -> list[dict]:
+    key = store._key(rel)
+    listing = sw.client().list_multipart_uploads(Bucket=store.bucket, Prefix=key)
+    return [u for u in listing.get("Uploads", []) if u["Key"] == key]
+
+
+def count_calls(store: S3Store) -> dict[str, int]:
+    """Requests the store's client makes, by operation name (a botocore event hook)."""
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def hook(model, **_):
+        with lock:
+            counts[model.name] = counts.get(model.name, 0) + 1
+
+    store.client.meta.events.register("before-call.s3", hook)
+    return counts
+
+
+@pytest.fixture
+def s3_store(request, tmp_path, monkeypatch) -> S3Store:
+    sw: SeaweedFS = request.getfixturevalue("seaweedfs")
+    s3_env(monkeypatch, sw)
+    return S3Store.from_url(sw.url(f"t-{uuid.uuid4().hex[:12]}"), manifest_cache=tmp_path / "manifest-cache", **SMALL)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path) -> Store:
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    return request.getfixturevalue("s3_store")
+
+
+@pytest.fixture
+def sw(request, store) -> SeaweedFS | None:
+    return request.getfixturevalue("seaweedfs") if isinstance(store, S3Store) else None
+
+
+# -- commit protocol (both backends) ---------------------------------------------------------
+def test_commit_then_scan_says_done(store, tmp_path):
+    key = key_for()
+    manifest = commit(store, tmp_path, key)
+    states = store.scan(f"{key.dataset}/{key.subset}/")
+    assert states[key.stem].state == "done"
+    assert states[key.stem].manifest.sha256 == manifest.sha256
+    assert store.state(key).state == "done"
+    assert store.state(key_for("other_model")).state == "missing"
+
+
+def test_large_file_multipart_commit_and_verify(store, tmp_path):
+    key = key_for("big_model")
+    manifest = commit(store, tmp_path, key, size=13 * MiB + 123)
+    if isinstance(store, S3Store):
+        assert manifest.etag.endswith("-3"), "13 MiB in 5 MiB parts is a 3-part multipart upload"
+    assert store.state(key).state == "done"
+    got = store.verify(key, tmp_path / "down.pt")
+    assert got.sha256 == manifest.sha256 and (tmp_path / "down.pt").stat().st_size == 13 * MiB + 123
+
+
+def test_data_altered_after_commit_is_corrupt(store, sw, tmp_path):
+    key = key_for()
+    manifest = commit(store, tmp_path, key)
+    overwrite(store, key.data, os.urandom(manifest.size), sw)  # same size, different bytes
+    state = store.state(key)
+    assert state.state == "corrupt" and "changed after commit" in state.reason
+    with pytest.raises(ValueError, match="does not match its manifest"):
+        store.verify(key, tmp_path / "down.pt")
+    assert not (tmp_path / "down.pt").exists()
+
+
+def test_data_without_manifest_is_not_done(store, tmp_path):
+    key = key_for()
+    path, sha = data_file(tmp_path)
+    store.put_file(key.data, path, sha)  # a crash between the data upload and the manifest
+    state = store.state(key)
+    assert state.state == "missing" and "data without manifest" in state.reason
+    with pytest.raises(FileNotFoundError):
+        store.verify(key, tmp_path / "down.pt")
+
+
+def test_manifest_without_data_is_corrupt(store, tmp_path):
+    key = key_for()
+    commit(store, tmp_path, key)
+    store.delete(key.data)
+    assert store.state(key).state == "corrupt"
+    with pytest.raises(FileNotFoundError):
+        store.verify(key, tmp_path / "down.pt")
+
+
+def test_recommit_after_corruption_is_done(store, sw, tmp_path):
+    key = key_for()
+    commit(store, tmp_path, key)
+    overwrite(store, key.data, b"garbage", sw)
+    assert store.state(key).state == "corrupt"
+    commit(store, tmp_path, key)
+    assert store.state(key).state == "done"
+    store.verify(key, tmp_path / "down.pt")
+
+
+def test_put_file_rejects_bytes_that_do_not_match_sha(store, tmp_path):
+    key = key_for()
+    path, _ = data_file(tmp_path)
+    with pytest.raises((OSError, FeatxError)):
+        store.put_file(key.data, path, "0" * 64)
+    assert key.data not in store.list("")
+
+
+def test_put_bytes_if_absent_twice(store):
+    assert store.put_bytes_if_absent("a/b.manifest.json", b"first") is True
+    assert store.put_bytes_if_absent("a/b.manifest.json", b"second") is False
+    assert store.get_bytes("a/b.manifest.json") == b"first"
+
+
+def test_failure_record_then_cleared_on_commit(store, tmp_path):
+    key = key_for()
+    store.record_failure(key, FailureRecord(key.model, "CUDA error: device lost", "transient"))
+    again = store.record_failure(key, FailureRecord(key.model, "CUDA error: device lost", "transient"))
+    assert again.attempt == 2
+    state = store.state(key)
+    assert state.state == "failed" and state.failure.attempt == 2 and "device lost" in state.reason
+    commit(store, tmp_path, key)
+    assert store.state(key).state == "done"
+    assert key.failure not in store.list("") and store.get_bytes(key.failure) is None
+
+
+def test_verify_detects_sha_mismatch(store, tmp_path):
+    key = key_for()
+    manifest = commit(store, tmp_path, key)
+    manifest.sha256 = "0" * 64  # a manifest that lies about its data (written by a buggy writer)
+    store.delete(key.manifest)
+    assert store.put_bytes_if_absent(key.manifest, manifest.to_json())
+    with pytest.raises(ValueError, match="sha256"):
+        store.verify(key, tmp_path / "down.pt")
+    assert not (tmp_path / "down.pt").exists()
+
+
+# -- S3 only -----------------------------------------------------------------------------------
+KILL_SCRIPT = """
+import sys, time
+from pathlib import Path
+from featx.store.s3 import S3Store
+url, rel, src, sha = sys.argv[1:5]
+store = S3Store.from_url(url, part_size=5 << 20, multipart_threshold=5 << 20, max_workers=1, manifest_cache=False)
+def hold(**_):
+    print("PART", flush=True)  # one part is on the server: stay here until SIGKILL
+    time.sleep(60)
+store.client.meta.events.register("after-call.s3.UploadPart", hold)
+store.put_file(rel, Path(src), sha)
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.s3
+def test_killed_multipart_upload_leaves_nothing_visible(s3_store, seaweedfs, tmp_path):
+    key = key_for("killed_model")
+    path, sha = data_file(tmp_path, 16 * MiB)
+    env = {**os.environ, **seaweedfs.env(), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, s3_store.url, key.data, str(path), sha],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, proc.kill)  # never hang the suite if the child hangs
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "PART", proc.stderr.read()
+    finally:
+        watchdog.cancel()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert pending_uploads(seaweedfs, s3_store, key.data), "the upload was mid-transfer when killed"
+    assert key.data not in s3_store.list("")
+    assert s3_store.state(key).state == "missing"
+    # the retry completes the model and cleans up the dead upload
+    s3_store.commit(key, path, manifest_for(key, path, sha))
+    assert s3_store.state(key).state == "done"
+    assert pending_uploads(seaweedfs, s3_store, key.data) == []
+    s3_store.verify(key, tmp_path / "down.pt")
+
+
+@pytest.mark.s3
+def test_failed_part_aborts_multipart_upload(s3_store, seaweedfs, tmp_path, monkeypatch):
+    """A part whose bytes do not match its Content-MD5 is refused by the server (BadDigest); the
+    whole upload is aborted: no object, no unfinished upload, nothing done."""
+    key = key_for("bad_part")
+    path, sha = data_file(tmp_path, 16 * MiB)
+    calls, real = [], s3mod._md5_b64
+
+    def wrong_on_second(data):
+        calls.append(len(data))
+        return real(b"not these bytes") if len(calls) == 2 else real(data)
+
+    monkeypatch.setattr(s3mod, "_md5_b64", wrong_on_second)
+    with pytest.raises(TransientError, match="checksum"):
+        s3_store.commit(key, path, manifest_for(key, path, sha))
+    assert s3_store.list("") == {}
+    assert pending_uploads(seaweedfs, s3_store, key.data) == []
+    assert s3_store.state(key).state == "missing"
+
+
+@pytest.mark.s3
+def test_wrong_checksum_rejected_by_server(s3_store, seaweedfs, tmp_path, monkeypatch):
+    key = key_for()
+    path, sha = data_file(tmp_path)
+    monkeypatch.setattr(s3mod, "_md5_b64", lambda data: s3mod._b64(hashlib.md5(b"other").digest()))
+    with pytest.raises(TransientError, match="rejected the upload's checksum") as err:
+        s3_store.put_file(key.data, path, sha)
+    assert "\n" not in str(err.value)
+    assert s3_store.list("") == {}
+    # and a wrong x-amz-checksum-sha256 with a right Content-MD5 (the raw client)
+    import botocore.exceptions
+
+    data = path.read_bytes()
+    with pytest.raises(botocore.exceptions.ClientError, match="BadDigest"):
+        seaweedfs.client().put_object(Bucket=s3_store.bucket, Key=s3_store._key(key.data), Body=data,
+                                      ChecksumSHA256=s3mod._b64(hashlib.sha256(b"other").digest()))
+    assert s3_store.list("") == {}
+
+
+@pytest.mark.s3
+def test_manifest_cache_second_scan_makes_no_get(seaweedfs, tmp_path, monkeypatch):
+    s3_env(monkeypatch, seaweedfs)
+    url, cache = seaweedfs.url(f"t-{uuid.uuid4().hex[:12]}"), tmp_path / "manifest-cache"
+    writer = S3Store.from_url(url, manifest_cache=False)
+    for i in range(12):
+        commit(writer, tmp_path, key_for(f"org_model{i}"))
+    writer.record_failure(key_for("broken"), FailureRecord("org/broken", "gated", "permanent"))
+
+    cold = S3Store.from_url(url, manifest_cache=cache)
+    calls = count_calls(cold)
+    states = cold.scan("prh/wit_1024/")
+    assert sum(s.state == "done" for s in states.values()) == 12
+    assert states["prh/wit_1024/broken_pool-avg"].state == "failed"
+    assert calls == {"ListObjectsV2": 1, "GetObject": 13}  # 12 manifests + 1 failure record
+
+    warm = S3Store.from_url(url, manifest_cache=cache)  # a later `featx status`
+    calls = count_calls(warm)
+    assert warm.scan("prh/wit_1024/") == states
+    assert calls == {"ListObjectsV2": 1, "GetObject": 1}  # only the (mutable) failure record
+
+
+@pytest.mark.s3
+def test_manifest_cache_follows_recommit(s3_store, tmp_path):
+    key = key_for()
+    first = commit(s3_store, tmp_path, key)
+    assert s3_store.state(key).manifest.sha256 == first.sha256
+    second = commit(s3_store, tmp_path, key)  # new bytes, new manifest, new ETag
+    assert second.sha256 != first.sha256
+    assert s3_store.state(key).manifest.sha256 == second.sha256
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("case", ["wrong_secret", "unknown_key", "missing_bucket", "unreachable"])
+def test_bad_configuration_fails_fast_with_one_line(case, seaweedfs, monkeypatch):
+    s3_env(monkeypatch, seaweedfs)
+    url = seaweedfs.url("p")
+    if case == "wrong_secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-" + "x" * 20)
+        expect = "access denied: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    elif case == "unknown_key":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FXNOBODY")
+        expect = "access denied"
+    elif case == "missing_bucket":
+        url = "s3://no-such-bucket-featx/p"
+        expect = f"bucket no-such-bucket-featx does not exist at {seaweedfs.endpoint}: create it or fix --store"
+    else:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_ports(1)[0]}")  # nothing listens
+        expect = "cannot reach S3 endpoint http://127.0.0.1:"
+    start = time.monotonic()
+    store = S3Store.from_url(url, manifest_cache=False)
+    with pytest.raises(StoreError) as err:
+        store.check()
+    message = str(err.value)
+    assert expect in message and "\n" not in message
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in message and seaweedfs.secret_key not in message
+    assert time.monotonic() - start < 15
+    with pytest.raises(StoreError):  # the same mapping on every operation
+        store.list("")
+
+
+@pytest.mark.s3
+def test_endpoint_flag_overrides_environment(seaweedfs, monkeypatch):
+    s3_env(monkeypatch, seaweedfs)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_ports(1)[0]}")
+    store = S3Store.from_url(seaweedfs.url("p"), endpoint_url=seaweedfs.endpoint)
+    store.check()
+    assert store.endpoint == seaweedfs.endpoint
+
+
+@pytest.mark.s3
+def test_url_and_messages_carry_no_secrets(s3_store, seaweedfs):
+    assert s3_store.url.startswith(f"s3://{seaweedfs.bucket}/t-")
+    for text in (s3_store.url, repr(s3_store), s3_store.endpoint):
+        assert seaweedfs.secret_key not in text and seaweedfs.access_key not in text
+    with pytest.raises(StoreError, match="credentials do not belong"):
+        S3Store.from_url(f"s3://{seaweedfs.access_key}:{seaweedfs.secret_key}@bucket/p")
+
+
+@pytest.mark.s3
+def test_fixture_env_drives_a_subprocess(seaweedfs):
+    """``seaweedfs.env()`` is all a ``featx`` subprocess needs (AWS_ENDPOINT_URL, keys, region)."""
+    code = "import sys; from featx.store import open_store; s = open_store(sys.argv[1]); s.check(); print(s.url)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(seaweedfs.env(), PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", code, seaweedfs.url("sub")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == seaweedfs.url("sub")
