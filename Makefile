@@ -30,16 +30,20 @@ bench: ## CPU extraction benchmark: featx vs the reference loop, same inputs, sa
 bench-gpu: ## GPU extraction benchmark (7B-class configs, real-size ViTs, MFU)
 	$(BIN)/python scripts/bench_extract.py --device cuda --gpu
 
-image: ## GPU image
-	docker build -f docker/Dockerfile -t featx:dev .
+IMAGE ?= featx
+IMAGE_TAG ?= dev
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-image-cpu: ## CPU image for local clusters
-	docker build -f docker/Dockerfile.cpu -t featx-cpu:dev .
+image: ## GPU image (CUDA 13.0 base, torch 2.14.1+cu130): featx:dev
+	docker build -f docker/Dockerfile -t $(IMAGE):$(IMAGE_TAG) .
 
-local-kind: ## kind cluster + in-cluster S3 + the chart with the smoke modelset
+image-cpu: ## CPU image for kind and CI: featx-cpu:dev
+	docker build -f docker/Dockerfile.cpu --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -t $(IMAGE)-cpu:$(IMAGE_TAG) .
+
+local-kind: ## kind + SeaweedFS + the chart (smoke modelset, CPU); waits, prints featx status
 	bash scripts/local-kind.sh
 
-local-kind-down:
+local-kind-down: ## delete the kind cluster of local-kind
 	bash scripts/local-kind-down.sh
 
 clean:

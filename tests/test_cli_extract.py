@@ -140,11 +140,25 @@ def test_failing_model_among_good_ones(tmp_path):
     assert [s["state"] for s in json.loads(status.out)] == ["done", "failed"]
 
 
-def test_unreachable_hub_model_is_a_retryable_failure(tmp_path):
+def test_hub_model_missing_from_the_offline_cache_is_permanent(tmp_path):
     r = run_cli("extract", "--models", "someone/missing-model", "--dataset", "featx-sample", "--num_samples", "2",
                 "--output_dir", str(tmp_path))
-    assert r.code == 1
+    assert r.code == 3 and "HF_HUB_OFFLINE=1" in r.out
     assert not list(tmp_path.rglob("*.pt"))
+
+
+@pytest.mark.parametrize("error, kind, text", [
+    (OSError("We couldn't connect to 'https://huggingface.co' to load the files"), "TransientError", "cannot reach the hub"),
+    (OSError("someone/x is not a local folder and is not a valid model identifier listed on the hub"), "PermanentError", "not found"),
+    (OSError("You are trying to access a gated repo. 401 Client Error"), "PermanentError", "set HF_TOKEN"),
+    (ValueError("The checkpoint has model type `foo` but Transformers does not recognize this architecture"), "PermanentError", "not supported"),
+])
+def test_load_errors_are_classified_with_the_fix(monkeypatch, error, kind, text):
+    from featx.extract.loading import classify_load_error
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    out = classify_load_error("someone/x", error)
+    assert type(out).__name__ == kind and text in str(out)
 
 
 @pytest.mark.parametrize("args, message", [

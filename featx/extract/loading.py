@@ -59,7 +59,12 @@ def classify_load_error(model_id: str, exc: BaseException) -> Exception:
         fix = ("accept the model's license on its hub page for the token's account" if has_token
                else f"set {settings.HF_TOKEN_ENV} to a token that has accepted the model's license")
         return PermanentError(f"{model_id} is gated: {fix}")
-    if any(s in low for s in ("connection", "timed out", "temporarily", "max retries", "network is unreachable")):
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
+    if offline and ("couldn't connect" in low or "cached files" in low or "offline" in low):
+        return PermanentError(f"{model_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1: "
+                              "download it first (or unset HF_HUB_OFFLINE)")
+    if any(s in low for s in ("connection", "couldn't connect", "timed out", "temporarily", "max retries",
+                              "network is unreachable")):
         return TransientError(f"{model_id}: cannot reach the hub ({type(exc).__name__}); check the network or HF_ENDPOINT and retry")
     if ("not a valid model identifier" in low or "repository not found" in low or "404" in low
             or "unknown model" in low or "does not appear to have a file" in low or "no such file" in low):
