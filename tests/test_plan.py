@@ -21,11 +21,13 @@ def test_batches_cover_every_row_once_within_budget(seed):
         assert longest == max(lengths[i] for i in batch)
         assert len(batch) <= 32
         assert len(batch) == 1 or len(batch) * longest <= 1024
+        assert all(lengths[i] >= 0.8 * longest for i in batch)  # bounded padding per batch
     assert [plan.longest[i] >= plan.longest[i + 1] for i in range(len(plan.longest) - 1)] == [True] * (len(plan.longest) - 1)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in plan.batches)
     assert plan.padding_efficiency(lengths) == pytest.approx(sum(lengths) / padded)
     # the reference pads every batch to the longest text of the data set
     assert plan.padding_efficiency(lengths) > sum(lengths) / (len(lengths) * max(lengths)) * 2
+    assert plan.padding_efficiency(lengths) >= 0.8
 
 
 def test_a_row_longer_than_the_budget_gets_its_own_batch():

@@ -26,19 +26,23 @@ class BatchPlan:
                 "largest_batch": max((len(b) for b in self.batches), default=0)}
 
 
-def plan_batches(lengths: list[int], max_batch_size: int, token_budget: int) -> BatchPlan:
-    """Group rows by descending length; each batch holds at most ``max_batch_size`` rows and at
-    most ``token_budget`` padded tokens (a single row longer than the budget gets its own batch)."""
-    if max_batch_size < 1 or token_budget < 1:
-        raise ValueError("max_batch_size and token_budget must be positive")
+def plan_batches(lengths: list[int], max_batch_size: int, token_budget: int, min_fill: float = 0.8) -> BatchPlan:
+    """Group rows by descending length; each batch holds at most ``max_batch_size`` rows, at most
+    ``token_budget`` padded tokens (a row longer than the budget gets its own batch), and only rows
+    at least ``min_fill`` x as long as its longest, so padding wastes at most ~1 - min_fill."""
+    if max_batch_size < 1 or token_budget < 1 or not 0.0 <= min_fill <= 1.0:
+        raise ValueError("max_batch_size and token_budget must be positive, min_fill in [0, 1]")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[tuple[int, ...]] = []
     longest: list[int] = []
     start = 0
     while start < len(order):
-        first = max(lengths[order[start]], 1)
-        size = max(1, min(max_batch_size, token_budget // first))
-        batches.append(tuple(order[start:start + size]))
-        longest.append(lengths[order[start]])
-        start += size
+        first = lengths[order[start]]
+        size = max(1, min(max_batch_size, token_budget // max(first, 1)))
+        end = start + 1
+        while end < min(start + size, len(order)) and lengths[order[end]] >= min_fill * first:
+            end += 1
+        batches.append(tuple(order[start:end]))
+        longest.append(first)
+        start = end
     return BatchPlan(tuple(batches), token_budget, max_batch_size, tuple(longest))
