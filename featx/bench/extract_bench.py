@@ -213,6 +213,7 @@ def _reset_hwm() -> bool:
 @dataclass
 class Measurement:
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time (all threads): steadier than wall time on a shared machine
     peak_bytes: int = 0  # CPU: peak RSS; CUDA: max_memory_allocated
     peak_delta_bytes: int = 0  # peak minus the value just before the run
     reserved_peak_bytes: int | None = None  # CUDA only
@@ -229,10 +230,11 @@ def measure(device: str) -> Iterator[Measurement]:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         yield m
         torch.cuda.synchronize()
         m.seconds = time.perf_counter() - t0
+        m.cpu_seconds = time.process_time() - c0
         m.peak_bytes = torch.cuda.max_memory_allocated()
         m.reserved_peak_bytes = torch.cuda.max_memory_reserved()
         m.peak_delta_bytes = m.peak_bytes - before
@@ -255,11 +257,12 @@ def measure(device: str) -> Iterator[Measurement]:
 
         sampler["stop"], sampler["thread"] = stop, threading.Thread(target=sample, daemon=True)
         sampler["thread"].start()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     try:
         yield m
     finally:
         m.seconds = time.perf_counter() - t0
+        m.cpu_seconds = time.process_time() - c0
         if sampler:
             sampler["stop"].set()
             sampler["thread"].join()
@@ -394,7 +397,7 @@ def featx_token_budget(loaded: Any, batch_size: int, token_budget: int | None) -
 
 def _run_stats(m: Measurement, n: int, real: int, padded: int) -> dict[str, Any]:
     s = max(m.seconds, 1e-9)
-    return {"seconds": round(m.seconds, 3), "samples_per_s": round(n / s, 2), "tokens_per_s": round(real / s, 1),
+    return {"seconds": round(m.seconds, 3), "cpu_seconds": round(m.cpu_seconds, 2), "samples_per_s": round(n / s, 2), "tokens_per_s": round(real / s, 1),
             "computed_tokens_per_s": round(padded / s, 1), "real_tokens": real, "padded_tokens": padded,
             "padding_efficiency": round(real / padded, 4) if padded else None,
             "peak_bytes": m.peak_bytes, "peak_delta_bytes": m.peak_delta_bytes,
@@ -406,9 +409,12 @@ def _run_stats(m: Measurement, n: int, real: int, padded: int) -> dict[str, Any]
 
 def bench_language(case: LanguageCase, device: str, n: int, batch_size: int = FEATX_BATCH_SIZE,
                    token_budget: int | None = None, truth: bool | None = None, warmup: bool = True,
-                   profile_dir: str | None = None, seed: int = 0) -> dict[str, Any]:
+                   profile_dir: str | None = None, seed: int = 0,
+                   also_plans: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """One language model: featx vs the reference loop (and vs unpadded truth where asked; by
-    default for absolute-position models, where the reference is not a valid baseline)."""
+    default for absolute-position models, where the reference is not a valid baseline).
+    ``also_plans``: more (max_batch_size, token_budget) pairs to time featx with (what-if runs
+    for planning changes; reported under ``featx_variants``)."""
     from featx.extract.language import LanguageExtractor, tokenize
     from featx.plan.batching import plan_batches
     from featx.plan.memory import ModelShape, bytes_per_token, loss_chunk_bytes, peak_bytes
@@ -450,12 +456,29 @@ def bench_language(case: LanguageCase, device: str, n: int, batch_size: int = FE
     fx = {"feats": res.tensors["feats"], "loss": res.tensors["loss"], "bpb": res.tensors["bpb"]}
     del res
     gc.collect()
+    variants = []
+    for vbs, vbudget in also_plans or ():
+        vplan = plan_batches(lengths, vbs, vbudget)
+        vpadded = sum(len(b) * m for b, m in zip(vplan.batches, vplan.longest))
+        with measure(device) as m_v:
+            vres = LanguageExtractor(loaded, "avg").extract(texts, vbs, vbudget)
+        variants.append({"max_batch_size": vbs, "token_budget": vbudget, **_run_stats(m_v, n, real, vpadded),
+                         "batches": len(vplan.batches), "timings": vres.info.get("timings"),
+                         "max_abs_diff_vs_default_plan": float((vres.tensors["feats"].float() - fx["feats"].float()).abs().max())})
+        del vres
+        gc.collect()
 
     with measure(device) as m_ref:
         ref, ref_info = reference_language(model, tok, texts)
     rec["reference"] = {**_run_stats(m_ref, n, real, ref_info["padded_tokens"]), "info": ref_info}
     rec["memory_method"] = m_fx.method
     rec["ratio_samples_per_s"] = round(m_ref.seconds / max(m_fx.seconds, 1e-9), 2)
+    rec["ratio_cpu_time"] = round(m_ref.cpu_seconds / max(m_fx.cpu_seconds, 1e-9), 2)
+    for v in variants:
+        v["ratio_samples_per_s"] = round(m_ref.seconds / max(v["seconds"], 1e-9), 2)
+        v["ratio_cpu_time"] = round(m_ref.cpu_seconds / max(v["cpu_seconds"], 1e-9), 2)
+    if variants:
+        rec["featx_variants"] = variants
 
     correctness: dict[str, Any] = {}
     correctness["featx_vs_reference"] = compare(fx["feats"], ref["feats"])
@@ -616,9 +639,9 @@ def markdown_table(results: dict[str, Any]) -> str:
     if lang:
         gpu = "mfu" in lang[0].get("featx", {})
         lines += ["| model | params | N | mean/max tok | featx s | ref s | featx samples/s | ref samples/s | "
-                  "featx/ref | featx tok/s | ref tok/s | pad eff featx / ref | peak GiB featx / ref"
+                  "featx/ref (wall) | featx/ref (CPU time) | featx tok/s | ref tok/s | pad eff featx / ref | peak GiB featx / ref"
                   + (" | MFU featx / ref | est/measured" if gpu else "") + " | correctness |",
-                  "|" + "---|" * (14 + (2 if gpu else 0))]
+                  "|" + "---|" * (15 + (2 if gpu else 0))]
         for r in lang:
             if "error" in r:
                 lines.append(f"| {r['model']} | error: {r['error'][:80]} |")
@@ -634,12 +657,17 @@ def markdown_table(results: dict[str, Any]) -> str:
                         f"min cos {c['featx_vs_reference']['min_cos']:.5f}")
             row = [r["model"], f"{r['params'] / 1e6:.0f}M", str(r["n"]), f"{r['lengths']['mean']}/{r['lengths']['max']}",
                    f"{fx['seconds']:.2f}", f"{rf['seconds']:.2f}", f"{fx['samples_per_s']:.1f}", f"{rf['samples_per_s']:.1f}",
-                   f"**{r['ratio_samples_per_s']:.1f}x**", f"{fx['tokens_per_s']:.0f}", f"{rf['tokens_per_s']:.0f}",
+                   f"**{r['ratio_samples_per_s']:.1f}x**", f"{r.get('ratio_cpu_time', 0):.1f}x", f"{fx['tokens_per_s']:.0f}", f"{rf['tokens_per_s']:.0f}",
                    f"{fx['padding_efficiency']:.2f} / {rf['padding_efficiency']:.2f}", f"{_gib(mem(fx))} / {_gib(mem(rf))}"]
             if gpu:
                 e = r["estimator"]
                 row += [f"{fx.get('mfu', 0):.2f} / {rf.get('mfu', 0):.3f}", f"{e['predicted_over_allocated']:.2f}"]
             lines.append("| " + " | ".join(row + [corr]) + " |")
+            for v in r.get("featx_variants", []):
+                lines.append(f"| ↳ featx with --batch_size {v['max_batch_size']} --token_budget {v['token_budget']} | | | | "
+                             f"{v['seconds']:.2f} | | {v['samples_per_s']:.1f} | | **{v['ratio_samples_per_s']:.1f}x** | "
+                             f"{v['ratio_cpu_time']:.1f}x | {v['tokens_per_s']:.0f} | | {v['padding_efficiency']:.2f} | "
+                             f"{_gib(mem(v))} |" + (" | |" if gpu else "") + " same features |")
     vis = results.get("vision", [])
     if vis:
         lines += ["", "| vision model | params | input | N | featx s | compute-only s | featx/compute-only | ref s | "
@@ -658,7 +686,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 def run(device: str = "cpu", gpu: bool = False, tiny: bool = False, n: int | None = None, models: list[str] | None = None,
         vision: bool | None = None, out: str | None = None, batch_size: int = FEATX_BATCH_SIZE,
         token_budget: int | None = None, truth: bool | None = None, profile_dir: str | None = None,
-        num_workers: int | None = None) -> dict[str, Any]:
+        num_workers: int | None = None, also_plans: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Run the chosen cases, writing the results file after each model (partial runs keep what
     finished). Returns the results dict."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -699,7 +727,8 @@ def run(device: str = "cpu", gpu: bool = False, tiny: bool = False, n: int | Non
     for case in lang_cases:
         print(f"[bench] {case.name}: {n_lang} texts on {device} ...", flush=True)
         try:
-            rec = bench_language(case, device, n_lang, batch_size, token_budget, truth, profile_dir=profile_dir)
+            rec = bench_language(case, device, n_lang, batch_size, token_budget, truth, profile_dir=profile_dir,
+                                 also_plans=also_plans)
         except Exception as e:  # one failing case does not lose the others
             rec = {"model": case.name, "error": f"{type(e).__name__}: {e}"[:500]}
             _free(device)

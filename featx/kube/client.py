@@ -6,6 +6,7 @@ rest of featx never sees the client's model classes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,12 @@ class KubeClient:
         from kubernetes.client.rest import ApiException
 
         try:
-            res = self._call(what, fn, self.namespace, label_selector=selector)
+            # the raw JSON: already the plain camelCase form, and several times faster than the
+            # client's model classes for a few hundred Jobs
+            res = self._call(what, fn, self.namespace, label_selector=selector, _preload_content=False)
         except ApiException as e:
             raise TransientError(f"{what}: {e.status} {e.reason}; the next pass retries") from e
-        return [self._plain(x) for x in res.items]
+        return list(json.loads(res.data).get("items") or [])
 
     def list_jobs(self, selector: str) -> list[dict[str, Any]]:
         return self._list("list jobs", self._batch.list_namespaced_job, selector)
@@ -140,8 +143,6 @@ class KubeClient:
 
 
 def _message(e: Any) -> str:
-    import json
-
     try:
         return json.loads(e.body).get("message", e.reason)
     except (TypeError, ValueError):

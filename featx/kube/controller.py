@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -59,8 +60,10 @@ class PassResult:
 
 class Controller:
     def __init__(self, config: RunConfig, kube: Kube, store: Store, log: EventLog | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, workers: int = 8):
         self.config, self.kube, self.store = config, kube, store
+        self.workers = max(1, workers)  # API writes (creates, deletes) in flight at once
+        self._lock = threading.Lock()
         self.log = log or EventLog()
         self.clock = clock
         self.settings = settings_for(config)
@@ -89,32 +92,48 @@ class Controller:
         t0 = self.clock()
         result = PassResult()
         result.actions = self.plan()
-        for action in result.actions:
-            if dry_run:
+        if dry_run:
+            for action in result.actions:
                 self._event(action, dry_run=True)
-                continue
-            try:
-                self._apply(action, result)
-            except FeatxError as e:
-                result.errors.append(f"{type(action).__name__} {action.model}: {e}")
-                self.log.event("error", model=action.model, action=type(action).__name__.lower(), reason=str(e))
+        else:
+            writes = [a for a in result.actions if isinstance(a, (Create, Delete))]
+            rest = [a for a in result.actions if not isinstance(a, (Create, Delete))]
+            if len(writes) > 1 and self.workers > 1:  # independent API calls: overlap their round trips
+                with ThreadPoolExecutor(min(self.workers, len(writes))) as pool:
+                    list(pool.map(lambda a: self._apply_safely(a, result), writes))
+            else:
+                for action in writes:
+                    self._apply_safely(action, result)
+            for action in rest:
+                self._apply_safely(action, result)
         result.seconds = self.clock() - t0
         self.log.event("pass", **result.summary())
         return result
 
+    def _apply_safely(self, action: Action, result: PassResult) -> None:
+        try:
+            self._apply(action, result)
+        except FeatxError as e:
+            with self._lock:
+                result.errors.append(f"{type(action).__name__} {action.model}: {e}")
+                self.log.event("error", model=action.model, action=type(action).__name__.lower(), reason=str(e))
+
     def _apply(self, action: Action, result: PassResult) -> None:
         if isinstance(action, Create):
-            if self.kube.create_job(action.job):
-                result.created += 1
-                self._event(action)
-            else:
-                result.existed += 1
-                self.log.event("exists", model=action.model, job=action.name, attempt=action.attempt,
-                               reason="another reconciler created it")
+            created = self.kube.create_job(action.job)
+            with self._lock:
+                if created:
+                    result.created += 1
+                    self._event(action)
+                else:
+                    result.existed += 1
+                    self.log.event("exists", model=action.model, job=action.name, attempt=action.attempt,
+                                   reason="another reconciler created it")
         elif isinstance(action, Delete):
-            if self.kube.delete_job(action.name):
-                result.deleted += 1
-            self._event(action)
+            deleted = self.kube.delete_job(action.name)
+            with self._lock:
+                result.deleted += int(deleted)
+                self._event(action)
         elif isinstance(action, GiveUp):
             if action.record:
                 # put, not record_failure: keep the attempt number the Jobs counted

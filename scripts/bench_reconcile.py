@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""Scale benchmark of ``featx reconcile``: the ``exhaustive`` modelset (139 models) against a real
+control plane with 50+ fake GPU nodes (kwok). Reports, per pass, its wall time and the API calls
+it made (counted by a wrapper around featx's Kubernetes adapter), plus the pure ``decide`` time.
+
+Passes:
+  1. cold: nothing exists -> one Job per model (concurrency is set above the model count);
+  2. steady: every Job active -> nothing to do (one list call);
+  3. half done: half the models committed in the store and their Jobs Complete -> cleanup deletes.
+
+Usage: python scripts/bench_reconcile.py [--nodes 52] [--json out.json]
+Builds/starts the control plane with tests/cluster/controlplane.py (binaries from
+scripts/build-control-plane.sh). Not a timed test: numbers go to the README by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from featx.kube.client import KubeClient  # noqa: E402
+from featx.kube.config import RunConfig  # noqa: E402
+from featx.kube.controller import Controller, settings_for  # noqa: E402
+from featx.kube.observe import observe  # noqa: E402
+from featx.kube.reconcile import decide  # noqa: E402
+from featx.kube.values import load_values, run_config  # noqa: E402
+from featx.logs import EventLog  # noqa: E402
+from featx.store import Manifest  # noqa: E402
+from featx.store.local import LocalStore  # noqa: E402
+
+
+class CountingKube:
+    """The adapter with every call counted and timed."""
+
+    def __init__(self, inner: KubeClient):
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+        if not callable(fn):
+            return fn
+
+        def counted(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.calls[name] += 1
+                self.seconds[name] += time.perf_counter() - t0
+        return counted
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.seconds.clear()
+
+
+def fake_commit(store: LocalStore, d, tmp: Path) -> None:
+    data = tmp / "f.pt"
+    data.write_bytes(d.id.encode())
+    m = Manifest(model_id=d.id, modality=d.spec.modality, dataset=d.key.dataset, subset=d.key.subset,
+                 rows_fingerprint="bench", num_rows=1, pool=d.pool, caption_idx=0, format="pt", data_key=d.key.data,
+                 sha256=hashlib.sha256(d.id.encode()).hexdigest(), size=len(d.id.encode()), shape=[1, 1, 1],
+                 dtype="float32", featx_version="bench")
+    store.commit(d.key, data, m)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=52, help="fake GPU nodes (at least 50)")
+    ap.add_argument("--json", default=None, help="write the results here too")
+    args = ap.parse_args()
+
+    from kubernetes import client
+
+    from tests.cluster.controlplane import (GPU_1X24GB, GPU_4X40GB, GPU_8X80GB, GpuNodeClass, add_gpu_nodes,
+                                            create_namespace, start_cluster, wait_until)
+    from dataclasses import replace
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        t0 = time.perf_counter()
+        cluster = start_cluster(tmp / "k8s")
+        results["cluster_start_s"] = round(time.perf_counter() - t0, 2)
+        try:
+            api = cluster.api_client()
+            n141 = max(1, args.nodes // 13)
+            n80 = max(1, args.nodes * 4 // 13)
+            n40 = max(1, args.nodes * 4 // 13)
+            n24 = max(1, args.nodes - n141 - n80 - n40)
+            h200 = GpuNodeClass("gpu-8x141gb", gpus=8, gpu_memory_mib=143771, product="NVIDIA-H200", count=n141)
+            t0 = time.perf_counter()
+            nodes = add_gpu_nodes(api, [h200, replace(GPU_8X80GB, count=n80), replace(GPU_4X40GB, count=n40),
+                                        replace(GPU_1X24GB, count=n24)], timeout=120)
+            results["nodes"] = {"total": len(nodes), "8x141GB": n141, "8x80GB": n80, "4x40GB": n40, "1x24GB": n24,
+                                "ready_s": round(time.perf_counter() - t0, 2)}
+            ns = create_namespace(api, "bench")
+
+            values = load_values(sets=["modelset=exhaustive", "concurrency=1000", "controller.replicas=0"])
+            config = RunConfig.from_dict(run_config(values, "bench", ns))
+            store = LocalStore(tmp / "store")
+            kube = CountingKube(KubeClient(api, ns))
+            log = io.StringIO()
+            controller = Controller(config, kube, store, EventLog("json", log))
+            desired = controller.desired
+            results["models"] = len(desired)
+
+            def one_pass(name: str) -> dict[str, Any]:
+                kube.reset()
+                t = time.perf_counter()
+                r = controller.run_once()
+                row = {"seconds": round(time.perf_counter() - t, 3), "api_calls": sum(kube.calls.values()),
+                       "calls": dict(kube.calls), "api_seconds": round(sum(kube.seconds.values()), 3),
+                       **{k: v for k, v in r.summary().items() if k != "seconds"}}
+                results[name] = row
+                print(f"{name}: {json.dumps(row)}", file=sys.stderr)
+                return row
+
+            one_pass("pass1_cold")
+            core = client.CoreV1Api(api)
+
+            def scheduled() -> bool:
+                pods = core.list_namespaced_pod(ns).items
+                return len(pods) >= len(desired) and all(p.spec.node_name for p in pods)
+            def why() -> str:
+                pods = core.list_namespaced_pod(ns).items
+                pending = [p for p in pods if not p.spec.node_name]
+                detail = ""
+                if pending:
+                    conds = pending[0].status.conditions or []
+                    detail = "; ".join(f"{c.type}: {c.message}" for c in conds)
+                return f"every pod scheduled ({len(pods)} pods, {len(pending)} unscheduled; {detail})"
+            t = time.perf_counter()
+            wait_until(scheduled, 300, why, interval=1.0)
+            results["all_pods_scheduled_s"] = round(time.perf_counter() - t, 2)
+            one_pass("pass2_steady")
+
+            # half the models commit and their Jobs complete
+            batch = client.BatchV1Api(api)
+            half = desired[::2]
+            jobs = {j["metadata"]["annotations"]["featx.io/model-id"]: j["metadata"]["name"]
+                    for j in kube.inner.list_jobs(controller.selector)}
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            for d in half:
+                fake_commit(store, d, tmp)
+                pods = core.list_namespaced_pod(ns, label_selector=f"batch.kubernetes.io/job-name={jobs[d.id]}").items
+                for p in pods:
+                    core.patch_namespaced_pod_status(p.metadata.name, ns, {"status": {
+                        "phase": "Succeeded", "containerStatuses": [{
+                            "name": "extract", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+                            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
+                                                     "finishedAt": now}}}]}})
+
+            def complete() -> bool:
+                done = 0
+                for j in batch.list_namespaced_job(ns).items:
+                    if any(c.type == "Complete" and c.status == "True" for c in (j.status.conditions or [])):
+                        done += 1
+                return done >= len(half)
+            wait_until(complete, 300, "half the Jobs Complete", interval=1.0)
+            one_pass("pass3_half_done")
+
+            # the pure decision alone, on the same inputs
+            observed = observe(kube.inner.list_jobs(controller.selector))
+            committed = store.scan(config.scan_prefix)
+            settings = settings_for(config)
+            t = time.perf_counter()
+            for _ in range(10):
+                decide(desired, committed, observed, settings)
+            results["decide_only_ms"] = round((time.perf_counter() - t) / 10 * 1000, 2)
+        finally:
+            cluster.stop()
+    print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

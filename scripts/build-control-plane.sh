@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Build a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler), kwok/kwokctl and helm from Go modules, for the featx test suite.
+#
+# Why from source: this machine (and CI) reaches only package registries, not GitHub releases,
+# dl.k8s.io or container registries, so kwokctl cannot download its binaries itself.
+#
+# Binaries are cached OUTSIDE the checkout, keyed by version:
+#   ${FEATX_TOOLS_DIR:-$HOME/.cache/featx/tools}/k8s-<k8s>-kwok-<kwok>/bin/
+#   ${FEATX_TOOLS_DIR:-$HOME/.cache/featx/tools}/helm-<helm>/bin/helm   (symlinked into the bin dir)
+# A warm cache returns at once. The last stdout line is the bin directory; progress goes to stderr.
+# Each binary records how it was built (.<name>.recipe), so a version bump rebuilds only what changed.
+# Cold build: ~26 min of CPU (13+ min on 2 idle cores), ~4 GB of Go build cache (default GOCACHE,
+# or set GOCACHE), ~2.2 GB peak RSS. kwok and helm use k8s.io libraries v0.37, Kubernetes v0.36:
+# those are compiled twice.
+set -euo pipefail
+
+K8S_VERSION="v1.36.3"     # k8s.io/kubernetes; staging modules are v0.<minor>.<patch>
+ETCD_VERSION="v3.6.16"    # go.etcd.io/etcd/server/v3; must be >= 3.5.13 (RequestWatchProgress)
+KWOK_VERSION="v0.8.0"     # sigs.k8s.io/kwok
+HELM_VERSION="v3.22.0"    # helm.sh/helm/v3
+
+TOOLS_DIR="${FEATX_TOOLS_DIR:-$HOME/.cache/featx/tools}"
+DEST="${TOOLS_DIR}/k8s-${K8S_VERSION}-kwok-${KWOK_VERSION}"
+BIN_DIR="${DEST}/bin"
+HELM_DEST="${TOOLS_DIR}/helm-${HELM_VERSION}"
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwokctl helm)
+RECIPE_REV=2               # bump when the way binaries are built changes
+STAMP="rev=${RECIPE_REV} k8s=${K8S_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} helm=${HELM_VERSION}"
+
+is_complete() {
+    [[ -f "${DEST}/VERSIONS" && "$(cat "${DEST}/VERSIONS")" == "${STAMP}" ]] || return 1
+    local b
+    for b in "${BINARIES[@]}"; do [[ -x "${BIN_DIR}/${b}" ]] || return 1; done
+    [[ -f "${DEST}/stages/pod-ready.yaml" ]]
+}
+
+# Fast path: nothing to do.
+if is_complete; then
+    echo "${BIN_DIR}"
+    exit 0
+fi
+
+log() { echo "[build-control-plane] $*" >&2; }
+
+command -v go >/dev/null || { log "go is required (Go ${K8S_VERSION} needs Go 1.26.x)"; exit 1; }
+
+mkdir -p "${TOOLS_DIR}"
+# Serialise concurrent runs (parallel test sessions, CI jobs sharing a machine).
+if command -v flock >/dev/null; then
+    exec 9>"${TOOLS_DIR}/.build.lock"
+    flock 9
+    if is_complete; then echo "${BIN_DIR}"; exit 0; fi
+fi
+
+export GOFLAGS="-mod=mod -buildvcs=false -trimpath"
+export CGO_ENABLED=0          # static binaries, no C toolchain needed
+export GO111MODULE=on
+# Go >= 1.27 defaults to encoding/json v2, with which kube-apiserver serves a broken /openapi/v2.
+case "$(go env GOVERSION)" in
+    go1.2[7-9]*|go1.[3-9]*) export GOEXPERIMENT="${GOEXPERIMENT:+${GOEXPERIMENT},}nojsonv2" ;;
+esac
+
+PARTIAL="${DEST}.partial"     # binaries land here one by one; a failed run resumes from it
+SRC="${TOOLS_DIR}/src"        # throw-away wrapper modules
+if [[ ! -d "${PARTIAL}" && -d "${DEST}" ]]; then
+    cp -a --link "${DEST}" "${PARTIAL}"   # an outdated cache: keep the binaries still valid
+fi
+mkdir -p "${PARTIAL}/bin" "${SRC}"
+start=${SECONDS}
+GO_VERSION="$(go env GOVERSION)"
+
+# Build one binary from a wrapper module dir: build_in <module dir> <output> <package> [ldflags].
+# Skipped when <output> exists and was built the same way (module dir names carry the versions).
+build_in() {
+    local dir="$1" out="$2" pkg="$3" ldflags="${4:-}"
+    local recipe_file recipe
+    recipe_file="$(dirname "${out}")/.$(basename "${out}").recipe"
+    recipe="${dir##*/} ${pkg} ${GO_VERSION} CGO_ENABLED=${CGO_ENABLED} ${GOFLAGS} ${GOEXPERIMENT:-} ${ldflags}"
+    if [[ -x "${out}" && -f "${recipe_file}" && "$(cat "${recipe_file}")" == "${recipe}" ]]; then
+        log "have $(basename "${out}")"
+        return 0
+    fi
+    log "building $(basename "${out}") ($((SECONDS - start)) s elapsed)"
+    (cd "${dir}" && go build -ldflags "-s -w ${ldflags}" -o "${out}.tmp" "${pkg}")
+    mv "${out}.tmp" "${out}"
+    echo "${recipe}" >"${recipe_file}"
+}
+
+# --- etcd: a wrapper main around etcdmain (real etcd flag parsing, built on embed) -----------
+etcd_src="${SRC}/etcd-${ETCD_VERSION}"
+mkdir -p "${etcd_src}"
+cat >"${etcd_src}/go.mod" <<EOF
+module featx.local/etcd
+
+go 1.26.0
+
+require go.etcd.io/etcd/server/v3 ${ETCD_VERSION}
+EOF
+cat >"${etcd_src}/main.go" <<'EOF'
+// Command etcd is upstream etcd's main: flags are exactly those etcd accepts (and kwokctl passes).
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+EOF
+build_in "${etcd_src}" "${PARTIAL}/bin/etcd" . \
+    "-X go.etcd.io/etcd/api/v3/version.GitSHA=featx-${ETCD_VERSION}"
+
+# --- kwok + kwokctl ----------------------------------------------------------------------------
+kwok_src="${SRC}/kwok-${KWOK_VERSION}"
+mkdir -p "${kwok_src}"
+cat >"${kwok_src}/go.mod" <<EOF
+module featx.local/kwok
+
+go 1.26.0
+
+require sigs.k8s.io/kwok ${KWOK_VERSION}
+EOF
+# A blank-import file keeps the requirement (and go.sum) in place for go build -mod=mod.
+cat >"${kwok_src}/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import (
+	_ "sigs.k8s.io/kwok/cmd/kwok"
+	_ "sigs.k8s.io/kwok/cmd/kwokctl"
+)
+EOF
+kwok_ld="-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}"
+build_in "${kwok_src}" "${PARTIAL}/bin/kwok" sigs.k8s.io/kwok/cmd/kwok "${kwok_ld}"
+build_in "${kwok_src}" "${PARTIAL}/bin/kwokctl" sigs.k8s.io/kwok/cmd/kwokctl "${kwok_ld}"
+# kwok's own default Stage manifests, so a harness can configure kwok with a subset of them
+# (e.g. without pod-complete, to run pods' commands itself) that matches this kwok version.
+kwok_dir="$(cd "${kwok_src}" && go mod download -json "sigs.k8s.io/kwok@${KWOK_VERSION}" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+mkdir -p "${PARTIAL}/stages"
+for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+         node/heartbeat/node-heartbeat pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+    install -m 0644 "${kwok_dir}/kustomize/stage/${f}.yaml" "${PARTIAL}/stages/"
+done
+
+# --- Kubernetes: wrapper module that pins every staging module to the matching v0.x.y ---------
+k8s_src="${SRC}/k8s-${K8S_VERSION}"
+mkdir -p "${k8s_src}"
+k8s_gomod="$(cd "${k8s_src}" && go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" \
+    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+[[ -f "${k8s_gomod}" ]] || { log "cannot download k8s.io/kubernetes@${K8S_VERSION}"; exit 1; }
+staging_version="v0.${K8S_VERSION#v1.}"
+{
+    printf 'module featx.local/k8s\n\ngo 1.26.0\n\nrequire k8s.io/kubernetes %s\n\n' "${K8S_VERSION}"
+    # Kubernetes' go.mod: "k8s.io/foo => ./staging/src/k8s.io/foo" -> published k8s.io/foo v0.x.y
+    sed -n 's#^[[:space:]]*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/src/.*$#\1#p' "${k8s_gomod}" \
+        | sort -u | while read -r mod; do
+            printf 'replace %s => %s %s\n' "${mod}" "${mod}" "${staging_version}"
+        done
+} >"${k8s_src}/go.mod"
+cat >"${k8s_src}/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+)
+EOF
+minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+k8s_ld=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    k8s_ld+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
+    k8s_ld+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
+done
+for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+    build_in "${k8s_src}" "${PARTIAL}/bin/${cmd}" "k8s.io/kubernetes/cmd/${cmd}" "${k8s_ld}"
+done
+
+# --- helm ---------------------------------------------------------------------------------------
+helm_src="${SRC}/helm-${HELM_VERSION}"
+mkdir -p "${helm_src}" "${HELM_DEST}/bin"
+cat >"${helm_src}/go.mod" <<EOF
+module featx.local/helm
+
+go 1.26.0
+
+require helm.sh/helm/v3 ${HELM_VERSION}
+EOF
+cat >"${helm_src}/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "helm.sh/helm/v3/cmd/helm"
+EOF
+helm_ld="-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+# Like helm's Makefile: the default Kubernetes version (helm template, lint) follows its client-go;
+# unset, it is v1.20 and charts with kubeVersion constraints fail to render.
+helm_gomod="$(cd "${helm_src}" && go mod download -json "helm.sh/helm/v3@${HELM_VERSION}" \
+    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+client_go="$(sed -n 's#^[[:space:]]*k8s\.io/client-go v0\.\([0-9]*\)\..*#\1#p' "${helm_gomod}" | head -n1)"
+[[ -n "${client_go}" ]] || { log "cannot find k8s.io/client-go in helm's go.mod"; exit 1; }
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    helm_ld+=" -X ${pkg}.k8sVersionMajor=1 -X ${pkg}.k8sVersionMinor=${client_go}"
+done
+build_in "${helm_src}" "${HELM_DEST}/bin/helm" helm.sh/helm/v3/cmd/helm "${helm_ld}"
+ln -sfn "${HELM_DEST}/bin/helm" "${PARTIAL}/bin/helm"
+
+# --- publish atomically -------------------------------------------------------------------------
+for b in "${BINARIES[@]}"; do
+    version_arg="--version"; [[ "${b}" == helm ]] && version_arg="version"
+    "${PARTIAL}/bin/${b}" "${version_arg}" >/dev/null 2>&1 || { log "built ${b} does not run"; exit 1; }
+done
+echo "${STAMP}" >"${PARTIAL}/VERSIONS"
+rm -rf "${DEST}"
+mv "${PARTIAL}" "${DEST}"
+log "done in $((SECONDS - start)) s"
+echo "${BIN_DIR}"

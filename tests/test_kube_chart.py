@@ -1,0 +1,219 @@
+"""The Helm chart through the real ``helm`` binary (no cluster): lint, schema and cross-value
+refusals, a security policy over every rendered pod (the checks checkov's Kubernetes policies
+make), minimal RBAC, and the ConfigMap equal to what ``featx render`` / ``reconcile`` compute.
+
+helm comes from $FEATX_HELM, PATH, or scripts/build-control-plane.sh's cache (built on first use).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from featx.kube.client import VERBS
+from featx.kube.config import RunConfig
+from featx.kube.jobs import render_job
+from featx.kube.values import CHART_DIR, load_values, run_config
+from featx.plan.sizing import choose
+from tests.test_kube_values import BAD_VALUES
+
+KUBE_VERSION = "1.36.0"  # helm's offline default (v1.20) is below the chart's kubeVersion
+
+
+def find_helm() -> str:
+    env = os.environ.get("FEATX_HELM")
+    if env:
+        return env
+    found = shutil.which("helm")
+    if found:
+        return found
+    cached = sorted(glob.glob(str(Path.home() / ".cache/featx/tools/helm-*/bin/helm")))
+    if cached:
+        return cached[-1]
+    from tests.cluster.controlplane import find_bin_dir  # builds the tools on a cold machine
+
+    return str(find_bin_dir() / "helm")
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return find_helm()
+
+
+def template(helm: str, *args: str, release: str = "rel", namespace: str = "research",
+             check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([helm, "template", release, str(CHART_DIR), "--namespace", namespace,
+                           "--kube-version", KUBE_VERSION, *args], capture_output=True, text=True, check=check,
+                          timeout=120)
+
+
+def docs(helm: str, *args: str, **kw) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(template(helm, *args, **kw).stdout) if d]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def values_file(tmp_path: Path, content: dict[str, Any], name: str = "v.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(content))
+    return str(path)
+
+
+def test_lint_is_clean(helm):
+    out = subprocess.run([helm, "lint", str(CHART_DIR), "--strict"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout
+
+
+def test_objects_names_and_labels(helm):
+    objs = docs(helm)
+    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    for o in objs:
+        meta = o["metadata"]
+        assert meta["namespace"] == "research" and meta["name"].startswith("rel-featx")
+        for key in ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",
+                    "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "featx.io/release"):
+            assert key in meta["labels"], (o["kind"], key)
+    (dep,) = by_kind(objs, "Deployment")
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/name": "featx", "app.kubernetes.io/instance": "rel",
+                        "app.kubernetes.io/component": "controller"}
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"][:3] == ["featx", "reconcile", "--watch"] and "/etc/featx/run.yaml" in c["command"]
+
+
+def test_long_release_names_are_cut_to_63(helm):
+    release = "r" * 53  # helm allows at most 53
+    for o in docs(helm, release=release):
+        assert len(o["metadata"]["name"]) <= 63 + len("-run") and not o["metadata"]["name"].endswith("-")
+        assert all(len(v) <= 63 for v in o["metadata"]["labels"].values())
+
+
+VALUE_SETS = {
+    "defaults": {},
+    "inline modelset, sample data, no keys": {"modelset": ["gpt2", "vit_base_patch16_224.augreg_in21k"],
+                                              "dataset": "featx-sample", "subset": None, "numSamples": 8,
+                                              "s3": {"credentialsSecret": {"name": ""}, "prefix": ""}},
+    "everything set": {
+        "modelset": "val", "modality": "language", "pool": "last", "captionIdx": 1, "qlora": True,
+        "s3": {"endpoint": "http://seaweedfs.storage:8333", "region": "eu-west-1", "bucket": "feats", "prefix": "/a/b/"},
+        "hfToken": {"secretName": "hf", "key": "token"},
+        "modelCache": {"existingClaim": "hf-cache", "mountPath": "/models"},
+        "kueue": {"queueName": "gpu-queue"}, "fullnameOverride": "fx", "imagePullSecrets": [{"name": "regcred"}],
+        "image": {"tag": "dev", "pullPolicy": "Always"},
+        "job": {"env": [{"name": "FEATX_NUM_WORKERS", "value": "8"}], "extraArgs": ["--format", "safetensors"],
+                "nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "spot", "operator": "Exists"}],
+                "podAnnotations": {"a": "b"}, "priorityClassName": "batch", "serviceAccountName": "runner",
+                "activeDeadlineSeconds": None},
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_configmap_is_what_featx_render_uses(helm, tmp_path, name):
+    """The ConfigMap helm renders is exactly the run config Python computes from the same values."""
+    f = values_file(tmp_path, VALUE_SETS[name])
+    (cm,) = by_kind(docs(helm, "-f", f), "ConfigMap")
+    from_helm = yaml.safe_load(cm["data"]["run.yaml"])
+    from_python = run_config(load_values(files=[f]), "rel", "research")
+    assert from_helm == from_python
+    config = RunConfig.from_dict(from_helm)  # and the controller can read it
+    for d in config.desired()[:3]:
+        render_job(config, d, choose(d.spec, config.classes, config.qlora), 1)
+
+
+def _pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Every pod spec the release creates: the controller's, and each rendered Job's."""
+    specs = [(f"Deployment/{o['metadata']['name']}", o["spec"]["template"]["spec"]) for o in by_kind(objs, "Deployment")]
+    (cm,) = by_kind(objs, "ConfigMap")
+    config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
+    for d in config.desired():
+        sizing = choose(d.spec, config.classes, config.qlora)
+        job = render_job(config, d, sizing, 1)
+        specs.append((f"Job/{job['metadata']['name']}", job["spec"]["template"]["spec"]))
+    return specs
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_security_policy(helm, tmp_path, name):
+    """What checkov's CKV_K8S_* pod checks ask for, on every pod of the release."""
+    objs = docs(helm, "-f", values_file(tmp_path, VALUE_SETS[name]))
+    for where, pod in _pod_specs(objs):
+        psc = pod.get("securityContext") or {}
+        assert psc.get("runAsNonRoot") is True, where
+        assert (psc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", where
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), where
+        assert not any("hostPath" in v for v in pod.get("volumes") or []), where
+        for c in pod["containers"]:
+            sc = c.get("securityContext") or {}
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("privileged") in (None, False), where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"] and not sc["capabilities"].get("add"), where
+            req = (c.get("resources") or {}).get("requests") or {}
+            assert "cpu" in req and "memory" in req, where
+            assert "memory" in (c.get("resources") or {}).get("limits", {}), where
+            assert c["image"].split(":")[-1] not in ("", "latest"), where
+            mounts = {m["mountPath"] for m in c.get("volumeMounts") or []}
+            assert "/tmp" in mounts, where  # a writable /tmp under a read-only root
+            for e in c.get("env") or []:  # secrets only by reference
+                if any(s in e["name"] for s in ("SECRET", "TOKEN", "KEY")):
+                    assert "valueFrom" in e and "value" not in e, (where, e["name"])
+        if where.startswith("Job/"):
+            assert pod["automountServiceAccountToken"] is False, where
+
+
+def test_no_secret_values_in_the_configmap(helm):
+    objs = docs(helm, "--set", "s3.credentialsSecret.name=my-keys", "--set", "hfToken.secretName=hf")
+    (cm,) = by_kind(objs, "ConfigMap")
+    text = cm["data"]["run.yaml"]
+    assert "secretKeyRef" in text and "my-keys" in text
+    run = yaml.safe_load(text)
+    env = run["jobTemplate"]["podSpec"]["containers"][0]["env"]
+    assert all("value" not in e for e in env if e["name"] in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"))
+
+
+def test_rbac_is_minimal_and_matches_what_the_client_calls(helm):
+    objs = docs(helm)
+    (role,) = by_kind(objs, "Role")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    assert granted == set(VERBS)
+    assert not any("*" in x for t in granted for x in t)
+    assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding")
+    (binding,) = by_kind(objs, "RoleBinding")
+    (sa,) = by_kind(objs, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "research"}]
+    without = docs(helm, "--set", "rbac.create=false", "--set", "serviceAccount.create=false",
+                   "--set", "serviceAccount.name=existing")
+    assert not by_kind(without, "Role") and not by_kind(without, "ServiceAccount")
+    (dep,) = by_kind(without, "Deployment")
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_bad_values_are_refused_by_helm(helm, tmp_path, name):
+    override, fragment = BAD_VALUES[name]
+    out = template(helm, "-f", values_file(tmp_path, override), check=False)
+    assert out.returncode != 0, out.stdout[:500]
+    assert fragment in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("arg,fragment", [("concurrency=0", "concurrency"), ("modality=audio", "modality"),
+                                          ("gpuClasses[0].enabled=true", "gpuClasses")])
+def test_bad_set_values_are_refused_by_helm_and_featx_alike(helm, arg, fragment):
+    out = template(helm, "--set", arg, check=False)
+    assert out.returncode != 0 and fragment in out.stderr
+    from featx.errors import UsageError
+
+    with pytest.raises(UsageError, match=fragment):
+        load_values(sets=[arg])

@@ -1,0 +1,386 @@
+"""The reconciler's decisions as a table (no cluster), how Jobs are read, and the controller's
+pass over a fake Kubernetes adapter and a real local store.
+
+Builders (``job(...)``, ``done()``, ``failed(...)``) keep each case one line; the expected actions
+are compared as short tuples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from featx.catalog.spec import ModelSpec
+from featx.kube.config import Desired, RunConfig
+from featx.kube.controller import Controller
+from featx.kube.jobs import A_GPUS, A_MODEL_ID, A_STEM, L_ATTEMPT, L_CLASS, render_job
+from featx.kube.observe import ObservedJob, observe, observe_job
+from featx.kube.reconcile import Create, Delete, GiveUp, Settings, Skip, classify, decide
+from featx.kube.values import load_values, run_config
+from featx.logs import EventLog
+from featx.plan.sizing import GpuClass, load_classes
+from featx.store import FailureRecord, Manifest
+from featx.store.keys import ArtifactKey
+from featx.store.local import LocalStore
+from featx.store.records import StoredState
+
+CLASSES = load_classes()
+
+
+def spec(name: str, params: int = 124_000_000) -> ModelSpec:
+    return ModelSpec(id=f"org/{name}", modality="language", family="t", params=params, hidden=768, layers=12,
+                     vocab=50257)
+
+
+def want(name: str, params: int = 124_000_000) -> Desired:
+    s = spec(name, params)
+    return Desired(s, "avg", ArtifactKey("minhuh/prh", "wit_1024", s.file_name, "avg"))
+
+
+A, B, C = want("a"), want("b"), want("c")
+BIG = want("big", params=70_000_000_000)
+
+
+def job(d: Desired, attempt: int = 1, phase: str = "failed", *, cls: str = "l4-24gb", gpus: int = 1, code=None,
+        reason: str = "", pod_reason: str = "", deleting: bool = False) -> ObservedJob:
+    if phase == "failed" and not reason:
+        reason = "BackoffLimitExceeded"
+    return ObservedJob(f"job-{d.spec.file_name}-a{attempt}", d.id, d.stem, attempt, cls, gpus, phase, reason,
+                       "", code, pod_reason, deleting)
+
+
+def done() -> StoredState:
+    return StoredState("done")
+
+
+def failed(kind: str = "transient", reason: str = "boom", attempt: int = 1) -> StoredState:
+    return StoredState("failed", failure=FailureRecord("m", reason, kind, attempt), reason=reason)
+
+
+def short(action) -> tuple:
+    if isinstance(action, Create):
+        return ("create", action.model, action.attempt, action.sizing.class_name, action.sizing.gpus)
+    if isinstance(action, Delete):
+        return ("delete", action.name)
+    if isinstance(action, GiveUp):
+        return ("give-up", action.model, action.attempt, action.record)
+    return ("skip", action.model, action.kind)
+
+
+@dataclass
+class Case:
+    desired: list[Desired]
+    want: list[tuple]
+    committed: dict[str, StoredState] = field(default_factory=dict)  # by stem
+    observed: list[ObservedJob] = field(default_factory=list)
+    attempts: int = 3
+    concurrency: int = 10
+    classes: tuple[GpuClass, ...] = CLASSES
+    reason_has: str = ""  # a substring of the first GiveUp/Skip reason
+
+
+CASES: dict[str, Case] = {
+    "nothing committed, no Jobs: first attempts on the smallest class": Case(
+        [A, B], [("create", A.id, 1, "l4-24gb", 1), ("create", B.id, 1, "l4-24gb", 1)]),
+    "a 70B model asks for two 80 GB devices": Case([BIG], [("create", BIG.id, 1, "h100-80gb", 2)]),
+    "committed: nothing to do": Case([A], [("skip", A.id, "done")], committed={A.stem: done()}),
+    "committed: its finished Jobs are cleaned up": Case(
+        [A], [("delete", "job-org_a-a1"), ("delete", "job-org_a-a2"), ("skip", A.id, "done")],
+        committed={A.stem: done()}, observed=[job(A, 1, "failed"), job(A, 2, "succeeded")]),
+    "committed: a Job already going away is not deleted twice": Case(
+        [A], [("skip", A.id, "done")], committed={A.stem: done()}, observed=[job(A, 1, "succeeded", deleting=True)]),
+    "running Job: left alone": Case([A], [("skip", A.id, "running")], observed=[job(A, 1, "running")]),
+    "pending Job: left alone": Case([A], [("skip", A.id, "pending")], observed=[job(A, 2, "pending"), job(A, 1)]),
+    "a Job being deleted: wait": Case([A], [("skip", A.id, "deleting")],
+                                      observed=[job(A, 1, "running", deleting=True)]),
+    "transient failure: next attempt on the same class": Case(
+        [A], [("create", A.id, 2, "l4-24gb", 1)], committed={A.stem: failed()}, observed=[job(A, 1, code=1)]),
+    "attempts limit reached: give up and record it": Case(
+        [A], [("give-up", A.id, 3, True)], committed={A.stem: failed(reason="network down")},
+        observed=[job(A, 1, code=1), job(A, 2, code=1), job(A, 3, code=1)], reason_has="gave up after 3"),
+    "attempts limit 1: give up after the first failure": Case(
+        [A], [("give-up", A.id, 1, True)], observed=[job(A, 1, code=1)], attempts=1),
+    "exit code 3 (cannot load): give up at once; the pod recorded it already": Case(
+        [A], [("give-up", A.id, 1, False)], committed={A.stem: failed("permanent", "not found on the hub")},
+        observed=[job(A, 1, code=3, reason="PodFailurePolicy")], reason_has="not found on the hub"),
+    "PodFailurePolicy without a pod to read: permanent": Case(
+        [A], [("give-up", A.id, 1, True)], observed=[job(A, 1, reason="PodFailurePolicy")]),
+    "exit code 2 (usage) is permanent too": Case([A], [("give-up", A.id, 1, True)], observed=[job(A, 1, code=2)]),
+    "Complete without a commit counts as a failed attempt": Case(
+        [A], [("create", A.id, 2, "l4-24gb", 1)], observed=[job(A, 1, "succeeded")]),
+    "Complete without a commit at the limit: give up": Case(
+        [A], [("give-up", A.id, 1, True)], observed=[job(A, 1, "succeeded")], attempts=1,
+        reason_has="committed no output"),
+    "out of memory (exit 4): next attempt on the next larger class": Case(
+        [A], [("create", A.id, 2, "a100-40gb", 1)], observed=[job(A, 1, code=4)]),
+    "OOMKilled (137): next larger class": Case(
+        [A], [("create", A.id, 2, "a100-40gb", 1)], observed=[job(A, 1, code=137, pod_reason="OOMKilled")]),
+    "after an OOM escalation a transient failure stays on the larger class": Case(
+        [A], [("create", A.id, 3, "a100-40gb", 1)],
+        observed=[job(A, 1, code=4), job(A, 2, code=1, cls="a100-40gb")]),
+    "out of memory on the largest option: give up": Case(
+        [A], [("give-up", A.id, 1, True)], observed=[job(A, 1, code=4, cls="h200-141gb", gpus=8)],
+        reason_has="no larger GPU class"),
+    "deadline exceeded: retried": Case([A], [("create", A.id, 2, "l4-24gb", 1)],
+                                       observed=[job(A, 1, reason="DeadlineExceeded")]),
+    "gave up earlier (record in store): GiveUp again but not recorded twice": Case(
+        [A], [("give-up", A.id, 2, False)], committed={A.stem: failed("permanent", "gave up after 2 attempt(s)")},
+        observed=[job(A, 1, code=1), job(A, 2, code=1)], attempts=2),
+    "permanent failure on record and no Job: skip": Case(
+        [A], [("skip", A.id, "failed")], committed={A.stem: failed("permanent", "gated")}, reason_has="gated"),
+    "transient failure on record and no Job: first attempt": Case(
+        [A], [("create", A.id, 1, "l4-24gb", 1)], committed={A.stem: failed("transient")}),
+    "corrupt in the store: extract again": Case(
+        [A], [("create", A.id, 1, "l4-24gb", 1)], committed={A.stem: StoredState("corrupt", reason="etag differs")}),
+    "concurrency limit: the rest waits": Case(
+        [A, B, C], [("create", A.id, 1, "l4-24gb", 1), ("create", B.id, 1, "l4-24gb", 1), ("skip", C.id, "waiting")],
+        concurrency=2),
+    "concurrency counts every active Job of the release": Case(
+        [A, B, C], [("skip", A.id, "running"), ("create", B.id, 1, "l4-24gb", 1), ("skip", C.id, "waiting")],
+        observed=[job(A, 1, "running"), job(want("not-desired"), 1, "pending")], concurrency=3),
+    "concurrency: finished Jobs do not count": Case(
+        [A, B], [("create", A.id, 2, "l4-24gb", 1), ("skip", B.id, "waiting")],
+        observed=[job(A, 1, code=1)], concurrency=1),
+    "retries wait for the limit like first attempts": Case(
+        [A, B], [("skip", A.id, "waiting"), ("skip", B.id, "running")],
+        observed=[job(A, 1, code=1), job(B, 1, "running")], concurrency=1),
+    "no class holds it: skipped with the reason, nothing recorded": Case(
+        [BIG], [("skip", BIG.id, "unsized")], classes=(GpuClass("small", 16384, max_per_node=1),),
+        reason_has="no enabled GPU class"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_decide(name):
+    case = CASES[name]
+    settings = Settings(attempts=case.attempts, concurrency=case.concurrency, classes=case.classes)
+    actions = decide(case.desired, case.committed, case.observed, settings)
+    assert [short(a) for a in actions] == case.want
+    if case.reason_has:
+        first = next(a for a in actions if isinstance(a, (GiveUp, Skip)))
+        assert case.reason_has in first.reason
+
+
+def test_decide_is_pure_and_deterministic():
+    observed = [job(A, 1, code=1), job(B, 1, "running")]
+    settings = Settings(concurrency=5, classes=CLASSES)
+    first = decide([A, B, C], {}, observed, settings)
+    assert [short(a) for a in first] == [short(a) for a in decide([A, B, C], {}, observed, settings)]
+    assert {a.name for a in first if isinstance(a, Create)} == {a.name for a in decide([A, B, C], {}, observed, settings)
+                                                                if isinstance(a, Create)}
+
+
+def test_classify_reasons_carry_the_pod_and_store_text():
+    f = classify(job(A, 1, code=1), failed(reason="S3 timeout"))
+    assert f.kind == "transient" and "exit code 1" in f.reason and "S3 timeout" in f.reason
+    f = classify(job(A, 1, code=4, cls="a100-40gb"), None)
+    assert f.kind == "oom" and "1x a100-40gb" in f.reason
+
+
+# -- reading Jobs -----------------------------------------------------------------------------
+
+
+def job_manifest(name: str, d: Desired, attempt: int = 1, conditions=(), status=None, **meta) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {L_ATTEMPT: str(attempt), L_CLASS: "a100-40gb"},
+                         "annotations": {A_MODEL_ID: d.id, A_STEM: d.stem, A_GPUS: "2"}, **meta},
+            "spec": {}, "status": {"conditions": list(conditions), **(status or {})}}
+
+
+def pod(job_name: str, code: int, reason: str, finished: str) -> dict[str, Any]:
+    return {"metadata": {"labels": {"batch.kubernetes.io/job-name": job_name}},
+            "status": {"containerStatuses": [{"name": "extract", "state": {"terminated": {
+                "exitCode": code, "reason": reason, "finishedAt": finished}}}]}}
+
+
+def test_observe_reads_phase_attempt_class_and_exit_code():
+    cond = lambda t, r="", m="": {"type": t, "status": "True", "reason": r, "message": m}  # noqa: E731
+    jobs = [
+        job_manifest("j1", A, 1, [cond("Complete")]),
+        job_manifest("j2", B, 2, [cond("Failed", "BackoffLimitExceeded")]),
+        job_manifest("j3", C, 1, status={"active": 1, "ready": 1}),
+        job_manifest("j4", C, 2, status={"active": 1, "ready": 0}),
+        job_manifest("j5", A, 3, [cond("Failed", "PodFailurePolicy",
+                                       "Container extract for pod ns/j5-x failed with exit code 3 matching FailJob rule at index 0")]),
+        {"metadata": {"name": "not-ours", "labels": {}, "annotations": {}}, "status": {}},
+        job_manifest("j6", B, 1, status={"active": 1}, deletionTimestamp="2026-01-01T00:00:00Z"),
+    ]
+    pods = [pod("j2", 1, "Error", "2026-01-01T00:00:01Z"), pod("j2", 137, "OOMKilled", "2026-01-01T00:00:09Z")]
+    got = {o.name: o for o in observe(jobs, pods)}
+    assert set(got) == {"j1", "j2", "j3", "j4", "j5", "j6"}
+    assert got["j1"].phase == "succeeded" and got["j1"].finished
+    assert (got["j2"].phase, got["j2"].attempt, got["j2"].exit_code, got["j2"].pod_reason) == ("failed", 2, 137, "OOMKilled")
+    assert (got["j2"].gpu_class, got["j2"].gpus) == ("a100-40gb", 2)
+    assert got["j3"].phase == "running" and got["j3"].active
+    assert got["j4"].phase == "pending"
+    assert got["j5"].exit_code == 3 and got["j5"].reason == "PodFailurePolicy"
+    assert got["j6"].deleting and not got["j6"].active
+    assert observe_job({"metadata": {"name": "x", "annotations": {A_MODEL_ID: "m", A_STEM: "s"}},
+                        "spec": {"suspend": True}, "status": {"active": 0}}).phase == "pending"
+
+
+# -- the controller over a fake adapter -------------------------------------------------------
+
+
+class FakeKube:
+    """The adapter's four calls over an in-memory namespace; every call is counted."""
+
+    def __init__(self):
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
+        self.calls: list[str] = []
+
+    def list_jobs(self, selector):
+        self.calls.append("list_jobs")
+        key, value = selector.split("=")
+        return [j for j in self.jobs.values() if j["metadata"]["labels"].get(key) == value]
+
+    def list_pods(self, selector):
+        self.calls.append("list_pods")
+        return list(self.pods)
+
+    def create_job(self, manifest):
+        self.calls.append("create_job")
+        name = manifest["metadata"]["name"]
+        if name in self.jobs:
+            return False
+        self.jobs[name] = {**manifest, "status": {}}
+        return True
+
+    def delete_job(self, name):
+        self.calls.append("delete_job")
+        return self.jobs.pop(name, None) is not None
+
+    def finish(self, name, ok: bool, code: int = 0):
+        cond = {"type": "Complete" if ok else "Failed", "status": "True", "reason": "" if ok else "BackoffLimitExceeded"}
+        self.jobs[name]["status"] = {"conditions": [cond]}
+        if not ok:
+            self.pods.append(pod(name, code, "Error", "2026-01-01T00:00:00Z"))
+
+
+@pytest.fixture
+def config() -> RunConfig:
+    values = load_values(sets=["modelset={featx-smoke/gpt2,featx-smoke/vit,featx-smoke/opt}", "dataset=featx-sample",
+                               "subset=null", "concurrency=2", "attempts=2"])
+    return RunConfig.from_dict(run_config(values, "rel", "ns"))
+
+
+def commit(store: LocalStore, d: Desired, tmp: Path) -> None:
+    data = tmp / "f.pt"
+    data.write_bytes(b"features")
+    sha = hashlib.sha256(b"features").hexdigest()
+    m = Manifest(model_id=d.id, modality=d.spec.modality, dataset=d.key.dataset, subset=d.key.subset,
+                 rows_fingerprint="x", num_rows=1, pool=d.pool, caption_idx=0, format="pt", data_key=d.key.data,
+                 sha256=sha, size=8, shape=[1, 1, 1], dtype="float32", featx_version="test")
+    store.commit(d.key, data, m)
+
+
+def test_controller_passes(config, tmp_path, capsys):
+    kube, store = FakeKube(), LocalStore(tmp_path / "store")
+    ctl = Controller(config, kube, store, EventLog("json"))
+    gpt2, vit, opt = ctl.desired
+
+    r = ctl.run_once()
+    assert (r.created, r.errors) == (2, [])
+    assert kube.calls == ["list_jobs", "create_job", "create_job"]  # no pods listed: nothing failed
+    names = sorted(kube.jobs)
+    assert all(n.startswith("rel-featx-smoke-") and n.endswith("-a1") for n in names)
+
+    # the same pass again (a restart, or a second reconciler): nothing new
+    kube.calls.clear()
+    assert ctl.run_once().created == 0 and kube.calls == ["list_jobs"]
+
+    # gpt2 commits and completes; vit fails transiently -> opt starts, vit's retry waits for a slot
+    gpt2_job = next(n for n in names if "gpt2" in n)
+    vit_job = next(n for n in names if "vit" in n)
+    commit(store, gpt2, tmp_path)
+    kube.finish(gpt2_job, ok=True)
+    kube.finish(vit_job, ok=False, code=1)
+    kube.calls.clear()
+    r = ctl.run_once()
+    assert kube.calls[:2] == ["list_jobs", "list_pods"]
+    assert [short(a) for a in r.actions] == [("delete", gpt2_job), ("skip", gpt2.id, "done"),
+                                             ("create", vit.id, 2, "l4-24gb", 1), ("create", opt.id, 1, "l4-24gb", 1)]
+    assert gpt2_job not in kube.jobs
+
+    # vit fails again at the attempts limit (2): give up, recorded once in the store
+    kube.finish(vit_job.replace("-a1", "-a2"), ok=False, code=1)
+    r = ctl.run_once()
+    assert r.gave_up == 1
+    state = store.scan(config.scan_prefix)[vit.stem]
+    assert state.state == "failed" and state.failure.kind == "permanent" and state.failure.attempt == 2
+    assert "gave up after 2 attempt(s)" in state.failure.reason
+    assert ctl.run_once().gave_up == 0  # not recorded twice
+
+    events = [line for line in capsys.readouterr().err.splitlines()]
+    kinds = [__import__("json").loads(e)["event"] for e in events]
+    assert {"create", "retry", "give-up", "skip-done", "delete", "pass"} <= set(kinds)
+    assert kinds.count("give-up") == 1  # logged once, not once per pass
+
+
+def test_controller_lists_jobs_before_scanning_the_store(config, tmp_path):
+    order: list[str] = []
+
+    class Recording(FakeKube):
+        def list_jobs(self, selector):
+            order.append("jobs")
+            return super().list_jobs(selector)
+
+    class RecordingStore(LocalStore):
+        def scan(self, prefix=""):
+            order.append("store")
+            return super().scan(prefix)
+
+    Controller(config, Recording(), RecordingStore(tmp_path), EventLog("json")).run_once()
+    assert order == ["jobs", "store"]
+
+
+def test_racing_controllers_create_each_job_once(config, tmp_path):
+    kube, store = FakeKube(), LocalStore(tmp_path)
+    a = Controller(config, kube, store, EventLog("json"))
+    b = Controller(config, kube, store, EventLog("json"))
+    plan_a, plan_b = a.plan(), b.plan()  # both observe the same empty cluster
+    assert [x.name for x in plan_a if isinstance(x, Create)] == [x.name for x in plan_b if isinstance(x, Create)]
+    ra = a.run_once()
+    rb = b.run_once()
+    assert ra.created == 2 and rb.created == 0 and len(kube.jobs) == 2
+
+
+def test_dry_run_changes_nothing(config, tmp_path):
+    kube = FakeKube()
+    r = Controller(config, kube, LocalStore(tmp_path), EventLog("json")).run_once(dry_run=True)
+    assert kube.jobs == {} and r.created == 0 and any(isinstance(a, Create) for a in r.actions)
+
+
+def test_rendered_job_of_a_create(config):
+    d = config.desired()[0]
+    settings = replace(Settings(classes=config.classes, release=config.release),
+                       render=lambda d, s, n: render_job(config, d, s, n))
+    (create, *_) = decide([d], {}, [], settings)
+    job = create.job
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert job["metadata"]["name"] == create.name
+    assert c["args"][:2] == ["--models", d.id] and "--attempt" in c["args"] and "--gpu_class" in c["args"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert job["spec"]["backoffLimit"] == 0
+
+
+def test_watch_survives_a_failing_pass(config, tmp_path, capsys):
+    from featx.errors import TransientError
+
+    class Flaky(FakeKube):
+        fails = 1
+
+        def list_jobs(self, selector):
+            if self.fails:
+                self.fails -= 1
+                raise TransientError("list jobs: cannot reach the Kubernetes API")
+            return super().list_jobs(selector)
+
+    kube = Flaky()
+    assert Controller(config, kube, LocalStore(tmp_path), EventLog("json")).watch(interval=0, max_passes=2) == 0
+    assert len(kube.jobs) == 2
+    assert "cannot reach the Kubernetes API" in capsys.readouterr().err
