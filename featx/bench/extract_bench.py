@@ -726,22 +726,26 @@ def run(device: str = "cpu", gpu: bool = False, tiny: bool = False, n: int | Non
 
     for case in lang_cases:
         print(f"[bench] {case.name}: {n_lang} texts on {device} ...", flush=True)
+        load_before = [round(x, 2) for x in os.getloadavg()]
         try:
             rec = bench_language(case, device, n_lang, batch_size, token_budget, truth, profile_dir=profile_dir,
                                  also_plans=also_plans)
         except Exception as e:  # one failing case does not lose the others
             rec = {"model": case.name, "error": f"{type(e).__name__}: {e}"[:500]}
             _free(device)
+        rec["loadavg"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
         results["language"].append(rec)
         print(_summary_line(rec), flush=True)
         save()
     for case in vis_cases:
         print(f"[bench] {case.name}: {n_vis} images on {device} ...", flush=True)
+        load_before = [round(x, 2) for x in os.getloadavg()]
         try:
             rec = bench_vision(case, device, n_vis, batch_size, num_workers)
         except Exception as e:
             rec = {"model": case.name, "error": f"{type(e).__name__}: {e}"[:500]}
             _free(device)
+        rec["loadavg"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
         results["vision"].append(rec)
         print(_summary_line(rec), flush=True)
         save()
