@@ -35,7 +35,7 @@ def load(model: str, store: str | Store | None = None, *, dataset: str = "minhuh
          pool: str | None = None, caption_idx: int = 0, fmt: str = "pt") -> Features:
     """Features of ``model`` from ``store`` (a URL, directory or Store), checked against the
     manifest's sha256. ``pool`` defaults to avg for language and cls for vision models."""
-    from featx.extract.runner import pool_for
+    from featx.store.keys import pool_for
 
     spec = get_spec(model)
     st = store if isinstance(store, Store) else open_store(store)

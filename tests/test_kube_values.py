@@ -14,7 +14,9 @@ import yaml
 from featx.catalog import builtin_modelsets, load_modelset
 from featx.cli.main import main
 from featx.errors import UsageError
-from featx.kube.config import RunConfig, dataset_naming, pool_for
+from featx.data.datasets import dataset_naming
+from featx.kube.config import RunConfig
+from featx.store.keys import pool_for
 from featx.kube.naming import DNS1123_LABEL, LABEL_VALUE
 from featx.kube.observe import ObservedJob
 from featx.kube.status import annotate
@@ -128,26 +130,9 @@ def test_values_files_merge_in_order(tmp_path):
         load_values(files=[tmp_path / "missing.yaml"])
 
 
-def _constants(path: Path, *names: str) -> dict:
-    """Module-level literals of a featx module, read without importing it (it imports torch)."""
-    import ast
-
-    tree = ast.parse(path.read_text())
-    found = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in names:
-            found[node.targets[0].id] = ast.literal_eval(node.value)
-    return found
-
-
-def test_pool_and_dataset_naming_agree_with_the_extractor():
+def test_pool_and_dataset_naming_are_the_extractors():
     from featx.data.datasets import load_rows
-    from featx.kube.config import DEFAULT_POOL, POOLS
 
-    root = Path(__file__).resolve().parents[1] / "featx" / "extract"
-    pools = _constants(root / "pooling.py", "LANGUAGE_POOLS", "VISION_POOLS")
-    assert POOLS == {"language": pools["LANGUAGE_POOLS"], "vision": pools["VISION_POOLS"]}
-    assert DEFAULT_POOL == _constants(root / "runner.py", "DEFAULT_POOL")["DEFAULT_POOL"]
     vit = next(s for s in load_modelset("exhaustive").models if s.modality == "vision")
     with pytest.raises(UsageError):
         pool_for(vit, "last")

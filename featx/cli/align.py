@@ -60,19 +60,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(run=run_report)
 
 
-def _dataset_names(dataset: str, subset: str | None) -> tuple[str, str]:
-    """The data set's name and subset as extraction wrote them into the store's paths."""
-    from featx.data.datasets import HUB_ALIASES
-    from featx.data.sample import SAMPLE_NAME
-
-    if dataset == SAMPLE_NAME:
-        return SAMPLE_NAME, subset or "default"
-    path = Path(dataset).expanduser()
-    if path.exists():
-        return path.resolve().name, subset or "default"
-    return HUB_ALIASES.get(dataset, dataset), subset or settings.DEFAULT_SUBSET
-
-
 def _side(value: str, modelset: str | None, models: list[str] | None):
     """(label, specs) of one side."""
     from featx.align.run import models_label, side_label
@@ -108,7 +95,8 @@ def run_align(args: argparse.Namespace) -> int:
     from featx.align.run import Entry, Side, check_committed, check_same_rows, load_states, pick_device, score_pairs, write_result
     from featx.cli.options import open_store_from
     from featx.errors import UsageError
-    from featx.extract.runner import pool_for
+    from featx.data.datasets import dataset_naming
+    from featx.store.keys import pool_for
     from featx.store import ArtifactKey
 
     metrics = list(dict.fromkeys(args.metric))
@@ -116,7 +104,7 @@ def run_align(args: argparse.Namespace) -> int:
         raise UsageError(f"--topk {args.topk}: give a positive number (the reference uses 10)")
     if "cknna" in metrics and args.topk < 2:
         raise UsageError("cknna needs --topk 2 or more (as the reference)")
-    dataset, subset = _dataset_names(args.dataset, args.subset)
+    dataset, subset = dataset_naming(args.dataset, args.subset)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"featx align: {msg}", file=sys.stderr))
 
     sides = []

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from featx.catalog import resolve
     from featx.data import load_rows
     from featx.errors import UsageError
-    from featx.extract.runner import ExtractOptions, Runner, pool_for
+    from featx.extract.runner import ExtractOptions, Runner
+    from featx.store.keys import pool_for
     from featx.logs import EventLog
 
     for name in ("batch_size", "token_budget", "num_samples"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from featx.cli.options import add_data, add_selection, add_store, flag
+from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,21 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def model_states(args: argparse.Namespace) -> list[dict]:
     """One row per selected model: id, key, state, reason, attempts (pure over a store scan)."""
     from featx.catalog import resolve
-    from featx.data.datasets import HUB_ALIASES
-    from featx.extract.runner import pool_for
     from featx.store import ArtifactKey
+    from featx.data.datasets import dataset_naming
+    from featx.store.keys import pool_for
 
     specs = resolve(args.modelset, args.models, args.modality)
     store = open_store_from(args)
     store.check()
-    dataset = HUB_ALIASES.get(args.dataset, args.dataset)
-    from pathlib import Path
-
-    if Path(dataset).exists() or dataset == "featx-sample":
-        dataset = Path(dataset).resolve().name if dataset != "featx-sample" else dataset
-        subset = args.subset or "default"
-    else:
-        subset = args.subset or "wit_1024"
+    dataset, subset = dataset_naming(args.dataset, args.subset)
     states = store.scan(f"{dataset}/{subset}/")
     rows = []
     for spec in specs:
@@ -55,12 +48,6 @@ def model_states(args: argparse.Namespace) -> list[dict]:
 
         rows = job_rows(rows, args.namespace, args.release or "featx", args.kubeconfig)
     return rows
-
-
-def open_store_from(args):
-    from featx.cli.options import open_store_from as _open
-
-    return _open(args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from featx import settings
 from featx.data.sample import SAMPLE_NAME, sample_path
 from featx.errors import TransientError, UsageError
 
@@ -128,26 +129,35 @@ def _from_folder(folder: Path, name: str, subset: str, caption_idx: int, num_sam
     return Rows(name, subset, None, _pick(all_texts, caption_idx, str(folder)), ImageList(files=files), all_texts)
 
 
+def dataset_naming(dataset: str, subset: str | None) -> tuple[str, str]:
+    """(name, subset) of a data set id as they appear in artifact paths: the HF id (``prh``
+    resolved) with its revision, or a local directory's base name with ``default``. Pure: the
+    controller and ``featx status`` name a run's files without loading its data."""
+    if dataset == SAMPLE_NAME:
+        return SAMPLE_NAME, subset or "default"
+    path = Path(dataset).expanduser()
+    if path.exists() or dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
+        return path.resolve().name, subset or "default"
+    return HUB_ALIASES.get(dataset, dataset), subset or settings.DEFAULT_SUBSET
+
+
 def load_rows(dataset: str, subset: str | None = None, caption_idx: int = 0,
               num_samples: int | None = None) -> Rows:
     """Rows of ``dataset``: an HF id (``subset`` is its revision), ``prh``, ``featx-sample`` or a path."""
     if num_samples is not None and num_samples < 1:
         raise UsageError(f"--num_samples {num_samples}: give a positive number of rows")
-    if dataset == SAMPLE_NAME:
-        path = sample_path()
-    else:
-        path = Path(dataset).expanduser()
+    name, subset = dataset_naming(dataset, subset)
+    path = sample_path() if dataset == SAMPLE_NAME else Path(dataset).expanduser()
     if path.exists():
-        return _load_local(path, subset or "default", caption_idx, num_samples)
-    if dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
+        return _load_local(path, name, subset, caption_idx, num_samples)
+    if name != HUB_ALIASES.get(dataset, dataset):
         raise UsageError(f"data set path {dataset} does not exist; check the path")
-    return _load_hub(HUB_ALIASES.get(dataset, dataset), subset or "wit_1024", caption_idx, num_samples)
+    return _load_hub(name, subset, caption_idx, num_samples)
 
 
-def _load_local(path: Path, subset: str, caption_idx: int, num_samples: int | None) -> Rows:
+def _load_local(path: Path, name: str, subset: str, caption_idx: int, num_samples: int | None) -> Rows:
     if not path.is_dir():
         raise UsageError(f"{path} is a file; pass a save_to_disk directory or an image folder with captions")
-    name = path.resolve().name
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         from datasets import DatasetDict, load_from_disk
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-LANGUAGE_POOLS = ("avg", "last", "max", "cls")
-VISION_POOLS = ("cls", "avg", "max")
 
 
 def pool_tokens(hidden: torch.Tensor, lengths: torch.Tensor, pool: str) -> torch.Tensor:

@@ -17,14 +17,13 @@ from featx.data.datasets import Rows
 from featx.errors import (EXIT_FAILED, EXIT_OK, EXIT_OOM, EXIT_PERMANENT, FeatxError, OutOfMemoryError,
                           PermanentError, UsageError)
 from featx.extract.loading import Loaded, load_language, load_vision, pick_device
-from featx.extract.pooling import LANGUAGE_POOLS, VISION_POOLS
 from featx.logs import EventLog, Progress
 from featx.plan.memory import ModelShape, token_budget
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
+from featx.store.keys import pool_for
 from featx.store.formats import write_tensors
 
 CPU_TOKEN_BUDGET = 8192
-DEFAULT_POOL = {"language": "avg", "vision": "cls"}
 
 
 @dataclass
@@ -74,15 +73,6 @@ class RunSummary:
                          o.reason or o.where))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
-
-
-def pool_for(spec: ModelSpec, pool: str | None) -> str:
-    chosen = pool or DEFAULT_POOL[spec.modality]
-    allowed = LANGUAGE_POOLS if spec.modality == "language" else VISION_POOLS
-    if chosen not in allowed:
-        raise UsageError(f"--pool {chosen} is not defined for {spec.modality} model {spec.id}; "
-                         f"use one of {', '.join(allowed)} (or --modality to split the run)")
-    return chosen
 
 
 def artifact_key(spec: ModelSpec, rows: Rows, opts: ExtractOptions, caption_idx: int) -> ArtifactKey:

@@ -79,14 +79,15 @@ class VisionExtractor:
         loader = DataLoader(_Transformed(images, self.loaded.transform), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if num_workers else None)
-        parts = []
+        parts, input_size = [], []
         for x in loader:
+            input_size = list(x.shape[1:])
             parts.append(self._run(x))
             if progress:
                 progress(x.shape[0])
         feats = torch.cat(parts)
         info = {"batch_plan": {"batch_size": batch_size, "batches": len(parts), "num_workers": num_workers},
-                "input_size": list(parts and loader.dataset[0].shape or []),
+                "input_size": input_size,
                 "num_prefix_tokens": self.num_prefix,
                 "timings": {"extract_s": round(time.perf_counter() - t0, 3)}}
         return Extraction({"feats": feats, "num_params": self.loaded.num_params}, info)

@@ -1,8 +1,8 @@
 """``run.yaml`` (the chart's ConfigMap) as a typed object, and what follows from it without any
 API call: the desired models, where each one's artifact lives in the store, its GPU sizing.
 
-Nothing here imports torch or kubernetes (the pool and data-set naming rules of
-``featx.extract.runner`` / ``featx.data`` are restated here and tested to agree with them).
+Nothing here imports torch or kubernetes; pool and data-set naming come from
+``featx.store.keys``, the same rules ``featx extract`` writes paths with.
 """
 
 from __future__ import annotations
@@ -16,30 +16,8 @@ import yaml
 from featx.catalog import ModelSpec, resolve
 from featx.errors import UsageError
 from featx.plan.sizing import GpuClass, load_classes
-from featx.store.keys import ArtifactKey
-
-DEFAULT_POOL = {"language": "avg", "vision": "cls"}
-POOLS = {"language": ("avg", "last", "max", "cls"), "vision": ("cls", "avg", "max")}
-SAMPLE_DATASET = "featx-sample"
-HUB_ALIASES = {"prh": "minhuh/prh"}
-
-
-def pool_for(spec: ModelSpec, pool: str | None) -> str:
-    chosen = pool or DEFAULT_POOL[spec.modality]
-    if chosen not in POOLS[spec.modality]:
-        raise UsageError(f"pool {chosen} is not defined for {spec.modality} model {spec.id}; "
-                         f"use one of {', '.join(POOLS[spec.modality])} (or set modality to split the run)")
-    return chosen
-
-
-def dataset_naming(dataset: str, subset: str | None) -> tuple[str, str]:
-    """(name, subset) as ``featx extract`` writes them into artifact paths (``Rows.name/subset``)."""
-    if dataset == SAMPLE_DATASET:
-        return SAMPLE_DATASET, subset or "default"
-    if dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
-        return Path(dataset).expanduser().name, subset or "default"
-    return HUB_ALIASES.get(dataset, dataset), subset or "wit_1024"
-
+from featx.data.datasets import dataset_naming
+from featx.store.keys import ArtifactKey, pool_for
 
 @dataclass(frozen=True)
 class Desired:
