@@ -20,7 +20,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from featx.store import ArtifactKey, Manifest  # noqa: E402
 from featx.store.s3 import MAX_WORKERS, PART_SIZE, S3Store  # noqa: E402
-from tests.fixtures.seaweedfs import run_seaweedfs  # noqa: E402
+from tests.fixtures.seaweedfs import count_calls, run_seaweedfs  # noqa: E402
 
 MiB = 1 << 20
 
@@ -54,18 +53,6 @@ def write_random(path: Path, size: int) -> str:
             f.write(block)
             left -= len(block)
     return digest.hexdigest()
-
-
-def count_requests(store: S3Store) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    lock = threading.Lock()
-
-    def hook(model, **_):
-        with lock:
-            counts[model.name] = counts.get(model.name, 0) + 1
-
-    store.client.meta.events.register("before-call.s3", hook)
-    return counts
 
 
 def manifest(key: ArtifactKey, size: int, sha: str) -> Manifest:
@@ -130,7 +117,7 @@ def main() -> int:
         timings = {}
         for label in ("cold", "warm"):
             reader = S3Store.from_url(url, manifest_cache=tmp / "manifest-cache")  # a fresh `featx status`
-            requests = count_requests(reader)
+            requests = count_calls(reader)
             start = time.perf_counter()
             states = reader.scan("prh/wit_1024/")
             timings[label] = (time.perf_counter() - start, dict(requests))

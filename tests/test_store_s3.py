@@ -21,7 +21,7 @@ from featx.store import ArtifactKey, FailureRecord, Manifest, Store
 from featx.store import s3 as s3mod
 from featx.store.local import LocalStore
 from featx.store.s3 import S3Store
-from tests.fixtures.seaweedfs import SeaweedFS, free_ports
+from tests.fixtures.seaweedfs import SeaweedFS, count_calls, free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -72,19 +72,6 @@ def pending_uploads(sw: SeaweedFS, store: S3Store, rel: str) -> list[dict]:
     key = store._key(rel)
     listing = sw.client().list_multipart_uploads(Bucket=store.bucket, Prefix=key)
     return [u for u in listing.get("Uploads", []) if u["Key"] == key]
-
-
-def count_calls(store: S3Store) -> dict[str, int]:
-    """Requests the store's client makes, by operation name (a botocore event hook)."""
-    counts: dict[str, int] = {}
-    lock = threading.Lock()
-
-    def hook(model, **_):
-        with lock:
-            counts[model.name] = counts.get(model.name, 0) + 1
-
-    store.client.meta.events.register("before-call.s3", hook)
-    return counts
 
 
 @pytest.fixture
