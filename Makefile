@@ -24,8 +24,9 @@ test: ## the whole suite; starts SeaweedFS and the control plane itself
 test-unit: ## no services: skips the S3 and Kubernetes tiers
 	env -u PYTHONDONTWRITEBYTECODE PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not s3 and not k8s"
 
-bench: ## CPU extraction benchmark: featx vs the reference loop, same inputs, same process
+bench: ## CPU benchmarks: extraction (featx vs the reference loop, same inputs, same process) and the memory estimator
 	$(BIN)/python scripts/bench_extract.py --device cpu
+	$(BIN)/python scripts/bench_estimator.py
 
 bench-gpu: ## GPU extraction benchmark (7B-class configs, real-size ViTs, MFU)
 	$(BIN)/python scripts/bench_extract.py --device cuda --gpu

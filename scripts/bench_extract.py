@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     vis = p.add_mutually_exclusive_group()
     vis.add_argument("--vision", dest="vision", action="store_true", default=None, help="include vision models (default on GPU)")
     vis.add_argument("--no-vision", dest="vision", action="store_false", help="language models only")
-    p.add_argument("--batch_size", type=int, default=64, help="featx's most rows per batch (featx extract's default 64)")
+    p.add_argument("--batch_size", type=int, default=None, help="featx's most rows per batch (default: what featx extract picks)")
     p.add_argument("--token_budget", type=int, default=None, help="featx's padded tokens per batch (default: what featx extract picks)")
     p.add_argument("--truth", action="store_true", default=None,
                    help="also compare with unpadded one-text-at-a-time runs for rotary models (always done for absolute positions)")

@@ -58,8 +58,12 @@ def test_pooling_equals_unpadded_computation(loaded_models, model_id, pool):
         torch.testing.assert_close(feats[i], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [None, 7], ids=["one-chunk", "chunks-of-7"])
 @pytest.mark.parametrize("model_id", ["featx-smoke/gpt2", "featx-smoke/llama", "featx-smoke/falcon"])
-def test_loss_and_bpb_equal_independent_computation(loaded_models, model_id):
+def test_loss_and_bpb_equal_independent_computation(loaded_models, model_id, chunk, monkeypatch):
+    """Chunks of 7 tokens cut through texts and batch rows: the per-row sums must still add up."""
+    if chunk:
+        monkeypatch.setattr("featx.extract.language.loss_chunk_tokens", lambda vocab: chunk)
     loaded = loaded_models(model_id)
     result = LanguageExtractor(loaded, "avg").extract(TEXTS, max_batch_size=4, token_budget=10_000)
     losses, bpbs = [], []
@@ -70,6 +74,7 @@ def test_loss_and_bpb_equal_independent_computation(loaded_models, model_id):
             bpbs.append(mean_ce * (n - 1) * math.log2(math.e) / len(text.encode("utf-8")))
     assert result.tensors["loss"].item() == pytest.approx(sum(losses) / len(losses), rel=1e-4)
     assert result.tensors["bpb"].item() == pytest.approx(sum(bpbs) / len(bpbs), rel=1e-4)
+    assert result.info["loss"] == "chunked"  # the self-check did not fall back to full logits
 
 
 def test_reference_left_padding_would_corrupt_gpt2(loaded_models):

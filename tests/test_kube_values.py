@@ -180,6 +180,11 @@ def test_render_big_models_and_overrides(capsys):
     env = {e["name"]: e for e in c["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "HF_TOKEN"}
     assert "--token_budget" in c["args"]
+    assert "--batch_size" not in c["args"]  # batchSize null: the token budget alone sizes language batches
+    vision = render(capsys, "--models", "vit_large_patch14_dinov2.lvd142m")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert vision["args"][vision["args"].index("--batch_size") + 1] == str(16384 // 1370)  # 518 px: 1370 tokens
+    capped = render(capsys, "--models", "gpt2", "--set", "batchSize=8")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert capped["args"][capped["args"].index("--batch_size") + 1] == "8"
 
 
 def test_render_from_a_run_config_file(tmp_path, capsys):

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from featx.plan.batching import plan_batches
-from featx.plan.memory import GiB, ModelShape, peak_bytes, token_budget, weight_bytes
+from featx.plan.memory import (GiB, LOSS_CHUNK_BYTES, ModelShape, loss_chunk_bytes, loss_chunk_tokens, peak_bytes,
+                               token_budget, weight_bytes)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -48,3 +49,51 @@ def test_memory_estimate_grows_with_tokens_and_4bit_is_smaller():
     budget = token_budget(llama7b, "bfloat16", 80 * GiB)
     assert peak_bytes(llama7b, "bfloat16", budget) <= 0.9 * 80 * GiB
     assert token_budget(llama7b, "bfloat16", 8 * GiB) == 0  # the weights alone do not fit
+
+
+@pytest.mark.parametrize("vocab", [512, 32000, 50257, 151936, 256000])
+def test_loss_chunk_is_sized_by_bytes_within_bounds(vocab):
+    tokens = loss_chunk_tokens(vocab)
+    assert 256 <= tokens <= 4096
+    assert tokens * vocab * 4 <= LOSS_CHUNK_BYTES or tokens == 256  # Gemma's 256k vocab: the floor
+    assert tokens == 4096 or (tokens + 1) * vocab * 4 > LOSS_CHUNK_BYTES  # as large as the bytes allow
+
+
+def test_a_small_batch_holds_only_its_own_logits():
+    llama7b = ModelShape(params=6_738_415_616, hidden=4096, layers=32, vocab=32000)
+    assert loss_chunk_bytes(llama7b, 100) == loss_chunk_bytes(llama7b) * 100 // loss_chunk_tokens(32000)
+    assert loss_chunk_bytes(llama7b, 10**6) == loss_chunk_bytes(llama7b)
+    assert peak_bytes(llama7b, "bfloat16", 100) < peak_bytes(llama7b, "bfloat16", 0) + 100 * 4096 * 40
+
+
+def test_without_a_row_cap_only_the_token_budget_and_fill_bound_a_batch():
+    lengths = [10] * 500 + [40] * 30
+    plan = plan_batches(lengths, None, token_budget=1000)
+    assert [len(b) for b in plan.batches] == [25, 5, 100, 100, 100, 100, 100]
+    assert plan.summary()["max_batch_size"] is None
+    assert sorted(i for b in plan.batches for i in b) == list(range(len(lengths)))
+
+
+@pytest.mark.parametrize("gib", [80, 141])
+@pytest.mark.parametrize("shape", [ModelShape(6_738_415_616, 4096, 32, 32000, 11008),  # LLaMA-7B
+                                   ModelShape(7_241_732_096, 4096, 32, 32000, 14336),  # Mistral-7B
+                                   ModelShape(8_537_680_896, 3072, 28, 256000, 24576),  # Gemma-7B
+                                   ModelShape(6_921_720_704, 4544, 32, 65024)],  # Falcon-7B
+                         ids=["llama-7b", "mistral-7b", "gemma-7b", "falcon-7b"])
+def test_the_budget_chosen_on_a_big_gpu_keeps_7b_peaks_within_1_5x_the_weights(shape, gib):
+    """Issue target: peak <= 1.5x the weights at the chosen batch (the runner passes free memory
+    after loading, i.e. a shape without parameters)."""
+    budget = token_budget(ModelShape(0, shape.hidden, shape.layers, shape.vocab, shape.intermediate), "bfloat16",
+                          gib * GiB - weight_bytes(shape, "bfloat16"))
+    assert budget == 16384  # enough tokens to keep the tensor cores busy, no more
+    assert peak_bytes(shape, "bfloat16", budget) <= 1.5 * weight_bytes(shape, "bfloat16")
+
+
+def test_mlp_width_comes_from_each_familys_config_key():
+    from types import SimpleNamespace as C
+
+    base = {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100}
+    assert ModelShape.from_config(C(**base, intermediate_size=512)).mlp == 512  # llama, gemma, mistral
+    assert ModelShape.from_config(C(**base, ffn_dim=300)).mlp == 300  # opt
+    assert ModelShape.from_config(C(**base, n_inner=None)).mlp == 256  # gpt2: None means 4 x hidden
+    assert ModelShape.from_config(C(**base)).mlp == 256

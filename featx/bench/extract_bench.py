@@ -49,8 +49,6 @@ import torch.nn.functional as F
 from featx.bench.reference import block_outputs, reference_language, reference_vision, unpadded_language
 from featx.catalog.spec import ModelSpec
 
-CPU_TOKEN_BUDGET_DEFAULT = 8192  # featx.extract.runner.CPU_TOKEN_BUDGET, read from there when present
-FEATX_BATCH_SIZE = 64  # `featx extract --batch_size` default
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device name; first match wins.
 BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -384,17 +382,6 @@ def build_language(case: LanguageCase, device: str, seed: int = 0):
                   fallbacks=fallbacks)
 
 
-def featx_token_budget(loaded: Any, batch_size: int, token_budget: int | None) -> int:
-    """The budget ``featx extract`` would use (``runner._language_budget``)."""
-    from featx.extract import runner
-
-    opts = runner.ExtractOptions(batch_size=batch_size, token_budget=token_budget)
-    fn = getattr(runner, "_language_budget", None)
-    if fn is not None:
-        return fn(loaded, opts)
-    return token_budget or getattr(runner, "CPU_TOKEN_BUDGET", CPU_TOKEN_BUDGET_DEFAULT)
-
-
 def _run_stats(m: Measurement, n: int, real: int, padded: int) -> dict[str, Any]:
     s = max(m.seconds, 1e-9)
     return {"seconds": round(m.seconds, 3), "cpu_seconds": round(m.cpu_seconds, 2), "samples_per_s": round(n / s, 2), "tokens_per_s": round(real / s, 1),
@@ -407,7 +394,7 @@ def _run_stats(m: Measurement, n: int, real: int, padded: int) -> dict[str, Any]
 # ---------------------------------------------------------------- language
 
 
-def bench_language(case: LanguageCase, device: str, n: int, batch_size: int = FEATX_BATCH_SIZE,
+def bench_language(case: LanguageCase, device: str, n: int, batch_size: int | None = None,
                    token_budget: int | None = None, truth: bool | None = None, warmup: bool = True,
                    profile_dir: str | None = None, seed: int = 0,
                    also_plans: list[tuple[int, int]] | None = None) -> dict[str, Any]:
@@ -416,6 +403,7 @@ def bench_language(case: LanguageCase, device: str, n: int, batch_size: int = FE
     ``also_plans``: more (max_batch_size, token_budget) pairs to time featx with (what-if runs
     for planning changes; reported under ``featx_variants``)."""
     from featx.extract.language import LanguageExtractor, tokenize
+    from featx.extract.runner import ExtractOptions, language_budget
     from featx.plan.batching import plan_batches
     from featx.plan.memory import ModelShape, bytes_per_token, loss_chunk_bytes, peak_bytes
 
@@ -433,7 +421,7 @@ def bench_language(case: LanguageCase, device: str, n: int, batch_size: int = FE
     real = sum(lengths)
     rec["lengths"] = {"mean": round(real / n, 1), "median": sorted(lengths)[n // 2], "max": max(lengths),
                       "min": min(lengths), "total": real}
-    budget = featx_token_budget(loaded, batch_size, token_budget)
+    budget = language_budget(loaded, ExtractOptions(batch_size=batch_size, token_budget=token_budget))
     plan = plan_batches(lengths, batch_size, budget)
     featx_padded = sum(len(b) * m for b, m in zip(plan.batches, plan.longest))
     largest_batch_tokens = max(len(b) * m for b, m in zip(plan.batches, plan.longest))
@@ -495,13 +483,12 @@ def bench_language(case: LanguageCase, device: str, n: int, batch_size: int = FE
     rec["outputs"] = {"featx": {"loss": float(fx["loss"]), "bpb": float(fx["bpb"])},
                       "reference": {"loss": float(ref["loss"]), "bpb": float(ref["bpb"])}}
 
-    shape = ModelShape(params=loaded.num_params, hidden=cfg.hidden_size, layers=cfg.num_hidden_layers,
-                       vocab=cfg.vocab_size)
+    shape = ModelShape.from_config(cfg, loaded.num_params)
     dtype = loaded.dtype if loaded.dtype in ("float32", "bfloat16", "float16") else "bfloat16"
     est: dict[str, Any] = {"tokens_per_batch": largest_batch_tokens,
                            "predicted_peak_bytes": peak_bytes(shape, dtype, largest_batch_tokens),
                            "predicted_activation_bytes": largest_batch_tokens * bytes_per_token(shape, dtype)
-                           + loss_chunk_bytes(shape)}
+                           + loss_chunk_bytes(shape, largest_batch_tokens)}
     if device.startswith("cuda"):
         weights = torch.cuda.memory_allocated()  # the model is all that is left resident
         free, total = torch.cuda.mem_get_info()
@@ -530,20 +517,21 @@ def bench_language(case: LanguageCase, device: str, n: int, batch_size: int = FE
 # ---------------------------------------------------------------- vision
 
 
-def bench_vision(case: VisionCase, device: str, n: int, batch_size: int = FEATX_BATCH_SIZE,
+def bench_vision(case: VisionCase, device: str, n: int, batch_size: int | None = None,
                  num_workers: int | None = None, warmup: bool = True, seed: int = 0) -> dict[str, Any]:
     """One ViT: featx's extractor (worker transforms, pinned copies) vs the same compute on
     pre-transformed tensors ("GPU-only") vs the reference loop (per-image transforms, batch 4)."""
     from featx import settings
     from featx.extract.loading import load_vision
-    from featx.extract.pooling import pool_vision
-    from featx.extract.vision import VisionExtractor, block_tokens
+    from featx.extract.runner import ExtractOptions, vision_batch_size
+    from featx.extract.vision import VisionExtractor
 
     workers = settings.NUM_WORKERS if num_workers is None else num_workers
     spec = ModelSpec(id=case.timm_name, modality="vision", family="vit", init="random", config=dict(case.config))
     t0 = time.perf_counter()
     loaded = load_vision(spec, "random", device, seed=seed)
     model, transform = loaded.model, loaded.transform
+    batch_size = vision_batch_size(loaded, ExtractOptions(batch_size=batch_size))
     rec: dict[str, Any] = {"model": case.name, "timm_name": case.timm_name, "note": case.note, "params": loaded.num_params,
                            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                            "load_s": round(time.perf_counter() - t0, 1), "n": n, "batch_size": batch_size,
@@ -564,11 +552,9 @@ def bench_vision(case: VisionCase, device: str, n: int, batch_size: int = FEATX_
     rec["input_size"] = list(pre.shape[1:])
     if device.startswith("cuda"):
         pre = pre.pin_memory()
-    p = next(model.parameters())
     with measure(device) as m_gpu, torch.inference_mode():
         for s in range(0, n, batch_size):
-            x = pre[s:s + batch_size].to(p.device, non_blocking=True)
-            torch.stack([pool_vision(t, ext.num_prefix, "cls") for t in block_tokens(model, x)], 1).cpu()
+            ext.features(pre[s:s + batch_size].to(ext.device, non_blocking=True)).cpu()
     del pre
 
     traced = block_outputs(model)  # once per model, as the reference does; not timed
@@ -684,7 +670,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def run(device: str = "cpu", gpu: bool = False, tiny: bool = False, n: int | None = None, models: list[str] | None = None,
-        vision: bool | None = None, out: str | None = None, batch_size: int = FEATX_BATCH_SIZE,
+        vision: bool | None = None, out: str | None = None, batch_size: int | None = None,
         token_budget: int | None = None, truth: bool | None = None, profile_dir: str | None = None,
         num_workers: int | None = None, also_plans: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Run the chosen cases, writing the results file after each model (partial runs keep what
@@ -709,7 +695,7 @@ def run(device: str = "cpu", gpu: bool = False, tiny: bool = False, n: int | Non
     results: dict[str, Any] = {
         "machine": machine_info(device),
         "settings": {"device": device, "gpu_mode": gpu, "tiny": tiny, "n_language": n_lang, "n_vision": n_vis,
-                     "featx_batch_size": batch_size, "token_budget": token_budget or "featx default",
+                     "featx_batch_size": batch_size or "featx default", "token_budget": token_budget or "featx default",
                      "reference_batch_size": 4, "pool": "avg (language), cls (vision)",
                      "lengths": "log-normal, mean 50, sigma 0.8, clipped to [5, 240]"},
         "language": [], "vision": [],

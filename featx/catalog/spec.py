@@ -15,8 +15,9 @@ class ModelSpec:
 
     ``id`` is what users type and what names files: an HF repo id, a tagged timm name, or a local
     directory. ``source`` is what the loader builds (defaults to ``id``; smoke models point it at a
-    real architecture). ``params``/``layers``/``hidden``/``vocab`` feed memory sizing without
-    loading the model; ``config`` overrides the architecture's config (tiny random models).
+    real architecture). ``params``/``layers``/``hidden``/``vocab``/``intermediate`` feed memory
+    sizing without loading the model; ``config`` overrides the architecture's config (tiny random
+    models).
     """
 
     id: str
@@ -27,6 +28,7 @@ class ModelSpec:
     layers: int | None = None
     hidden: int | None = None
     vocab: int | None = None
+    intermediate: int | None = None  # MLP width, where it is not 4 x hidden
     source: str | None = None
     revision: str | None = None
     gated: bool = False

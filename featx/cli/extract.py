@@ -10,7 +10,7 @@ from featx.cli.options import add_data, add_selection, add_store, flag, open_sto
 
 EXAMPLES = """examples:
   featx extract --modelset smoke --dataset featx-sample
-  featx extract --modelset val --modality language --pool avg --batch_size 64
+  featx extract --modelset val --modality language --pool avg --token_budget 8192
   featx extract --models gpt2 vit_base_patch16_224.augreg_in21k --store s3://my-bucket/features
 """
 
@@ -22,8 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data(p)
     add_store(p)
     g = p.add_argument_group("how")
-    flag(g, "batch_size", type=int, default=64, help="most rows per batch (batches are also capped by tokens)")
-    flag(g, "token_budget", type=int, default=None, help="most padded tokens per batch (default: from free GPU memory)")
+    flag(g, "batch_size", type=int, default=None, help="most rows (texts or images) per batch (default: as many as the token budget allows)")
+    flag(g, "token_budget", type=int, default=None, help="most padded tokens per batch (default: from free GPU memory; 1024 on CPU)")
     flag(g, "force_remake", action="store_true", help="re-extract models that are already committed")
     flag(g, "qlora", action="store_true", help="load language models in 4-bit NF4 (bitsandbytes)")
     flag(g, "init", choices=["pretrained", "random"], default="pretrained", help="random: weights from the config with --seed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -20,8 +21,9 @@ from featx.errors import OutOfMemoryError, PermanentError
 from featx.extract.loading import Loaded
 from featx.extract.pooling import pool_tokens
 from featx.extract.result import Extraction
+from featx.extract.transfer import finish, to_device, to_host
 from featx.plan.batching import plan_batches
-from featx.plan.memory import LOSS_CHUNK_TOKENS
+from featx.plan.memory import loss_chunk_tokens
 
 LOG2E = math.log2(math.e)
 
@@ -65,8 +67,13 @@ class LayerTap:
         self.use_hooks = self.layers is not None
         self.projected_final = False
 
+    def _pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Pooled on the layer's own device, gathered on the input's (``device_map="auto"``
+        spreads layers over several GPUs; a no-op on one device)."""
+        return pool_tokens(hidden, self.lengths.to(hidden.device), self.pool).to(self.lengths.device)
+
     def _take(self, hidden: torch.Tensor) -> None:
-        self.pooled.append(pool_tokens(hidden, self.lengths, self.pool))
+        self.pooled.append(self._pool(hidden))
 
     @contextmanager
     def hooks(self) -> Iterator[None]:
@@ -89,7 +96,7 @@ class LayerTap:
     def _final(self, final: torch.Tensor) -> None:
         """Replace the last block's raw output by the final normed state when widths agree."""
         if final.shape[-1] == self.pooled[0].shape[-1]:
-            self.pooled[-1] = pool_tokens(final, self.lengths, self.pool)
+            self.pooled[-1] = self._pool(final)
         else:
             self.projected_final = True
 
@@ -109,7 +116,7 @@ class LayerTap:
             if states[-1].shape[-1] != states[0].shape[-1]:
                 raise PermanentError("the final hidden state has another width than the blocks and "
                                      "featx found no block list to hook; this architecture is unsupported")
-            self.pooled = [pool_tokens(h, lengths, self.pool) for h in states]
+            self.pooled = [self._pool(h) for h in states]
         return torch.stack(self.pooled, 1), (out.logits if full_model else out[0])
 
 
@@ -121,18 +128,45 @@ def _logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def chunked_token_ce(model: Any, last: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+@dataclass
+class Batch:
+    """One collated batch on the device. The loss targets (``src``: flat positions of predicting
+    tokens, ``labels``, ``owner`` rows) are computed on the host from the token lists, so the
+    loss needs no device-to-host synchronisation (a boolean mask would, to learn its size)."""
+
+    ids: torch.Tensor  # [B, T] right-padded
+    attn: torch.Tensor  # [B, T]
+    lengths: torch.Tensor  # [B]
+    src: torch.Tensor  # [n] positions b*T+t of tokens that predict a next token
+    labels: torch.Tensor  # [n] the token each predicts
+    owner: torch.Tensor  # [n] its row
+
+
+def collate(token_ids: list[list[int]], pad_id: int, device: torch.device) -> Batch:
+    """Right-padded batch; on CUDA built in pinned host memory and copied without blocking."""
+    lengths = [len(t) for t in token_ids]
+    T = max(lengths)
+    ids = torch.tensor([t + [pad_id] * (T - len(t)) for t in token_ids], dtype=torch.long)
+    n = torch.tensor(lengths)
+    attn = (torch.arange(T)[None, :] < n[:, None]).long()
+    src = torch.tensor([b * T + t for b, m in enumerate(lengths) for t in range(m - 1)], dtype=torch.long)
+    labels = torch.tensor([x for t in token_ids for x in t[1:]], dtype=torch.long)
+    owner = torch.tensor([b for b, m in enumerate(lengths) for _ in range(m - 1)], dtype=torch.long)
+    return Batch(*to_device((ids, attn, n, src, labels, owner), device))
+
+
+def chunked_token_ce(model: Any, last: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Per-sample sum of next-token cross-entropy (nats) over real tokens; full-vocabulary logits
-    exist for at most ``LOSS_CHUNK_TOKENS`` tokens at a time."""
-    B, T = ids.shape
-    valid = torch.arange(T - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)
-    h, labels = last[:, :-1][valid], ids[:, 1:][valid]
-    owner = torch.arange(B, device=ids.device)[:, None].expand(B, T - 1)[valid]
-    sums = torch.zeros(B, dtype=torch.float32, device=ids.device)
-    for s in range(0, h.shape[0], LOSS_CHUNK_TOKENS):
-        ce = F.cross_entropy(_logits(model, h[s:s + LOSS_CHUNK_TOKENS]), labels[s:s + LOSS_CHUNK_TOKENS], reduction="none")
-        sums.index_add_(0, owner[s:s + LOSS_CHUNK_TOKENS], ce)
-    return sums
+    exist for at most ``loss_chunk_tokens(vocab)`` tokens at a time."""
+    dev = last.device  # the last layer's device (several with device_map="auto")
+    src, labels, owner = batch.src.to(dev), batch.labels.to(dev), batch.owner.to(dev)
+    h = last.reshape(-1, last.shape[-1]).index_select(0, src)
+    sums = torch.zeros(batch.ids.shape[0], dtype=torch.float32, device=dev)
+    step = loss_chunk_tokens(getattr(model.config, "vocab_size", 0) or 0)
+    for s in range(0, h.shape[0], step):
+        ce = F.cross_entropy(_logits(model, h[s:s + step]), labels[s:s + step], reduction="none")
+        sums.index_add_(0, owner[s:s + step], ce)
+    return sums.to(batch.ids.device)
 
 
 def logits_token_ce(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -161,28 +195,17 @@ class LanguageExtractor:
         self.splits = 0
         self.full_logits = False  # set by self_check for heads featx cannot reproduce
 
-    def _collate(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lengths = torch.tensor([len(t) for t in token_ids])
-        T = int(lengths.max())
-        ids = torch.full((len(token_ids), T), self.pad_id, dtype=torch.long)
-        for i, t in enumerate(token_ids):
-            ids[i, : len(t)] = torch.tensor(t)
-        attn = (torch.arange(T)[None, :] < lengths[:, None]).long()
-        return (ids.to(self.device, non_blocking=True), attn.to(self.device, non_blocking=True),
-                lengths.to(self.device, non_blocking=True))
-
     @torch.inference_mode()
     def run_batch(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled [B, L+1, D] and per-sample CE sums [B]; halves the batch on out-of-memory."""
+        """Pooled [B, L+1, D] float32 and per-sample CE sums [B], on the device; halves the batch
+        on out-of-memory."""
         try:
-            ids, attn, lengths = self._collate(token_ids)
+            batch = collate(token_ids, self.pad_id, self.device)
             if self.full_logits:
-                pooled, logits = self.tap.forward(ids, attn, lengths, full_model=True)
-                ce = logits_token_ce(logits, ids, lengths)
-            else:
-                pooled, last = self.tap.forward(ids, attn, lengths)
-                ce = chunked_token_ce(self.model, last, ids, lengths)
-            return pooled.cpu(), ce.cpu()
+                pooled, logits = self.tap.forward(batch.ids, batch.attn, batch.lengths, full_model=True)
+                return pooled, logits_token_ce(logits, batch.ids, batch.lengths)
+            pooled, last = self.tap.forward(batch.ids, batch.attn, batch.lengths)
+            return pooled, chunked_token_ce(self.model, last, batch)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -202,8 +225,8 @@ class LanguageExtractor:
         """Check, on one text, that the layer taps and the chunked loss reproduce the model's own
         ``output_hidden_states`` and logits; fall back to those where they do not."""
         notes: list[str] = []
-        ids = torch.tensor([token_ids[:64]], device=self.device)
-        attn, lengths = torch.ones_like(ids), torch.tensor([ids.shape[1]], device=self.device)
+        batch = collate([token_ids[:64]], self.pad_id, self.device)
+        ids, attn, lengths = batch.ids, batch.attn, batch.lengths
         with torch.inference_mode():
             full = self.model(input_ids=ids, attention_mask=attn, output_hidden_states=True, use_cache=False)
             states = list(full.hidden_states)
@@ -220,13 +243,13 @@ class LanguageExtractor:
                 pooled = pooled[:, : ref.shape[1]]
             if not _close(pooled, ref):
                 raise RuntimeError(f"{self.loaded.model.config.model_type}: pooled features differ from the model's hidden states")
-            ce = chunked_token_ce(self.model, last, ids, lengths)[0]
+            ce = chunked_token_ce(self.model, last, batch)[0]
             if not _close(ce, ref_ce):
                 self.full_logits = True
                 notes.append("chunked loss differs from the model's logits; using full logits")
         return notes
 
-    def extract(self, texts: list[str], max_batch_size: int, token_budget: int,
+    def extract(self, texts: list[str], max_batch_size: int | None, token_budget: int,
                 progress: Callable[[int], None] | None = None) -> Extraction:
         t0 = time.perf_counter()
         tok = self.loaded.tokenizer
@@ -235,18 +258,20 @@ class LanguageExtractor:
         plan = plan_batches(lengths, max_batch_size, token_budget)
         notes = self.self_check(max(token_ids, key=len))
         L1 = self.model.config.num_hidden_layers + 1
-        feats: torch.Tensor | None = None
-        ce_sum = torch.zeros(len(texts))
+        dtype = getattr(torch, self.loaded.dtype)
         t1 = time.perf_counter()
-        for batch in plan.batches:
+        done: list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = []
+        for batch in plan.batches:  # results stay in flight; the device never waits for the host
             pooled, ce = self.run_batch([token_ids[i] for i in batch])
-            if feats is None:
-                feats = torch.empty(len(texts), L1, pooled.shape[-1], dtype=getattr(torch, self.loaded.dtype))
-            index = torch.tensor(batch)
-            feats[index] = pooled.to(feats.dtype)
-            ce_sum[index] = ce
+            done.append((batch, to_host(pooled, dtype), to_host(ce, torch.float32)))
             if progress:
                 progress(len(batch))
+        finish(self.device)
+        feats = torch.empty(len(texts), L1, done[0][1].shape[-1], dtype=dtype)
+        ce_sum = torch.zeros(len(texts))
+        for batch, pooled, ce in done:
+            index = torch.tensor(batch)
+            feats[index], ce_sum[index] = pooled, ce
         t2 = time.perf_counter()
         n_pred = torch.tensor([max(n - 1, 0) for n in lengths], dtype=torch.float32)
         n_bytes = torch.tensor([max(len(t.encode("utf-8")), 1) for t in texts], dtype=torch.float32)

@@ -1,7 +1,12 @@
-"""Vision extraction through timm's ``forward_intermediates``: every block, any timm backbone.
+"""Vision extraction: every block's output of a timm backbone, pooled as the block produces it.
 
+Hooks on ``model.blocks`` pool each block's tokens while ``forward_features`` runs, so the outputs
+of all blocks never exist at once (ViT-g at 518 px: 40 blocks x 1370 tokens x 1536 per image).
+A one-image self-check compares the hooks with timm's ``forward_intermediates`` (unnormalised
+block outputs) and falls back to it where they differ or the model has no block list.
 Images are decoded and transformed in data-loader worker processes (the reference did it one by
-one in the main loop, 4-10 ms per image, while the GPU waited) and copied from pinned memory.
+one in the main loop, 4-10 ms per image, while the GPU waited) and copied from pinned memory;
+pooled results go back to pinned host memory without blocking (``featx.extract.transfer``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from featx.errors import OutOfMemoryError, UsageError
 from featx.extract.loading import Loaded
 from featx.extract.pooling import pool_vision
 from featx.extract.result import Extraction
+from featx.extract.transfer import finish, to_host
 
 
 class _Transformed(Dataset):
@@ -44,6 +50,12 @@ def block_tokens(model: Any, x: torch.Tensor) -> list[torch.Tensor]:
     return blocks
 
 
+def image_tokens(model: Any) -> int:
+    """Tokens a block sees per image (patches plus class/register tokens)."""
+    patches = int(getattr(getattr(model, "patch_embed", None), "num_patches", 0) or 0)
+    return max(1, patches + int(getattr(model, "num_prefix_tokens", 0) or 0))
+
+
 def check_pool(model: Any, pool: str, model_id: str) -> int:
     """Number of prefix tokens; refuses ``cls`` before any work for a model without one."""
     num_prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
@@ -52,17 +64,55 @@ def check_pool(model: Any, pool: str, model_id: str) -> int:
     return num_prefix
 
 
+def _blocks(model: Any) -> torch.nn.Module | None:
+    blocks = getattr(model, "blocks", None)
+    return blocks if isinstance(blocks, (torch.nn.Sequential, torch.nn.ModuleList)) and len(blocks) else None
+
+
 class VisionExtractor:
     def __init__(self, loaded: Loaded, pool: str, model_id: str):
         self.loaded, self.model, self.pool = loaded, loaded.model, pool
         self.num_prefix = check_pool(self.model, pool, model_id)
         self.device = next(self.model.parameters()).device
+        self.use_hooks = _blocks(self.model) is not None
+
+    def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return pool_vision(tokens, self.num_prefix, self.pool)
+
+    def _hooked(self, x: torch.Tensor) -> torch.Tensor:
+        pooled: list[torch.Tensor] = []
+        handles = [b.register_forward_hook(lambda _m, _a, out: pooled.append(self._pool(out)))
+                   for b in _blocks(self.model)]
+        try:
+            self.model.forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return torch.stack(pooled, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled block outputs [B, blocks, D] (float32, on the device) of a transformed batch."""
+        if self.use_hooks:
+            return self._hooked(x)
+        return torch.stack([self._pool(t) for t in block_tokens(self.model, x)], 1)
+
+    @torch.inference_mode()
+    def self_check(self, x: torch.Tensor) -> list[str]:
+        """Hooks must reproduce ``forward_intermediates`` on one image, else featx uses the latter."""
+        if not self.use_hooks:
+            return ["no block list to hook; using forward_intermediates"]
+        x = x.to(self.device)
+        ref = torch.stack([self._pool(t) for t in block_tokens(self.model, x)], 1)
+        got = self._hooked(x)
+        if got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * max(ref.abs().max().item(), 1.0)):
+            return []
+        self.use_hooks = False
+        return ["block hooks differ from forward_intermediates; using forward_intermediates"]
 
     @torch.inference_mode()
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         try:
-            x = x.to(self.device, non_blocking=True)
-            return torch.stack([pool_vision(t, self.num_prefix, self.pool) for t in block_tokens(self.model, x)], 1).cpu()
+            return self.features(x.to(self.device, non_blocking=True))
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if "out of memory" not in str(e).lower():
                 raise
@@ -76,18 +126,21 @@ class VisionExtractor:
     def extract(self, images: Any, batch_size: int, num_workers: int,
                 progress: Callable[[int], None] | None = None) -> Extraction:
         t0 = time.perf_counter()
-        loader = DataLoader(_Transformed(images, self.loaded.transform), batch_size=batch_size, shuffle=False,
+        dataset = _Transformed(images, self.loaded.transform)
+        notes = self.self_check(dataset[0][None])
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if num_workers else None)
         parts, input_size = [], []
-        for x in loader:
+        for x in loader:  # results stay in flight; the device never waits for the host
             input_size = list(x.shape[1:])
-            parts.append(self._run(x))
+            parts.append(to_host(self._run(x), torch.float32))
             if progress:
                 progress(x.shape[0])
+        finish(self.device)
         feats = torch.cat(parts)
         info = {"batch_plan": {"batch_size": batch_size, "batches": len(parts), "num_workers": num_workers},
-                "input_size": input_size,
-                "num_prefix_tokens": self.num_prefix,
+                "input_size": input_size, "num_prefix_tokens": self.num_prefix,
+                "block_pooling": "hooks" if self.use_hooks else "forward_intermediates", "self_check": notes,
                 "timings": {"extract_s": round(time.perf_counter() - t0, 3)}}
         return Extraction({"feats": feats, "num_params": self.loaded.num_params}, info)

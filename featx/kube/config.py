@@ -49,7 +49,7 @@ class RunConfig:
     subset: str | None
     caption_idx: int
     num_samples: int | None
-    batch_size: int
+    batch_size: int | None
     qlora: bool
     store: str
     concurrency: int
@@ -71,7 +71,7 @@ class RunConfig:
                 modelset=tuple(modelset) if isinstance(modelset, list) else str(modelset),
                 modality=d.get("modality") or "all", pool=d.get("pool"), dataset=str(d["dataset"]),
                 subset=d.get("subset"), caption_idx=int(d.get("captionIdx") or 0), num_samples=d.get("numSamples"),
-                batch_size=int(d.get("batchSize") or 64), qlora=bool(d.get("qlora")), store=str(d["store"]),
+                batch_size=int(d["batchSize"]) if d.get("batchSize") else None, qlora=bool(d.get("qlora")), store=str(d["store"]),
                 concurrency=int(d["concurrency"]), attempts=int(d["attempts"]),
                 interval_s=int(d.get("intervalSeconds") or 30), kueue_queue=str(d.get("kueueQueue") or ""),
                 extra_args=tuple(str(a) for a in d.get("extraArgs") or ()),

@@ -46,7 +46,9 @@ def extract_args(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) ->
         args += ["--caption_idx", str(config.caption_idx)]
     if config.num_samples:
         args += ["--num_samples", str(config.num_samples)]
-    args += ["--pool", d.pool, "--batch_size", str(sizing.batch_size)]
+    args += ["--pool", d.pool]
+    if sizing.batch_size:
+        args += ["--batch_size", str(sizing.batch_size)]
     if sizing.token_budget:
         args += ["--token_budget", str(sizing.token_budget)]
     if config.qlora and d.spec.modality == "language":
@@ -86,8 +88,10 @@ def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> d
     tpl = config.job_template
     name = job_name(config.release, d.stem, d.id, attempt)
     lab = labels(config, d, sizing, attempt)
-    ann = {A_MODEL_ID: d.id, A_STEM: d.stem, A_GPUS: str(sizing.gpus), A_BATCH: str(sizing.batch_size),
+    ann = {A_MODEL_ID: d.id, A_STEM: d.stem, A_GPUS: str(sizing.gpus),
            A_PEAK: f"{sizing.est_peak_bytes / GiB:.1f}", A_SIZING: sizing.reason}
+    if sizing.batch_size:
+        ann[A_BATCH] = str(sizing.batch_size)
     if sizing.token_budget:
         ann[A_TOKEN_BUDGET] = str(sizing.token_budget)
     if config.kueue_queue:

@@ -95,7 +95,7 @@ class Settings:
     concurrency: int = 10
     classes: tuple[GpuClass, ...] = ()
     qlora: bool = False
-    batch_size: int = 64
+    batch_size: int | None = None
     release: str = "featx"
     render: Callable[[Desired, Sizing, int], dict[str, Any]] | None = field(default=None, compare=False)
 

@@ -12,7 +12,7 @@ class BatchPlan:
 
     batches: tuple[tuple[int, ...], ...]
     token_budget: int
-    max_batch_size: int
+    max_batch_size: int | None  # None: only the token budget limits a batch
     longest: tuple[int, ...]  # padded length of each batch
 
     def padding_efficiency(self, lengths: list[int]) -> float:
@@ -26,11 +26,13 @@ class BatchPlan:
                 "largest_batch": max((len(b) for b in self.batches), default=0)}
 
 
-def plan_batches(lengths: list[int], max_batch_size: int, token_budget: int, min_fill: float = 0.8) -> BatchPlan:
-    """Group rows by descending length; each batch holds at most ``max_batch_size`` rows, at most
+def plan_batches(lengths: list[int], max_batch_size: int | None, token_budget: int,
+                 min_fill: float = 0.8) -> BatchPlan:
+    """Group rows by descending length; each batch holds at most ``max_batch_size`` rows (None: no
+    limit by count), at most
     ``token_budget`` padded tokens (a row longer than the budget gets its own batch), and only rows
     at least ``min_fill`` x as long as its longest, so padding wastes at most ~1 - min_fill."""
-    if max_batch_size < 1 or token_budget < 1 or not 0.0 <= min_fill <= 1.0:
+    if (max_batch_size is not None and max_batch_size < 1) or token_budget < 1 or not 0.0 <= min_fill <= 1.0:
         raise ValueError("max_batch_size and token_budget must be positive, min_fill in [0, 1]")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[tuple[int, ...]] = []
@@ -38,7 +40,7 @@ def plan_batches(lengths: list[int], max_batch_size: int, token_budget: int, min
     start = 0
     while start < len(order):
         first = lengths[order[start]]
-        size = max(1, min(max_batch_size, token_budget // max(first, 1)))
+        size = max(1, min(max_batch_size or len(order), token_budget // max(first, 1)))
         end = start + 1
         while end < min(start + size, len(order)) and lengths[order[end]] >= min_fill * first:
             end += 1

@@ -32,7 +32,6 @@ MiB = 1024**2
 GiB = 1024**3
 MARGIN = 0.9  # share of a device's memory the estimate may use (same as memory.token_budget)
 DEFAULT_CLASSES_FILE = Path(__file__).with_name("gpu_classes.yaml")
-DEFAULT_BATCH_SIZE = 64
 # Facts a spec may lack (a model id the catalog does not know): a 7B-like shape.
 FALLBACK_HIDDEN, FALLBACK_LAYERS, FALLBACK_VOCAB = 4096, 32, 32000
 DEFAULT_IMAGE_TOKENS = 577  # 384 px / patch 16, plus CLS
@@ -87,7 +86,7 @@ class Sizing:
     gpus: int
     dtype: str
     token_budget: int | None  # language: padded tokens per batch; vision: None
-    batch_size: int
+    batch_size: int | None  # vision: images per batch; language: the user's row cap, if any
     weight_bytes: int
     est_peak_bytes: int  # per device, at the chosen batch plan
     reason: str
@@ -116,7 +115,8 @@ def shape_of(spec: ModelSpec) -> ModelShape:
     hidden = spec.hidden or FALLBACK_HIDDEN
     layers = spec.layers or FALLBACK_LAYERS
     vocab = spec.vocab if spec.vocab is not None else (0 if spec.modality == "vision" else FALLBACK_VOCAB)
-    return ModelShape(params=spec.params or 0, hidden=hidden, layers=layers, vocab=vocab)
+    return ModelShape(params=spec.params or 0, hidden=hidden, layers=layers, vocab=vocab,
+                      intermediate=spec.intermediate or 0)
 
 
 def image_tokens(spec: ModelSpec) -> int:
@@ -155,7 +155,7 @@ def _options(spec: ModelSpec, classes: Iterable[GpuClass]) -> list[_Option]:
     return sorted(opts, key=_Option.key)
 
 
-def _fit(spec: ModelSpec, shape: ModelShape, dtype: str, opt: _Option, batch_size: int) -> Sizing | None:
+def _fit(spec: ModelSpec, shape: ModelShape, dtype: str, opt: _Option, batch_size: int | None) -> Sizing | None:
     """The sizing on ``opt`` if the estimate fits, else None."""
     wbytes = weight_bytes(shape, dtype)
     fixed = peak_bytes(shape, dtype, 0) - wbytes + -(-wbytes // opt.gpus)  # weights split over devices
@@ -163,10 +163,11 @@ def _fit(spec: ModelSpec, shape: ModelShape, dtype: str, opt: _Option, batch_siz
     bpt = bytes_per_token(shape, dtype)
     name = f"{opt.gpus}x {opt.cls.name}" if opt.gpus > 1 else opt.cls.name
     if spec.modality == "vision":
-        per_image = image_tokens(spec) * bpt
+        tokens = image_tokens(spec)
+        per_image = tokens * bpt
         if room < per_image:
             return None
-        batch = max(1, min(batch_size, room // per_image))
+        batch = max(1, min(batch_size or MAX_TOKEN_BUDGET // tokens, room // per_image))
         return Sizing(opt.cls, opt.gpus, dtype, None, batch, wbytes, fixed + batch * per_image,
                       f"{dtype} weights {wbytes / GiB:.2f} GiB + {batch} images/batch -> {name}")
     if room < MIN_TOKEN_BUDGET * bpt:
@@ -177,13 +178,13 @@ def _fit(spec: ModelSpec, shape: ModelShape, dtype: str, opt: _Option, batch_siz
 
 
 def choose(spec: ModelSpec, classes: Iterable[GpuClass], qlora: bool = False, dtype: str | None = None,
-           batch_size: int = DEFAULT_BATCH_SIZE) -> Sizing:
+           batch_size: int | None = None) -> Sizing:
     """The smallest option that holds ``spec`` (one device if any class can, else several)."""
     return _first_fit(spec, _options(spec, classes), qlora, dtype, batch_size, "")
 
 
 def escalate(spec: ModelSpec, classes: Iterable[GpuClass], failed_class: str, failed_gpus: int,
-             qlora: bool = False, dtype: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Sizing:
+             qlora: bool = False, dtype: str | None = None, batch_size: int | None = None) -> Sizing:
     """After an out-of-memory failure on ``failed_gpus`` x ``failed_class``: the next option with
     more total memory and no less memory per device (a larger class, or more devices of it)."""
     classes = tuple(classes)
@@ -198,7 +199,7 @@ def escalate(spec: ModelSpec, classes: Iterable[GpuClass], failed_class: str, fa
     return _first_fit(spec, opts, qlora, dtype, batch_size, note)
 
 
-def _first_fit(spec: ModelSpec, opts: list[_Option], qlora: bool, dtype: str | None, batch_size: int,
+def _first_fit(spec: ModelSpec, opts: list[_Option], qlora: bool, dtype: str | None, batch_size: int | None,
                note: str) -> Sizing:
     dtype = dtype or default_dtype(spec, qlora)
     shape = shape_of(spec)
@@ -214,7 +215,7 @@ def _first_fit(spec: ModelSpec, opts: list[_Option], qlora: bool, dtype: str | N
 
 
 def size_on(spec: ModelSpec, classes: Iterable[GpuClass], class_name: str, gpus: int, qlora: bool = False,
-            dtype: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Sizing:
+            dtype: str | None = None, batch_size: int | None = None) -> Sizing:
     """The sizing on ``gpus`` x ``class_name`` (a retry stays where the last attempt ran); the
     normal choice when that class is gone or no longer holds the model."""
     classes = tuple(classes)
