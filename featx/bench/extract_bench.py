@@ -405,7 +405,7 @@ def bench_language(case: LanguageCase, device: str, n: int, batch_size: int | No
     from featx.extract.language import LanguageExtractor, tokenize
     from featx.extract.runner import ExtractOptions, language_budget
     from featx.plan.batching import plan_batches
-    from featx.plan.memory import ModelShape, bytes_per_token, loss_chunk_bytes, peak_bytes
+    from featx.plan.memory import ModelShape, bytes_per_token, estimate_dtype, loss_chunk_bytes, peak_bytes
 
     truth = case.positions == "absolute" if truth is None else truth
     t0 = time.perf_counter()
@@ -484,7 +484,7 @@ def bench_language(case: LanguageCase, device: str, n: int, batch_size: int | No
                       "reference": {"loss": float(ref["loss"]), "bpb": float(ref["bpb"])}}
 
     shape = ModelShape.from_config(cfg, loaded.num_params)
-    dtype = loaded.dtype if loaded.dtype in ("float32", "bfloat16", "float16") else "bfloat16"
+    dtype = estimate_dtype(loaded.dtype)
     est: dict[str, Any] = {"tokens_per_batch": largest_batch_tokens,
                            "predicted_peak_bytes": peak_bytes(shape, dtype, largest_batch_tokens),
                            "predicted_activation_bytes": largest_batch_tokens * bytes_per_token(shape, dtype)

@@ -18,7 +18,8 @@ from featx.errors import (EXIT_FAILED, EXIT_OK, EXIT_OOM, EXIT_PERMANENT, FeatxE
                           PermanentError, UsageError)
 from featx.extract.loading import Loaded, load_language, load_vision, pick_device
 from featx.logs import EventLog, Progress
-from featx.plan.memory import DTYPE_BYTES, ModelShape, token_budget
+from featx.plan.batching import images_per_batch
+from featx.plan.memory import ModelShape, estimate_dtype, token_budget
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
 from featx.store.keys import pool_for
 from featx.store.formats import write_tensors
@@ -102,9 +103,8 @@ def _token_budget(loaded: Loaded, opts: ExtractOptions, shape: ModelShape) -> in
         return opts.token_budget
     if not loaded.device.startswith("cuda"):
         return CPU_TOKEN_BUDGET
-    dtype = loaded.dtype if loaded.dtype in DTYPE_BYTES else "bfloat16"
     free, _ = torch.cuda.mem_get_info(torch.device(loaded.device))
-    return max(token_budget(shape, dtype, free), 256)
+    return max(token_budget(shape, estimate_dtype(loaded.dtype), free), 256)
 
 
 def language_budget(loaded: Loaded, opts: ExtractOptions) -> int:
@@ -117,7 +117,7 @@ def vision_batch_size(loaded: Loaded, opts: ExtractOptions) -> int:
 
     model = loaded.model
     budget = _token_budget(loaded, opts, ModelShape(0, model.num_features, len(getattr(model, "blocks", ()))))
-    return opts.batch_size or max(1, budget // image_tokens(model))
+    return images_per_batch(budget, image_tokens(model), opts.batch_size)
 
 
 class Runner:

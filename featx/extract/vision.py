@@ -90,11 +90,12 @@ class VisionExtractor:
                 h.remove()
         return torch.stack(pooled, 1)
 
+    def _intermediates(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self._pool(t) for t in block_tokens(self.model, x)], 1)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled block outputs [B, blocks, D] (float32, on the device) of a transformed batch."""
-        if self.use_hooks:
-            return self._hooked(x)
-        return torch.stack([self._pool(t) for t in block_tokens(self.model, x)], 1)
+        return self._hooked(x) if self.use_hooks else self._intermediates(x)
 
     @torch.inference_mode()
     def self_check(self, x: torch.Tensor) -> list[str]:
@@ -102,8 +103,7 @@ class VisionExtractor:
         if not self.use_hooks:
             return ["no block list to hook; using forward_intermediates"]
         x = x.to(self.device)
-        ref = torch.stack([self._pool(t) for t in block_tokens(self.model, x)], 1)
-        got = self._hooked(x)
+        ref, got = self._intermediates(x), self._hooked(x)
         if got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * max(ref.abs().max().item(), 1.0)):
             return []
         self.use_hooks = False

@@ -26,6 +26,11 @@ class BatchPlan:
                 "largest_batch": max((len(b) for b in self.batches), default=0)}
 
 
+def images_per_batch(token_budget: int, image_tokens: int, max_batch_size: int | None = None) -> int:
+    """Images per batch: the user's cap, else as many as ``token_budget`` holds (at least one)."""
+    return max_batch_size or max(1, token_budget // image_tokens)
+
+
 def plan_batches(lengths: list[int], max_batch_size: int | None, token_budget: int,
                  min_fill: float = 0.8) -> BatchPlan:
     """Group rows by descending length; each batch holds at most ``max_batch_size`` rows (None: no

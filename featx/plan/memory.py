@@ -60,6 +60,11 @@ class ModelShape:
         return cls(params, config.hidden_size, config.num_hidden_layers, getattr(config, "vocab_size", 0) or 0, mlp)
 
 
+def estimate_dtype(compute_dtype: str) -> str:
+    """The estimator's dtype for a loaded model's compute dtype (4-bit models compute in bf16)."""
+    return compute_dtype if compute_dtype in DTYPE_BYTES else "bfloat16"
+
+
 def weight_bytes(shape: ModelShape, dtype: str) -> int:
     if dtype == "nf4":
         embed = 2 * shape.vocab * shape.hidden  # input embeddings and head stay in bf16

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import yaml
 
 from featx.catalog.spec import ModelSpec
+from featx.plan.batching import images_per_batch
 from featx.plan.memory import (MAX_TOKEN_BUDGET, MIN_TOKEN_BUDGET, ModelShape, bytes_per_token, peak_bytes,
                                weight_bytes)
 
@@ -167,7 +168,7 @@ def _fit(spec: ModelSpec, shape: ModelShape, dtype: str, opt: _Option, batch_siz
         per_image = tokens * bpt
         if room < per_image:
             return None
-        batch = max(1, min(batch_size or MAX_TOKEN_BUDGET // tokens, room // per_image))
+        batch = max(1, min(images_per_batch(MAX_TOKEN_BUDGET, tokens, batch_size), room // per_image))
         return Sizing(opt.cls, opt.gpus, dtype, None, batch, wbytes, fixed + batch * per_image,
                       f"{dtype} weights {wbytes / GiB:.2f} GiB + {batch} images/batch -> {name}")
     if room < MIN_TOKEN_BUDGET * bpt:

@@ -223,23 +223,23 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def _reap(pids: Iterable[int], grace: float) -> None:
     """SIGTERM the processes still alive, SIGKILL those that outlive ``grace`` seconds."""
     alive = [p for p in pids if _alive(p)]
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    _signal(alive, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
         time.sleep(0.1)
         alive = [p for p in alive if _alive(p)]
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _signal(alive, signal.SIGKILL)
 
 
 def start_cluster(
