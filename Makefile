@@ -4,9 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 
-.PHONY: install test test-unit bench bench-gpu control-plane image image-cpu local-kind local-kind-down clean
+.PHONY: install test test-unit bench bench-gpu control-plane image image-cpu local-kind local-kind-down local-cluster local-cluster-down clean
 
-install: $(BIN)/featx control-plane ## venv with pinned deps + featx; kube-apiserver/kwok/helm built once and cached
+install: $(BIN)/featx control-plane ## venv with pinned deps + featx, kubectl, helm; the control plane and node built once and cached
 
 $(BIN)/featx: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,14 +15,16 @@ $(BIN)/featx: requirements.txt pyproject.toml
 	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
 	touch $@
 
-control-plane: ## etcd, kube-apiserver, controller-manager, scheduler, kwok, helm (cached in ~/.cache/featx/tools)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/build-control-plane.sh
+control-plane: ## etcd, kube-*, kwok, helm, kubelet, containerd, runc, CoreDNS (cached in ~/.cache/featx/tools); helm into .venv/bin
+	bin_dir="$$(PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/build-control-plane.sh | tail -n1)" \
+	  && ln -sfn "$$bin_dir/helm" $(BIN)/helm
 
-test: ## the whole suite; starts SeaweedFS and the control plane itself
+test: ## the whole suite; starts the Docker engine (the real-node tier's images), SeaweedFS and the control plane
+	[ "$${FEATX_SKIP_E2E:-0}" = 1 ] || bash scripts/ensure-dockerd.sh
 	env -u PYTHONDONTWRITEBYTECODE PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
-test-unit: ## no services: skips the S3 and Kubernetes tiers
-	env -u PYTHONDONTWRITEBYTECODE PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not s3 and not k8s"
+test-unit: ## no services: skips the S3, Kubernetes and real-node tiers
+	env -u PYTHONDONTWRITEBYTECODE PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not s3 and not k8s and not e2e"
 
 bench: ## CPU benchmarks: extraction (featx vs the reference loop, same inputs, same process) and the memory estimator
 	$(BIN)/python scripts/bench_extract.py --device cpu
@@ -38,14 +40,20 @@ TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 image: ## GPU image (CUDA 13.0 base, torch 2.14.1+cu130): featx:dev
 	docker build -f docker/Dockerfile -t $(IMAGE):$(IMAGE_TAG) .
 
-image-cpu: ## CPU image for kind and CI: featx-cpu:dev
-	docker build -f docker/Dockerfile.cpu --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -t $(IMAGE)-cpu:$(IMAGE_TAG) .
+image-cpu: ## CPU image for kind and CI: featx-cpu:dev (skipped when nothing that goes into it changed)
+	IMAGE=$(IMAGE)-cpu:$(IMAGE_TAG) TORCH_INDEX_URL=$(TORCH_INDEX_URL) bash scripts/build-images.sh
 
 local-kind: ## kind + SeaweedFS + the chart (smoke modelset, CPU); waits, prints featx status
 	bash scripts/local-kind.sh
 
 local-kind-down: ## delete the kind cluster of local-kind
 	bash scripts/local-kind-down.sh
+
+local-cluster: ## no kind, no registry (Linux, root, Docker engine): control plane + a real node + the chart
+	bash scripts/local-cluster.sh
+
+local-cluster-down: ## remove the cluster of local-cluster
+	$(BIN)/python -m tests.cluster.local down
 
 clean:
 	rm -rf results .pytest_cache

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler), kwok/kwokctl and helm from Go modules, for the featx test suite.
+# kube-scheduler), kwok/kwokctl and helm from Go modules, for the featx test suite; and the parts of
+# a real node beside it: kubelet, kube-proxy, containerd 2.x (+ shim, ctr), runc, a cluster DNS
+# (CoreDNS with only the plugins a test cluster uses) and the static `pause` binary of the sandbox
+# image (scripts/build-images.sh wraps it into an image).
 #
 # Why from source: this machine (and CI) reaches only package registries, not GitHub releases,
 # dl.k8s.io or container registries, so kwokctl cannot download its binaries itself.
@@ -10,23 +13,28 @@
 #   ${FEATX_TOOLS_DIR:-$HOME/.cache/featx/tools}/helm-<helm>/bin/helm   (symlinked into the bin dir)
 # A warm cache returns at once. The last stdout line is the bin directory; progress goes to stderr.
 # Each binary records how it was built (.<name>.recipe), so a version bump rebuilds only what changed.
-# Cold build: ~26 min of CPU (13+ min on 2 idle cores), ~4 GB of Go build cache (default GOCACHE,
-# or set GOCACHE), ~2.2 GB peak RSS. kwok and helm use k8s.io libraries v0.37, Kubernetes v0.36:
-# those are compiled twice.
+# Cold build: ~35 min of CPU (about 18 min on 2 idle cores), ~5 GB of Go build cache (default
+# GOCACHE, or set GOCACHE), ~2.2 GB peak RSS. kwok and helm use k8s.io libraries v0.37, Kubernetes
+# v0.36: those are compiled twice. runc needs cgo, libseccomp-dev and pkg-config; pause a static libc.
 set -euo pipefail
 
 K8S_VERSION="v1.36.3"     # k8s.io/kubernetes; staging modules are v0.<minor>.<patch>
 ETCD_VERSION="v3.6.16"    # go.etcd.io/etcd/server/v3; must be >= 3.5.13 (RequestWatchProgress)
 KWOK_VERSION="v0.8.0"     # sigs.k8s.io/kwok
 HELM_VERSION="v3.22.0"    # helm.sh/helm/v3
+CONTAINERD_VERSION="v2.2.9"  # github.com/containerd/containerd/v2; Kubernetes >= 1.36 needs 2.x
+RUNC_VERSION="v1.3.3"     # github.com/opencontainers/runc
+COREDNS_VERSION="v1.12.4" # github.com/coredns/coredns
 
 TOOLS_DIR="${FEATX_TOOLS_DIR:-$HOME/.cache/featx/tools}"
 DEST="${TOOLS_DIR}/k8s-${K8S_VERSION}-kwok-${KWOK_VERSION}"
 BIN_DIR="${DEST}/bin"
 HELM_DEST="${TOOLS_DIR}/helm-${HELM_VERSION}"
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwokctl helm)
-RECIPE_REV=2               # bump when the way binaries are built changes
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwokctl helm
+          kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc coredns pause)
+RECIPE_REV=3               # bump when the way binaries are built changes
 STAMP="rev=${RECIPE_REV} k8s=${K8S_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} helm=${HELM_VERSION}"
+STAMP+=" containerd=${CONTAINERD_VERSION} runc=${RUNC_VERSION} coredns=${COREDNS_VERSION}"
 
 is_complete() {
     [[ -f "${DEST}/VERSIONS" && "$(cat "${DEST}/VERSIONS")" == "${STAMP}" ]] || return 1
@@ -170,6 +178,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 EOF
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
@@ -178,7 +188,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     k8s_ld+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
     k8s_ld+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
 done
-for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
     build_in "${k8s_src}" "${PARTIAL}/bin/${cmd}" "k8s.io/kubernetes/cmd/${cmd}" "${k8s_ld}"
 done
 
@@ -212,9 +222,123 @@ done
 build_in "${helm_src}" "${HELM_DEST}/bin/helm" helm.sh/helm/v3/cmd/helm "${helm_ld}"
 ln -sfn "${HELM_DEST}/bin/helm" "${PARTIAL}/bin/helm"
 
+# --- the node: containerd, runc, CoreDNS, pause ------------------------------------------------
+containerd_src="${SRC}/containerd-${CONTAINERD_VERSION}"
+mkdir -p "${containerd_src}"
+cat >"${containerd_src}/go.mod" <<EOF
+module featx.local/containerd
+
+go 1.26.0
+
+require github.com/containerd/containerd/v2 ${CONTAINERD_VERSION}
+EOF
+cat >"${containerd_src}/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import (
+	_ "github.com/containerd/containerd/v2/cmd/containerd"
+	_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
+	_ "github.com/containerd/containerd/v2/cmd/ctr"
+)
+EOF
+containerd_ld="-X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}"
+for cmd in containerd containerd-shim-runc-v2 ctr; do
+    GOFLAGS="${GOFLAGS} -tags=no_btrfs,no_devmapper,no_zfs" \
+        build_in "${containerd_src}" "${PARTIAL}/bin/${cmd}" "github.com/containerd/containerd/v2/cmd/${cmd}" "${containerd_ld}"
+done
+
+runc_src="${SRC}/runc-${RUNC_VERSION}"
+mkdir -p "${runc_src}"
+cat >"${runc_src}/go.mod" <<EOF
+module featx.local/runc
+
+go 1.26.0
+
+require github.com/opencontainers/runc ${RUNC_VERSION}
+EOF
+cat >"${runc_src}/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "github.com/opencontainers/runc"
+EOF
+# runc needs cgo (nsenter) and libseccomp for the RuntimeDefault profile pods run with.
+CGO_ENABLED=1 GOFLAGS="${GOFLAGS} -tags=seccomp" \
+    build_in "${runc_src}" "${PARTIAL}/bin/runc" github.com/opencontainers/runc "-X main.version=${RUNC_VERSION#v}"
+
+# CoreDNS with the plugins a test cluster needs (bind, errors, log, kubernetes): a fraction of the
+# full build, and no plugin that forwards queries off this machine.
+coredns_src="${SRC}/coredns-${COREDNS_VERSION}"
+mkdir -p "${coredns_src}"
+cat >"${coredns_src}/go.mod" <<EOF
+module featx.local/coredns
+
+go 1.26.0
+
+require github.com/coredns/coredns ${COREDNS_VERSION}
+EOF
+cat >"${coredns_src}/main.go" <<'EOF'
+// Command coredns is CoreDNS's main with only the plugins featx's test cluster uses.
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	_ "github.com/coredns/coredns/plugin/bind"
+	"github.com/coredns/coredns/coremain"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+)
+
+func init() {
+	dnsserver.Directives = []string{"bind", "errors", "log", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+EOF
+build_in "${coredns_src}" "${PARTIAL}/bin/coredns" .
+
+# pause: the sandbox's one process (sleeps until SIGTERM/SIGINT, reaps orphans), static so that it
+# runs in an image FROM scratch. scripts/build-images.sh wraps it into an image.
+pause_src="${SRC}/pause"
+mkdir -p "${pause_src}"
+cat >"${pause_src}/pause.c" <<'EOF'
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void stop(int sig) { (void)sig; _exit(0); }
+static void reap(int sig) { (void)sig; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
+
+int main(void) {
+    struct sigaction on_stop = {.sa_handler = stop}, on_child = {.sa_handler = reap, .sa_flags = SA_NOCLDSTOP};
+    sigaction(SIGINT, &on_stop, NULL);
+    sigaction(SIGTERM, &on_stop, NULL);
+    sigaction(SIGCHLD, &on_child, NULL);
+    for (;;) pause();
+}
+EOF
+pause_recipe="pause.c $(sha256sum "${pause_src}/pause.c" | cut -c1-16) $(cc --version | head -n1)"
+if [[ -x "${PARTIAL}/bin/pause" && "$(cat "${PARTIAL}/bin/.pause.recipe" 2>/dev/null)" == "${pause_recipe}" ]]; then
+    log "have pause"
+else
+    cc -static -Os -o "${PARTIAL}/bin/pause.tmp" "${pause_src}/pause.c"
+    mv "${PARTIAL}/bin/pause.tmp" "${PARTIAL}/bin/pause"
+    echo "${pause_recipe}" >"${PARTIAL}/bin/.pause.recipe"
+fi
+
 # --- publish atomically -------------------------------------------------------------------------
 for b in "${BINARIES[@]}"; do
-    version_arg="--version"; [[ "${b}" == helm ]] && version_arg="version"
+    case "${b}" in
+        helm) version_arg="version" ;;
+        coredns) version_arg="-version" ;;
+        pause|containerd-shim-runc-v2) continue ;;  # no version flag: pause would sleep; the shim wants a socket
+        *) version_arg="--version" ;;
+    esac
     "${PARTIAL}/bin/${b}" "${version_arg}" >/dev/null 2>&1 || { log "built ${b} does not run"; exit 1; }
 done
 echo "${STAMP}" >"${PARTIAL}/VERSIONS"

@@ -7,6 +7,7 @@ import sys
 
 from featx import settings
 from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from
+from featx.cli.termination import report_termination
 
 EXAMPLES = """examples:
   featx extract --modelset smoke --dataset featx-sample
@@ -68,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
     failed = [o for o in summary.outcomes if o.status == "failed"]
     log.event("summary", committed=sum(o.status == "committed" for o in summary.outcomes),
               skipped=sum(o.status == "skipped" for o in summary.outcomes), failed=len(failed))
+    if failed:
+        report_termination("; ".join(f"{o.model}: {o.reason}" for o in failed))
     return summary.exit_code

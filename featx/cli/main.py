@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from featx import __version__, settings
+from featx.cli.termination import report_termination
 from featx.errors import EXIT_USAGE, FeatxError
 
 COMMANDS = ("featx.cli.extract", "featx.cli.models", "featx.cli.status", "featx.cli.kube", "featx.cli.align")
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.DEBUG:
             raise
         print(f"featx: error: {e}", file=sys.stderr)
+        report_termination(f"featx: error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
         print("featx: interrupted; nothing partial was committed", file=sys.stderr)

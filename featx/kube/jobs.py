@@ -109,6 +109,9 @@ def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> d
     else:  # a CPU class: the estimate is the memory the pod needs
         need = f"{-(-sizing.est_peak_bytes // 2**20)}Mi"
         resources.setdefault("requests", {})["memory"] = need
+    if c.container_memory_limit:  # the class's host memory: request = limit, so it always fits under
+        for kind in ("requests", "limits"):
+            resources.setdefault(kind, {})["memory"] = c.container_memory_limit
     selector = {**(pod.get("nodeSelector") or {}), **c.node_selector}
     if selector:
         pod["nodeSelector"] = selector

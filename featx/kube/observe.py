@@ -31,6 +31,7 @@ class ObservedJob:
     message: str = ""
     exit_code: int | None = None  # of the extraction container, when a pod says so
     pod_reason: str = ""  # terminated.reason: Completed, Error, OOMKilled, ...
+    pod_message: str = ""  # terminated.message: featx's one-line error (featx/cli/termination.py)
     deleting: bool = False
 
     @property
@@ -96,6 +97,7 @@ def observe_job(job: dict[str, Any], pods: Iterable[dict[str, Any]] = ()) -> Obs
         name=str(meta.get("name")), model_id=ann[A_MODEL_ID], stem=ann[A_STEM], attempt=attempt,
         gpu_class=str(lab.get(L_CLASS, "")), gpus=gpus, phase=phase, reason=reason,
         message=pod_message or message, exit_code=exit_code, pod_reason=pod_reason,
+        pod_message=pod_message.strip().splitlines()[-1] if pod_message.strip() else "",
         deleting=bool(meta.get("deletionTimestamp")))
 
 

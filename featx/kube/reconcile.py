@@ -112,7 +112,9 @@ def classify(job: ObservedJob, state: StoredState | None) -> Failure:
     code = f"exit code {job.exit_code}" if job.exit_code is not None else "no exit code"
     where = f" ({job.pod_reason})" if job.pod_reason and job.pod_reason not in ("Error",) else ""
     if job.reason == "PodFailurePolicy" or job.exit_code in PERMANENT_EXIT_CODES:
-        return Failure("permanent", f"cannot succeed on retry ({code}){said}")
+        # the store's failure record, else the container's termination message (featx's one line)
+        told = said or (f": {job.pod_message}" if job.pod_message else "")
+        return Failure("permanent", f"cannot succeed on retry ({code}){told}")
     if job.exit_code == EXIT_OOM or job.pod_reason == "OOMKilled":
         return Failure("oom", f"out of memory on {job.gpus}x {job.gpu_class} ({code}{where}){said}")
     if job.reason == "DeadlineExceeded":

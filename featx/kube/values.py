@@ -372,6 +372,7 @@ def job_template(values: dict[str, Any], app_version: str) -> dict[str, Any]:
             "image": image,
             "imagePullPolicy": values["image"].get("pullPolicy"),
             "command": ["featx", "extract"],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             "env": job_env(values),
             "securityContext": copy.deepcopy(values.get("containerSecurityContext")),
             "resources": copy.deepcopy(job.get("resources")),

@@ -53,6 +53,7 @@ class GpuClass:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
     enabled: bool = True
+    container_memory_limit: str = ""  # e.g. "64Gi": nodes of bigger GPUs have more host memory
 
     @property
     def is_cpu(self) -> bool:
@@ -68,7 +69,8 @@ class GpuClass:
         return cls(name=str(d["name"]), memory_mib=int(d["memoryMiB"]), resource=d.get("resource", "nvidia.com/gpu") or "",
                    max_per_node=int(d.get("maxPerNode", 1)), memory_label=d.get("memoryLabel", "nvidia.com/gpu.memory") or "",
                    node_selector=dict(d.get("nodeSelector") or {}),
-                   tolerations=tuple(dict(t) for t in d.get("tolerations") or ()), enabled=bool(d.get("enabled", True)))
+                   tolerations=tuple(dict(t) for t in d.get("tolerations") or ()), enabled=bool(d.get("enabled", True)),
+                   container_memory_limit=str(d.get("containerMemoryLimit") or ""))
 
 
 def load_classes(source: str | Path | Iterable[dict[str, Any]] | None = None) -> tuple[GpuClass, ...]:

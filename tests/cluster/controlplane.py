@@ -249,10 +249,17 @@ def start_cluster(
     bin_dir: Path | None = None,
     kubectl: Path | None = None,
     timeout: float = 120.0,
+    apiserver_bind_address: str | None = None,
+    apiserver_args: Mapping[str, str] | None = None,
+    cert_sans: Sequence[str] = (),
 ) -> Cluster:
     """Start a cluster named ``featx-test-<random>`` with everything under ``workdir``.
 
-    kube-apiserver, etcd and friends bind 127.0.0.1 on free ports. Returns once kwokctl reports
+    kube-apiserver, etcd and friends bind 127.0.0.1 on free ports and talk to each other there;
+    ``apiserver_bind_address`` moves kube-apiserver's listener (a real node's pods need an address
+    they can reach, see ``tests.cluster.node``), ``apiserver_args`` are added to its flags and
+    ``cert_sans`` to its certificate. kwok manages only
+    nodes annotated ``kwok.x-k8s.io/node: fake``, never a real node's pods. Returns once kwokctl reports
     the components ready and the ``default`` namespace has its ServiceAccount (the
     controller-manager works and pods can be created). On failure the partial cluster is removed
     and the error carries the tail of the component logs. The components run in their own
@@ -284,10 +291,23 @@ def start_cluster(
         if not os.access(path, os.X_OK):
             raise ControlPlaneError(f"missing binary {path}")
         options[key] = str(path)
+    if cert_sans:
+        options["kubeApiserverCertSANs"] = list(cert_sans)
+    # kwokctl's "override" replaces a flag it passes; without it a flag is appended.
+    patches = [{"name": "kwok-controller", "extraArgs": [
+        {"key": "manage-all-nodes", "value": "false", "override": True},
+        {"key": "manage-nodes-with-annotation-selector", "value": f"{FAKE_NODE_ANNOTATION}=fake"},
+    ]}]
+    apiserver_patch = [{"key": k, "value": v} for k, v in (apiserver_args or {}).items()]
+    if apiserver_bind_address:
+        apiserver_patch.append({"key": "bind-address", "value": apiserver_bind_address, "override": True})
+    if apiserver_patch:
+        patches.append({"name": "kube-apiserver", "extraArgs": apiserver_patch})
     kwokctl_config = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
         "options": options,
+        "componentsPatches": patches,
     }
     config_path = workdir / "kwokctl.yaml"
     config_path.write_text(yaml.safe_dump_all([kwokctl_config, *_stage_documents(bin_dir)], sort_keys=False))
@@ -540,8 +560,9 @@ class PodRunner:
     runs in its own directory under ``workdir``.
 
     When the process exits, the pod's status is patched like a kubelet would: phase
-    Succeeded/Failed and ``state.terminated`` (reason Completed, Error, or OOMKilled for exit
-    code 137). A command that cannot start ends as exit code 128, reason StartError. A pod that
+    Succeeded/Failed and ``state.terminated`` (reason Completed or Error; never OOMKilled: a
+    killed process says nothing of why, and only a real node's kernel knows, see
+    ``tests.cluster.node``). A command that cannot start ends as exit code 128, reason StartError. A pod that
     is deleted while running gets SIGTERM, then SIGKILL after its grace period (at most 10 s).
     Output (stdout and stderr together) is kept in ``logs[pod_name]`` since there is no kubelet
     log endpoint; ``results[pod_name]`` holds :class:`PodResult`.
@@ -717,7 +738,7 @@ class PodRunner:
         with self._lock:
             self._procs.pop(name, None)
         exit_code = 128 - code if code < 0 else code  # killed by signal N -> 128 + N
-        reason = "Completed" if exit_code == 0 else "OOMKilled" if exit_code == 137 else "Error"
+        reason = "Completed" if exit_code == 0 else "Error"
         self._finish(pod, argv, exit_code, reason, started)
 
     def _finish(self, pod: client.V1Pod, argv: list[str], exit_code: int, reason: str, started: _dt.datetime) -> None:

@@ -196,5 +196,7 @@ def test_pod_runner_resolves_env_and_maps_command(
     assert seen == [["featx", "extract", "--model", "gpt2"]]
     result = runner.wait_for_result(name, 5)
     assert runner.logs[name] == f"s3cr3t {name} {k8s_namespace} gpt2 caller\n"
-    assert (result.exit_code, result.reason) == (137, "OOMKilled")
-    assert pod.status.container_statuses[0].state.terminated.reason == "OOMKilled"
+    # Killed by a signal is exit 128 + 9, and no more: only a kernel's OOM killer on a real node
+    # says OOMKilled (tests/e2e).
+    assert (result.exit_code, result.reason) == (137, "Error")
+    assert pod.status.container_statuses[0].state.terminated.reason == "Error"

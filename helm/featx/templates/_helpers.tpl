@@ -146,6 +146,8 @@ podSpec:
       image: {{ include "featx.image" . | toJson }}
       imagePullPolicy: {{ .Values.image.pullPolicy | toJson }}
       command: ["featx", "extract"]
+      # The controller's give-up reason and `kubectl describe` carry featx's one-line error.
+      terminationMessagePolicy: FallbackToLogsOnError
       env:
         {{- include "featx.jobEnv" . | nindent 8 }}
       securityContext: {{ .Values.containerSecurityContext | toJson }}

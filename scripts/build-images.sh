@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Build the images a local cluster runs, skipping each one whose inputs have not changed:
+#
+#   featx-cpu:dev        docker/Dockerfile.cpu (`make image-cpu`)
+#   featx.local/pause:1  the pod sandbox image of the real test node (`pause` from
+#                        scripts/build-control-plane.sh, FROM scratch); only with --node
+#
+# Each image carries the label featx.io/inputs = sha256 of what goes into it (Dockerfile, pins,
+# featx's sources, README, build arguments, base image id). A matching image is kept; the Docker
+# engine's layer cache (outside the checkout) makes a rebuild after a source change take about a
+# minute: the pip layer depends only on requirements.txt. The last stdout line is the featx image.
+#
+# Settings (environment):
+#   IMAGE=featx-cpu:dev
+#   BASE_IMAGE             the Dockerfile's default (official python:3.11-slim) unless FEATX_LOCAL_BASE=1
+#   FEATX_LOCAL_BASE=1     no registry: make the base from Debian packages (scripts/build-base-images.sh)
+#   TORCH_INDEX_URL        passed to the build (empty: PyPI's torch wheels)
+#   EXTRA_CA_CERT_FILE     PEM file(s) of a TLS-intercepting proxy's CA, for pip inside the build;
+#                          the final image never holds it
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${ROOT}"
+IMAGE="${IMAGE:-featx-cpu:dev}"
+PAUSE_IMAGE="featx.local/pause:1"
+
+log() { echo "[build-images] $*" >&2; }
+die() { echo "build-images: $*" >&2; exit 1; }
+inputs_of() { docker image inspect -f '{{ index .Config.Labels "featx.io/inputs" }}' "$1" 2>/dev/null || true; }
+
+docker info >/dev/null 2>&1 || die "the Docker engine does not answer; start it (scripts/ensure-dockerd.sh) and retry"
+
+build_args=()
+if [[ "${FEATX_LOCAL_BASE:-0}" == 1 ]]; then
+    BASE_IMAGE="$(bash scripts/build-base-images.sh | tail -n1)"
+fi
+[[ -n "${BASE_IMAGE:-}" ]] && build_args+=(--build-arg "BASE_IMAGE=${BASE_IMAGE}")
+[[ -v TORCH_INDEX_URL ]] && build_args+=(--build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL}")
+extra_ca=""
+if [[ -n "${EXTRA_CA_CERT_FILE:-}" ]]; then
+    # shellcheck disable=SC2086  # a glob such as /usr/local/share/ca-certificates/*.crt is allowed
+    extra_ca="$(cat ${EXTRA_CA_CERT_FILE})" || die "cannot read EXTRA_CA_CERT_FILE=${EXTRA_CA_CERT_FILE}"
+    build_args+=(--build-arg "EXTRA_CA_CERT=${extra_ca}")
+fi
+
+base_id=""
+if [[ -n "${BASE_IMAGE:-}" ]]; then
+    base_id="$(docker image inspect -f '{{ .Id }}' "${BASE_IMAGE}" 2>/dev/null || echo "${BASE_IMAGE}")"
+fi
+inputs="$(
+    {
+        git ls-files -z -co --exclude-standard -- docker/Dockerfile.cpu requirements.txt pyproject.toml README.md featx 2>/dev/null \
+            | sort -z | xargs -0 sha256sum
+        printf 'base=%s torch_index=%s ca=%s\n' "${base_id}" "${TORCH_INDEX_URL-default}" \
+            "$(printf '%s' "${extra_ca}" | sha256sum | cut -c1-16)"
+    } | sha256sum | cut -c1-32
+)"
+if [[ "$(inputs_of "${IMAGE}")" == "${inputs}" ]]; then
+    log "have ${IMAGE} (inputs ${inputs})"
+else
+    log "docker build -f docker/Dockerfile.cpu -t ${IMAGE} . (inputs ${inputs}; cold: about 7 min)"
+    start=${SECONDS}
+    DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -f docker/Dockerfile.cpu -t "${IMAGE}" \
+        --label "featx.io/inputs=${inputs}" ${build_args[@]+"${build_args[@]}"} . >&2
+    log "built ${IMAGE} in $((SECONDS - start)) s"
+fi
+
+if [[ "${1:-}" == --node ]]; then
+    bin_dir="$(bash scripts/build-control-plane.sh | tail -n1)"
+    pause_inputs="$(sha256sum "${bin_dir}/pause" | cut -c1-32)"
+    if [[ "$(inputs_of "${PAUSE_IMAGE}")" == "${pause_inputs}" ]]; then
+        log "have ${PAUSE_IMAGE}"
+    else
+        ctx="$(mktemp -d /tmp/featx-pause.XXXXXX)"
+        cp "${bin_dir}/pause" "${ctx}/pause"
+        printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' >"${ctx}/Dockerfile"
+        DOCKER_BUILDKIT=0 docker build -q -t "${PAUSE_IMAGE}" --label "featx.io/inputs=${pause_inputs}" "${ctx}" >/dev/null
+        rm -rf "${ctx}"
+        log "built ${PAUSE_IMAGE}"
+    fi
+fi
+echo "${IMAGE}"

@@ -1,0 +1,198 @@
+"""featx's images as real pods: the smoke modelset through scripts/local-deploy.sh, then faults a
+container decides (the kernel's OOM killer, a killed or deleted pod, a model that does not exist).
+
+What only a real node shows, and is asserted here: the image's user and read-only root, Pod
+Security admission of the real pod specs, memory limits enforced by the kernel (``OOMKilled``),
+``kubectl logs`` through the kubelet, termination messages, in-cluster DNS and Services (the
+controller reaches the API server and SeaweedFS from its pod).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.controlplane import wait_until
+from tests.e2e.conftest import NS, STORE, Kubectl, install_release, s3_env
+from tests.helpers import REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.k8s]
+
+SMOKE = 18
+ROWS = 64  # featx-sample
+CAPTURED = Path(__file__).parent / "captured-logs.txt"  # the lines the README's troubleshooting table quotes
+
+
+def featx_on_host(kubectl: Kubectl, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "featx.cli.main", *args], capture_output=True, text=True,
+                          env=kubectl.env | s3_env(kubectl), timeout=300, cwd=REPO)
+
+
+def load_all(kubectl: Kubectl, store: str, models: list[str]) -> dict[str, tuple[int, ...]]:
+    """Each model's file read back from the in-cluster store by featx.load (sha256 checked)."""
+    code = (
+        "import sys, json, featx\n"
+        "out = {m: list(featx.load(m, sys.argv[1], dataset='featx-sample', subset='default').feats.shape)"
+        " for m in sys.argv[2:]}\n"
+        "print(json.dumps(out))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, store, *models], capture_output=True, text=True,
+                       env=kubectl.env | s3_env(kubectl), timeout=600, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
+    import json
+
+    return {k: tuple(v) for k, v in json.loads(p.stdout).items()}
+
+
+def pod_of(kubectl: Kubectl, ns: str, model_label: str, attempt: int) -> dict[str, Any] | None:
+    pods = kubectl.json("-n", ns, "get", "pods", "-l", f"featx.io/model={model_label},featx.io/attempt={attempt}")
+    return pods["items"][0] if pods["items"] else None
+
+
+def terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        if cs["name"] == "extract" and "terminated" in (cs.get("state") or {}):
+            return cs["state"]["terminated"]
+    return None
+
+
+# -- the smoke modelset, deployed as `make local-kind` does ---------------------------------------
+
+
+def test_local_deploy_brings_every_smoke_model_to_done(deployed):
+    proc = deployed.proc
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = [line for line in proc.stdout.splitlines() if line.startswith("done=")][-1]
+    assert f"done={SMOKE}" in last and "failed=0" in last and "missing=0" in last, last
+
+
+def test_the_namespace_enforces_pod_security_restricted(kubectl, deployed):
+    privileged = kubectl("-n", NS, "run", "privileged", "--image=featx-cpu:dev", "--image-pull-policy=Never",
+                         "--dry-run=server", "--overrides",
+                         '{"spec": {"containers": [{"name": "privileged", "image": "featx-cpu:dev",'
+                         ' "securityContext": {"privileged": true}}]}}', check=False)
+    assert 'violates PodSecurity "restricted:latest"' in privileged, privileged
+
+
+def test_controller_is_the_charts_deployment_running_as_the_images_user(kubectl, deployed):
+    deploy = kubectl.json("-n", NS, "get", "deploy", "featx")
+    assert deploy["status"].get("readyReplicas") == 1
+    (pod,) = kubectl.json("-n", NS, "get", "pods", "-l", "app.kubernetes.io/component=controller")["items"]
+    assert pod["spec"]["nodeName"] == "featx-node" and pod["status"]["phase"] == "Running"
+    assert pod["spec"]["serviceAccountName"] == "featx"
+    assert kubectl("-n", NS, "exec", "deploy/featx", "--", "id", "-u").strip() == "10001"
+    write = kubectl("-n", NS, "exec", "deploy/featx", "--", "touch", "/opt/venv/x", check=False)
+    assert "Read-only file system" in write, write
+
+
+def test_jobs_ran_on_the_real_node_with_a_gpu_request(deployed):
+    pods = list(deployed.pods.values())
+    assert len({p["metadata"]["labels"]["featx.io/model"] for p in pods}) == SMOKE
+    assert {p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName")} == {"featx-node"}
+    for pod in pods:
+        container = pod["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert pod["metadata"]["labels"]["featx.io/gpu-class"] == "h200-141gb"
+    done = [terminated(p) for p in pods if p["status"].get("phase") == "Succeeded"]
+    assert done and all(t is not None and t["exitCode"] == 0 for t in done)
+
+
+def test_featx_status_agrees_and_every_file_loads_with_its_checksum(kubectl, deployed):
+    in_pod = kubectl("-n", NS, "exec", "deploy/featx", "--", "featx", "status", "--store", STORE,
+                     "--modelset", "smoke", "--dataset", "featx-sample", "--json")
+    import json
+
+    rows = json.loads(in_pod)
+    assert [r["state"] for r in rows] == ["done"] * SMOKE
+    on_host = featx_on_host(kubectl, "status", "--store", STORE, "--modelset", "smoke", "--dataset",
+                            "featx-sample", "--json")
+    assert on_host.returncode == 0, on_host.stderr
+    assert {r["id"]: r["state"] for r in json.loads(on_host.stdout)} == {r["id"]: "done" for r in rows}
+    shapes = load_all(kubectl, STORE, [r["id"] for r in rows])
+    assert {s[0] for s in shapes.values()} == {ROWS}, shapes
+
+
+def test_kubectl_logs_show_the_lines_the_readme_promises(kubectl, deployed):
+    controller = kubectl("-n", NS, "logs", "deploy/featx")
+    assert re.search(r"\bcreate\b.*model=featx-smoke/gpt2", controller), controller[-2000:]
+    assert re.search(r"\bdelete\b.*model is committed", controller), controller[-2000:]
+    assert deployed.logs, "no `kubectl logs job/<job>` was taken before the controller deleted the Jobs"
+    job, extract = sorted(deployed.logs.items())[0]
+    assert '"event": "start"' in extract and '"event": "committed"' in extract, extract[-2000:]
+    CAPTURED.write_text(
+        "# kubectl -n featx logs deploy/featx (first lines)\n" + "\n".join(controller.splitlines()[:8])
+        + f"\n# kubectl -n featx logs job/{job}\n" + extract
+    )
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+def test_a_container_over_its_memory_limit_is_oomkilled_and_retried_on_a_larger_class(kubectl, deployed, tmp_path):
+    classes = [
+        {"name": "small", "enabled": True, "memoryMiB": 100000, "resource": "nvidia.com/gpu", "maxPerNode": 8,
+         "memoryLabel": "nvidia.com/gpu.memory", "containerMemoryLimit": "200Mi"},
+        {"name": "large", "enabled": True, "memoryMiB": 143771, "resource": "nvidia.com/gpu", "maxPerNode": 8,
+         "memoryLabel": "nvidia.com/gpu.memory", "containerMemoryLimit": "3Gi"},
+    ]
+    rel = install_release(kubectl, "featx-oom", ["featx-smoke/gpt2"], {"gpuClasses": classes, "attempts": 3}, tmp_path)
+    rel.wait(lambda s: s == {"featx-smoke/gpt2": "done"}, 600, "gpt2 done after an OOM")
+    first = pod_of(kubectl, rel.namespace, "featx-smoke_gpt2", 1)
+    assert first is not None and first["metadata"]["labels"]["featx.io/gpu-class"] == "small"
+    assert (terminated(first)["reason"], terminated(first)["exitCode"]) == ("OOMKilled", 137)
+    second = pod_of(kubectl, rel.namespace, "featx-smoke_gpt2", 2)
+    assert second is not None and second["metadata"]["labels"]["featx.io/gpu-class"] == "large"
+    assert second["spec"]["containers"][0]["resources"]["limits"]["memory"] == "3Gi"
+    assert re.search(r"\bretry\b.*gpu_class=large", rel.controller_log())
+    assert load_all(kubectl, f"s3://featx-features/{rel.prefix}", ["featx-smoke/gpt2"])["featx-smoke/gpt2"][0] == ROWS
+
+
+def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubectl, deployed, local_cluster, tmp_path):
+    models = ["featx-smoke/gpt2", "featx-smoke/opt", "featx-test/no-such-model"]
+    rel = install_release(kubectl, "featx-faults", models, {"concurrency": 3, "attempts": 3}, tmp_path)
+
+    def started(label: str) -> dict[str, Any] | None:
+        pod = pod_of(kubectl, rel.namespace, label, 1)
+        if pod is None or pod["status"].get("phase") != "Running":
+            return None
+        log = kubectl("-n", rel.namespace, "logs", pod["metadata"]["name"], check=False)
+        return pod if '"event": "start"' in log else None
+
+    # SIGKILL the container's process (no OOM): an ordinary retry on the same class.
+    pod = wait_until(lambda: started("featx-smoke_gpt2"), 300, "gpt2's first pod to start extracting", 0.5)
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    local_cluster.node.ctr("tasks", "kill", "-s", "SIGKILL", container_id)
+    # Delete the pod while it extracts (what `kubectl delete` and node drains do): retried too.
+    pod = wait_until(lambda: started("featx-smoke_opt"), 300, "opt's first pod to start extracting", 0.5)
+    kubectl("-n", rel.namespace, "delete", "pod", pod["metadata"]["name"], "--wait=false")
+
+    rel.wait(lambda s: s == {"featx-smoke/gpt2": "done", "featx-smoke/opt": "done",
+                             "featx-test/no-such-model": "failed"}, 600, "two models done, one failed")
+    killed = terminated(pod_of(kubectl, rel.namespace, "featx-smoke_gpt2", 1))
+    assert killed is not None and (killed["exitCode"], killed["reason"]) == (137, "Error")
+    for label in ("featx-smoke_gpt2", "featx-smoke_opt"):
+        retry = pod_of(kubectl, rel.namespace, label, 2)
+        assert retry is not None and retry["metadata"]["labels"]["featx.io/gpu-class"] == "cpu"
+    shapes = load_all(kubectl, f"s3://featx-features/{rel.prefix}", models[:2])
+    assert {s[0] for s in shapes.values()} == {ROWS}
+
+    # The missing model: one attempt, Failed by the podFailurePolicy, featx's line everywhere.
+    jobs = [j for j in rel.jobs() if j["metadata"]["annotations"]["featx.io/model-id"] == models[2]]
+    assert len(jobs) == 1
+    (failed,) = [c for c in jobs[0]["status"]["conditions"] if c["type"] == "Failed"]
+    assert failed["reason"] == "PodFailurePolicy"
+    pod = pod_of(kubectl, rel.namespace, "featx-test_no-such-model", 1)
+    message = terminated(pod)["message"]
+    assert "featx-test/no-such-model" in message and "exit code" not in message, message
+    (row,) = [r for r in rel.status() if r["id"] == models[2]]
+    assert row["reason"] and row["attempts"] == 1
+    give_up = [line for line in rel.controller_log().splitlines() if "give-up" in line]
+    assert give_up and "featx-test/no-such-model" in give_up[0] and "cannot succeed on retry" in give_up[0]
+    assert message.strip().splitlines()[-1][:60] in give_up[0], (message, give_up)
