@@ -96,8 +96,7 @@ def run_align(args: argparse.Namespace) -> int:
     from featx.cli.options import open_store_from
     from featx.errors import UsageError
     from featx.data.datasets import dataset_naming
-    from featx.store.keys import pool_for
-    from featx.store import ArtifactKey
+    from featx.pipeline.keys import artifact_key
 
     metrics = list(dict.fromkeys(args.metric))
     if args.topk < 1:
@@ -110,8 +109,7 @@ def run_align(args: argparse.Namespace) -> int:
     sides = []
     for value, pool in ((args.x, args.pool_x), (args.y, args.pool_y)):
         label, specs = _side(value, args.modelset, args.models)
-        entries = [Entry(s, ArtifactKey(dataset, subset, s.file_name, pool_for(s, pool),
-                                        args.caption_idx if s.modality == "language" else 0, args.format))
+        entries = [Entry(s, artifact_key(s, args.dataset, args.subset, pool, args.caption_idx, args.format))
                    for s in specs]
         pools = sorted({e.key.pool for e in entries})
         sides.append(Side(label, pool or (pools[0] if len(pools) == 1 else "default"), entries))

@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from featx.data import load_rows
     from featx.errors import UsageError
     from featx.extract.runner import ExtractOptions, Runner
-    from featx.store.keys import pool_for
     from featx.logs import EventLog
 
     for name in ("batch_size", "token_budget", "num_samples"):
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if not specs:
         raise UsageError("no models selected: check --modelset/--models and --modality")
     for spec in specs:
-        pool_for(spec, args.pool)
+        spec.pool_for(args.pool)
     store = open_store_from(args)
     store.check()
     rows = load_rows(args.dataset, args.subset, args.caption_idx, args.num_samples)

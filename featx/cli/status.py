@@ -25,20 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def model_states(args: argparse.Namespace) -> list[dict]:
     """One row per selected model: id, key, state, reason, attempts (pure over a store scan)."""
     from featx.catalog import resolve
-    from featx.store import ArtifactKey
-    from featx.data.datasets import dataset_naming
-    from featx.store.keys import pool_for
+    from featx.pipeline.keys import artifact_key, dataset_prefix
 
     specs = resolve(args.modelset, args.models, args.modality)
     store = open_store_from(args)
     store.check()
-    dataset, subset = dataset_naming(args.dataset, args.subset)
-    states = store.scan(f"{dataset}/{subset}/")
+    states = store.scan(dataset_prefix(args.dataset, args.subset))
     rows = []
     for spec in specs:
-        pool = pool_for(spec, args.pool)
-        key = ArtifactKey(dataset, subset, spec.file_name, pool,
-                          args.caption_idx if spec.modality == "language" else 0, args.format)
+        key = artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format)
         st = states.get(key.stem)
         rows.append({"id": spec.id, "modality": spec.modality, "state": st.state if st else "missing",
                      "reason": (st.reason if st else ""), "attempts": st.failure.attempt if st and st.failure else 0,

@@ -20,8 +20,8 @@ from featx.extract.loading import Loaded, load_language, load_vision, pick_devic
 from featx.logs import EventLog, Progress
 from featx.plan.batching import images_per_batch
 from featx.plan.memory import ModelShape, estimate_dtype, token_budget
+from featx.pipeline.keys import artifact_key, dataset_prefix
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
-from featx.store.keys import pool_for
 from featx.store.formats import write_tensors
 
 # On CPU ~1k tokens per batch is about as fast as 8k (within +-13% either way over two benchmark
@@ -78,11 +78,6 @@ class RunSummary:
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
 
 
-def artifact_key(spec: ModelSpec, rows: Rows, opts: ExtractOptions, caption_idx: int) -> ArtifactKey:
-    cid = caption_idx if spec.modality == "language" else 0  # the reference names vision files without it
-    return ArtifactKey(rows.name, rows.subset, spec.file_name, pool_for(spec, opts.pool), cid, opts.fmt)
-
-
 def _failure_kind(exc: BaseException) -> str:
     if isinstance(exc, OutOfMemoryError):
         return "oom"
@@ -136,11 +131,11 @@ class Runner:
 
     def run(self, specs: list[ModelSpec]) -> RunSummary:
         for spec in specs:  # refuse bad pools before any work
-            pool_for(spec, self.opts.pool)
+            spec.pool_for(self.opts.pool)
         summary = RunSummary()
-        states = self.store.scan(f"{self.rows.name}/{self.rows.subset}/")
+        states = self.store.scan(dataset_prefix(self.rows.source, self.rows.subset))
         for spec in specs:
-            key = artifact_key(spec, self.rows, self.opts, self.caption_idx)
+            key = artifact_key(spec, self.rows.source, self.rows.subset, self.opts.pool, self.caption_idx, self.opts.fmt)
             state = states.get(key.stem)
             if state and state.state == "done" and not self.opts.force_remake:
                 self.log.event("skipped", model=spec.id, reason="already committed", where=f"{self.store.url}/{key.data}")
@@ -211,7 +206,7 @@ class Runner:
             manifest = Manifest(
                 model_id=spec.id, modality=spec.modality, dataset=self.rows.name, subset=self.rows.subset,
                 rows_fingerprint=self.fingerprint, num_rows=len(self.rows), pool=key.pool,
-                caption_idx=self.caption_idx if spec.modality == "language" else 0, format=self.opts.fmt,
+                caption_idx=key.caption_idx, format=self.opts.fmt,
                 data_key=key.data, sha256=sha256_file(path), size=path.stat().st_size, shape=list(feats.shape),
                 dtype=str(feats.dtype).removeprefix("torch."), featx_version=__version__,
                 model_revision=loaded.revision, dataset_revision=self.rows.revision,
