@@ -4,8 +4,10 @@ alignment vs. model size, one HTML page)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
+from typing import Callable
 
 from featx import settings
 from featx.cli.options import add_store, flag
@@ -23,6 +25,8 @@ ALIGN_EXAMPLES = """examples:
 --x/--y: a modality (language, vision, all) of --modelset/--models, a modelset name or YAML file
 (all its models), or MODELSET:MODALITY. The side's name in the output path is MODELSET-MODALITY
 (just MODELSET for all), e.g. results/alignment/minhuh/prh/wit_1024/val-language_pool-avg_val-vision_pool-cls/mutual_knn_k10.npy
+With a bare modality and no --modelset/--models, a side is the models of that modality the store
+holds for --dataset/--subset, named "stored" (stored-language, stored-vision).
 """
 
 
@@ -32,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("which models")
     flag(g, "x", default="language", metavar="SPEC", help="first side: MODALITY | MODELSET | MODELSET:MODALITY (default language)")
     flag(g, "y", default="vision", metavar="SPEC", help="second side (default vision)")
-    flag(g, "modelset", default=None, help="modelset for bare modalities in --x/--y (default custom)")
+    flag(g, "modelset", default=None,
+         help="modelset for bare modalities in --x/--y (default: the models the store holds for --dataset/--subset)")
     flag(g, "models", nargs="+", metavar="ID", help="model ids instead of --modelset for bare modalities")
     g = p.add_argument_group("data (as extracted)")
     flag(g, "dataset", default=settings.DEFAULT_DATASET, help="HF data set id (prh = minhuh/prh), featx-sample, or a local directory")
@@ -60,15 +65,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(run=run_report)
 
 
-def _side(value: str, modelset: str | None, models: list[str] | None):
-    """(label, specs) of one side."""
+STORED_LABEL = "stored"
+
+
+def _side(value: str, modelset: str | None, models: list[str] | None, stored: Callable[[str], list]):
+    """(label, specs) of one side; ``stored(modality)`` gives the store's models when none are named."""
     from featx.align.run import models_label, side_label
     from featx.catalog import load_modelset, resolve
     from featx.errors import UsageError
 
     if value in MODALITY_WORDS:
-        specs = resolve(modelset, models, value)
-        base = models_label([s.id for s in resolve(None, models)]) if models else _set_name(modelset or "custom")
+        if models:
+            specs, base = resolve(None, models, value), models_label([s.id for s in resolve(None, models)])
+        elif modelset:
+            specs, base = resolve(modelset, None, value), _set_name(modelset)
+        else:
+            specs, base = stored(value), STORED_LABEL
         label = side_label(base, value)
     else:
         name, modality = value, "all"
@@ -96,7 +108,8 @@ def run_align(args: argparse.Namespace) -> int:
     from featx.cli.options import open_store_from
     from featx.errors import UsageError
     from featx.data.datasets import dataset_naming
-    from featx.pipeline.keys import artifact_key
+    from featx.pipeline.keys import artifact_key, dataset_prefix
+    from featx.pipeline.stored import describe, stored_models
 
     metrics = list(dict.fromkeys(args.metric))
     if args.topk < 1:
@@ -106,9 +119,17 @@ def run_align(args: argparse.Namespace) -> int:
     dataset, subset = dataset_naming(args.dataset, args.subset)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"featx align: {msg}", file=sys.stderr))
 
+    store = open_store_from(args)
+    states = functools.cache(lambda: store.scan(dataset_prefix(args.dataset, args.subset)))  # one listing at most
+
+    def stored(modality: str, pool: str | None) -> list:
+        specs = stored_models(states(), args.dataset, args.subset, modality, pool, args.caption_idx, args.format)
+        log(describe(specs, args.dataset, args.subset))
+        return specs
+
     sides = []
     for value, pool in ((args.x, args.pool_x), (args.y, args.pool_y)):
-        label, specs = _side(value, args.modelset, args.models)
+        label, specs = _side(value, args.modelset, args.models, lambda modality: stored(modality, pool))
         entries = [Entry(s, artifact_key(s, args.dataset, args.subset, pool, args.caption_idx, args.format))
                    for s in specs]
         pools = sorted({e.key.pool for e in entries})
@@ -116,7 +137,6 @@ def run_align(args: argparse.Namespace) -> int:
     x, y = sides
     everything = x.entries + y.entries
 
-    store = open_store_from(args)
     where = f" --store {args.store}" if args.store else (f" --output_dir {args.output_dir}" if args.output_dir else "")
     hint = f" --dataset {args.dataset}" + (f" --subset {args.subset}" if args.subset else "") + where
     check_committed(store, everything, hint)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show which models are committed in a store")
-    add_selection(p)
+    add_selection(p, default="the models the store holds for --dataset/--subset")
     add_data(p)
     add_store(p)
     flag(p, "format", choices=["pt", "safetensors"], default="pt")
@@ -26,11 +27,16 @@ def model_states(args: argparse.Namespace) -> list[dict]:
     """One row per selected model: id, key, state, reason, attempts (pure over a store scan)."""
     from featx.catalog import resolve
     from featx.pipeline.keys import artifact_key, dataset_prefix
+    from featx.pipeline.stored import describe, stored_models
 
-    specs = resolve(args.modelset, args.models, args.modality)
     store = open_store_from(args)
     store.check()
     states = store.scan(dataset_prefix(args.dataset, args.subset))
+    if args.modelset or args.models:
+        specs = resolve(args.modelset, args.models, args.modality)
+    else:
+        specs = stored_models(states, args.dataset, args.subset, args.modality, args.pool, args.caption_idx, args.format)
+        print(f"featx status: {describe(specs, args.dataset, args.subset)}", file=sys.stderr)
     rows = []
     for spec in specs:
         key = artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format)
