@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from featx.store.records import now_iso
+from featx.clock import now_iso
 
 FORMATS = ("text", "json")
 

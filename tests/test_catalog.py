@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from featx.catalog import catalog, load_modelset
-from featx.catalog.check import CheckResult, HubAdapter, HubInfo, check_models
+from featx.catalog.check import CheckResult, check_models
+from featx.catalog.hub import HubAdapter, HubInfo
 from featx.catalog.registry import MODELSETS_DIR, builtin_modelsets
 from featx.catalog.spec import ModelSpec
 from featx.errors import TransientError, UsageError
@@ -270,7 +271,7 @@ def test_gated_orgs_marked_gated(model_id):
 
 def test_catalog_imports_without_torch():
     code = (
-        "import sys, featx.catalog, featx.catalog.check; "
+        "import sys, featx.catalog, featx.catalog.check, featx.catalog.hub; "
         "featx.catalog.catalog(); "
         "bad = [m for m in ('torch', 'transformers', 'timm') if m in sys.modules]; "
         "assert not bad, bad"

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from featx.clock import now_iso
+
 State = Literal["done", "failed", "missing", "corrupt"]
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass
