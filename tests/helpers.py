@@ -34,6 +34,22 @@ def run_cli(*args: str) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+def find_helm() -> str:
+    """helm from $FEATX_HELM, PATH, or scripts/build-control-plane.sh's cache (built on first use)."""
+    import glob
+    import shutil
+
+    found = os.environ.get("FEATX_HELM") or shutil.which("helm")
+    if found:
+        return found
+    cached = sorted(glob.glob(str(Path.home() / ".cache/featx/tools/*/bin/helm")))
+    if cached:
+        return cached[-1]
+    from tests.cluster.controlplane import find_bin_dir  # builds the tools on a cold machine
+
+    return str(find_bin_dir() / "helm")
+
+
 def run_featx(*args: str, env: dict | None = None, timeout: int = 600) -> CliResult:
     """``featx ARGS`` as its own process, as a user or a Job runs it."""
     p = subprocess.run([FEATX, *args], capture_output=True, text=True, timeout=timeout,
