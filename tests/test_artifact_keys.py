@@ -81,3 +81,10 @@ def test_the_controller_names_artifacts_with_the_same_rule(dataset, subset, stem
                                   "jobTemplate": {}})
     (desired,) = config.desired()
     assert desired.key == key
+
+
+def test_rows_without_a_data_set_id_cannot_name_an_artifact():
+    from featx.errors import UsageError
+
+    with pytest.raises(UsageError, match="--dataset is empty"):
+        artifact_key(get_spec(GPT2), "")

@@ -134,6 +134,8 @@ def dataset_naming(dataset: str, subset: str | None) -> tuple[str, str]:
     """(name, subset) of a data set id as they appear in artifact paths: the HF id (``prh``
     resolved) with its revision, or a local directory's base name with ``default``. Pure: the
     controller and ``featx status`` name a run's files without loading its data."""
+    if not dataset:
+        raise UsageError("--dataset is empty: give an HF id (minhuh/prh), prh, featx-sample or a local path")
     if dataset == SAMPLE_NAME:
         return SAMPLE_NAME, subset or "default"
     path = Path(dataset).expanduser()
