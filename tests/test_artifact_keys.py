@@ -44,7 +44,8 @@ def offline_hub(monkeypatch, local_set):
 
 @pytest.mark.parametrize("given,written", [("prh", "minhuh/prh"), ("minhuh/prh", "minhuh/prh")])
 def test_load_reads_what_extract_wrote_for_hub_ids_and_aliases(tmp_path, offline_hub, given, written):
-    r = run_cli("extract", "--models", GPT2, VIT, "--dataset", given, "--output_dir", str(tmp_path), "--num_workers", "0")
+    r = run_cli("extract", "--models", GPT2, VIT, "--dataset", given, "--output_dir", str(tmp_path),
+                "--num_workers", "0")
     assert r.code == 0, r.err
     assert offline_hub == [("minhuh/prh", "wit_1024", "train")]
     assert (tmp_path / written / "wit_1024" / "featx-smoke_gpt2_pool-avg.pt").is_file()

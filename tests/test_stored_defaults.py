@@ -27,7 +27,8 @@ def test_status_without_a_modelset_lists_what_the_store_holds(store):
     assert {(row["id"], row["state"]) for row in json.loads(r.out)} == {(m, "done") for m in MODELS}
     assert r.err.strip() == ("featx status: no --modelset/--models: using the 3 models (2 language, 1 vision) "
                              "the store holds under featx-sample/default/")
-    vision = run_cli("status", "--dataset", "featx-sample", "--modality", "vision", "--output_dir", str(store), "--json")
+    vision = run_cli("status", "--dataset", "featx-sample", "--modality", "vision", "--output_dir", str(store),
+                     "--json")
     assert [row["id"] for row in json.loads(vision.out)] == ["featx-smoke/vit"]
 
 
@@ -48,7 +49,7 @@ def test_align_without_a_modelset_pairs_the_stored_models(store, tmp_path):
     r = run_cli("align", "--dataset", "featx-sample", "--output_dir", str(store), "--out", str(tmp_path),
                 "--device", "cpu", "--topk", "5")
     assert r.code == 0, r.err
-    npy = tmp_path / "featx-sample" / "default" / "stored-language_pool-avg_stored-vision_pool-cls" / "mutual_knn_k5.npy"
+    npy = tmp_path / "featx-sample/default/stored-language_pool-avg_stored-vision_pool-cls/mutual_knn_k5.npy"
     assert str(npy) in r.out.splitlines()
     assert "using the 2 models (2 language) the store holds" in r.err
     assert "using the 1 model (1 vision) the store holds" in r.err

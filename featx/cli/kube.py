@@ -34,7 +34,7 @@ def _add_values(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("render", help="print the Job manifests of a run as a YAML stream (no cluster needed)",
+    p = sub.add_parser("render", help="print a run's Job manifests as YAML (runs helm template; no cluster needed)",
                        epilog=RENDER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     flag(p, "modelset", help="overrides the values' modelset: a built-in name")
     flag(p, "models", nargs="+", metavar="ID", help="overrides the values' modelset: these ids")
