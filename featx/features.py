@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from featx import settings
 from featx.catalog import get_spec
+from featx.pipeline.keys import artifact_key
 from featx.store import ArtifactKey, Manifest, Store, open_store
 from featx.store.formats import read_tensors
 
@@ -31,14 +33,11 @@ def load_key(store: Store, key: ArtifactKey) -> Features:
         return Features(read_tensors(dest, manifest.format), manifest)
 
 
-def load(model: str, store: str | Store | None = None, *, dataset: str = "minhuh/prh", subset: str = "wit_1024",
-         pool: str | None = None, caption_idx: int = 0, fmt: str = "pt") -> Features:
+def load(model: str, store: str | Store | None = None, *, dataset: str = settings.DEFAULT_DATASET,
+         subset: str | None = None, pool: str | None = None, caption_idx: int = 0, fmt: str = "pt") -> Features:
     """Features of ``model`` from ``store`` (a URL, directory or Store), checked against the
-    manifest's sha256. ``pool`` defaults to avg for language and cls for vision models."""
-    from featx.store.keys import pool_for
-
-    spec = get_spec(model)
+    manifest's sha256. ``dataset``/``subset`` as given to ``featx extract`` (an HF id, ``prh``,
+    featx-sample or a local path; subset None: that data set's default); ``pool`` defaults to avg
+    for language and cls for vision models."""
     st = store if isinstance(store, Store) else open_store(store)
-    key = ArtifactKey(dataset, subset, spec.file_name, pool_for(spec, pool),
-                      caption_idx if spec.modality == "language" else 0, fmt)
-    return load_key(st, key)
+    return load_key(st, artifact_key(get_spec(model), dataset, subset, pool, caption_idx, fmt))

@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from featx.store.records import now_iso
+from featx import settings
+from featx.clock import now_iso
 
 FORMATS = ("text", "json")
 
@@ -41,8 +42,9 @@ class Progress:
     """Samples done, rate and ETA: a tqdm bar on a terminal, else a ``progress`` event every
     ``interval_s`` seconds (readable in ``kubectl logs``)."""
 
-    def __init__(self, log: EventLog, model: str, total: int, interval_s: float = 10.0):
-        self.log, self.model, self.total, self.interval = log, model, total, interval_s
+    def __init__(self, log: EventLog, model: str, total: int, interval_s: float | None = None):
+        self.log, self.model, self.total = log, model, total
+        self.interval = settings.PROGRESS_INTERVAL_S if interval_s is None else interval_s
         self.done, self.start, self.last = 0, time.perf_counter(), time.perf_counter()
         self.bar = None
         if log.fmt == "text" and log.stream.isatty():

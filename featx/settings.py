@@ -16,5 +16,7 @@ DEFAULT_SUBSET = os.environ.get("FEATX_SUBSET", "wit_1024")
 DEBUG = os.environ.get("FEATX_DEBUG", "") not in ("", "0", "false")
 #: Data-loader worker processes for image decoding and transforms (0 = in the main process).
 NUM_WORKERS = int(os.environ.get("FEATX_NUM_WORKERS", str(min(8, os.cpu_count() or 1))))
+#: Seconds between ``progress`` log events of a model's extraction (0: after every batch).
+PROGRESS_INTERVAL_S = float(os.environ.get("FEATX_PROGRESS_S", "10"))
 #: Hub token for gated models; the usual huggingface_hub variable.
 HF_TOKEN_ENV = "HF_TOKEN"

@@ -27,6 +27,16 @@ except ModuleNotFoundError:  # pragma: no cover
 
 
 @pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary, exported as FEATX_HELM so ``featx render`` (in-process or not) uses it."""
+    from tests.helpers import find_helm
+
+    path = find_helm()
+    os.environ["FEATX_HELM"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
 def sample_rows():
     from featx.data import load_rows
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -34,8 +36,46 @@ def run_cli(*args: str) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+def find_helm() -> str:
+    """helm from $FEATX_HELM, PATH, or scripts/build-control-plane.sh's cache (built on first use)."""
+    import glob
+    import shutil
+
+    found = os.environ.get("FEATX_HELM") or shutil.which("helm")
+    if found:
+        return found
+    cached = sorted(glob.glob(str(Path.home() / ".cache/featx/tools/*/bin/helm")))
+    if cached:
+        return cached[-1]
+    from tests.cluster.controlplane import find_bin_dir  # builds the tools on a cold machine
+
+    return str(find_bin_dir() / "helm")
+
+
 def run_featx(*args: str, env: dict | None = None, timeout: int = 600) -> CliResult:
     """``featx ARGS`` as its own process, as a user or a Job runs it."""
     p = subprocess.run([FEATX, *args], capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, **(env or {})})
     return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def kill_mid_extraction(cmd: list[str], model: str, env: dict | None = None) -> None:
+    """Run ``cmd`` and SIGKILL it once ``model`` has loaded and extracted its first batch (a
+    ``progress`` event, one per batch with FEATX_PROGRESS_S=0) but not its last; fails if the
+    process ends before that, so the kill can never land before the model loads."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**(env or os.environ), "FEATX_PROGRESS_S": "0"})
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("event") == "progress" and event.get("model") == model:
+            done, total = map(int, event["done"].split("/"))
+            if done < total:
+                break
+    else:
+        proc.wait()
+        raise AssertionError(f"{model} never reported progress before the run ended: {''.join(seen)[-2000:]}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL

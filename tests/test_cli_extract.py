@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from featx.catalog import load_modelset
-from tests.helpers import FEATX, run_cli
+from tests.helpers import FEATX, kill_mid_extraction, run_cli
 
 SMOKE = load_modelset("smoke").models
 SUBDIR = Path("featx-sample/default")
@@ -190,13 +187,7 @@ def test_killed_run_leaves_nothing_done_and_the_next_run_completes(tmp_path):
     out = tmp_path / "out"
     cmd = [FEATX, "extract", "--models", "featx-smoke/gpt2", "featx-smoke/dinov2", "--dataset", "featx-sample",
            "--output_dir", str(out), "--num_workers", "0", "--batch_size", "1", "--log_format", "json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:  # kill while the second model is half-way through
-        if '"event": "progress"' in line and "dinov2" in line or ('"start"' in line and "dinov2" in line):
-            break
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_mid_extraction(cmd, "featx-smoke/dinov2")
     r = run_cli("status", "--models", "featx-smoke/gpt2", "featx-smoke/dinov2", "--dataset", "featx-sample",
                 "--output_dir", str(out), "--json")
     states = [s["state"] for s in json.loads(r.out)]

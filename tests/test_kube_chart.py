@@ -1,15 +1,13 @@
 """The Helm chart through the real ``helm`` binary (no cluster): lint, schema and cross-value
-refusals, a security policy over every rendered pod (the checks checkov's Kubernetes policies
-make), minimal RBAC, and the ConfigMap equal to what ``featx render`` / ``reconcile`` compute.
+refusals (by helm and by ``featx render``, which runs helm), a security policy over every rendered
+pod (the checks checkov's Kubernetes policies make), minimal RBAC, and ``featx render`` printing
+the Jobs the controller makes from helm's ConfigMap.
 
 helm comes from $FEATX_HELM, PATH, or scripts/build-control-plane.sh's cache (built on first use).
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,32 +17,41 @@ import yaml
 
 from featx.kube.client import VERBS
 from featx.kube.config import RunConfig
+from featx.kube.helm import CHART_DIR, KUBE_VERSION
 from featx.kube.jobs import render_job
-from featx.kube.values import CHART_DIR, load_values, run_config
 from featx.plan.sizing import choose
-from tests.test_kube_values import BAD_VALUES
+from tests.helpers import find_helm, run_cli
 
-KUBE_VERSION = "1.36.0"  # helm's offline default (v1.20) is below the chart's kubeVersion
-
-
-def find_helm() -> str:
-    env = os.environ.get("FEATX_HELM")
-    if env:
-        return env
-    found = shutil.which("helm")
-    if found:
-        return found
-    cached = sorted(glob.glob(str(Path.home() / ".cache/featx/tools/helm-*/bin/helm")))
-    if cached:
-        return cached[-1]
-    from tests.cluster.controlplane import find_bin_dir  # builds the tools on a cold machine
-
-    return str(find_bin_dir() / "helm")
+__all__ = ["CHART_DIR", "KUBE_VERSION", "find_helm"]  # the cluster tier installs the chart with these
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
-    return find_helm()
+def _classes(**changes) -> list[dict]:
+    """The chart's gpuClasses with ``{index: {key: value}}`` changes (lists are replaced whole by
+    helm, so a values file gives the full list)."""
+    classes = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["gpuClasses"]
+    for i, change in changes.items():
+        classes[int(i[1:])].update(change)
+    return classes
+
+
+# name -> (a values file's content, a fragment every error message names)
+BAD_VALUES = {
+    "concurrency zero": ({"concurrency": 0}, "concurrency"),
+    "attempts negative": ({"attempts": -1}, "attempts"),
+    "unknown modality": ({"modality": "audio"}, "modality"),
+    "unknown modelset": ({"modelset": "everything"}, "modelset"),
+    "empty inline modelset": ({"modelset": []}, "modelset"),
+    "pool not a pool": ({"pool": "mean"}, "pool"),
+    "memory not a number": ({"gpuClasses": _classes(c2={"memoryMiB": "lots"})}, "memoryMiB"),
+    "bad bucket name": ({"s3": {"bucket": "Bad_Bucket"}}, "bucket"),
+    "endpoint not a URL": ({"s3": {"endpoint": "minio:9000"}}, "endpoint"),
+    "unknown class key": ({"gpuClasses": _classes(c0={"memory": 5})}, "memory"),
+    "negative caption index": ({"captionIdx": -1}, "captionIdx"),
+    "duplicate class names": ({"gpuClasses": _classes(c3={"name": "l4-24gb"})}, "used twice"),
+    "no class enabled": ({"gpuClasses": _classes(c2={"enabled": False}, c3={"enabled": False}, c4={"enabled": False},
+                                                 c5={"enabled": False})}, "no class is enabled"),
+    "MIG split over several slices": ({"gpuClasses": _classes(c1={"maxPerNode": 2})}, "MIG slice"),
+}
 
 
 def template(helm: str, *args: str, release: str = "rel", namespace: str = "research",
@@ -119,16 +126,19 @@ VALUE_SETS = {
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
-def test_configmap_is_what_featx_render_uses(helm, tmp_path, name):
-    """The ConfigMap helm renders is exactly the run config Python computes from the same values."""
+def test_featx_render_prints_the_controllers_jobs_from_helms_configmap(helm, tmp_path, name):
+    """``featx render -f`` = the Jobs the controller makes from the ConfigMap helm renders."""
     f = values_file(tmp_path, VALUE_SETS[name])
     (cm,) = by_kind(docs(helm, "-f", f), "ConfigMap")
-    from_helm = yaml.safe_load(cm["data"]["run.yaml"])
-    from_python = run_config(load_values(files=[f]), "rel", "research")
-    assert from_helm == from_python
-    config = RunConfig.from_dict(from_helm)  # and the controller can read it
-    for d in config.desired()[:3]:
-        render_job(config, d, choose(d.spec, config.classes, config.qlora), 1)
+    config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
+    expected = []
+    for d in config.desired():
+        sizing = choose(d.spec, config.classes, config.qlora, batch_size=config.batch_size)
+        if sizing.fits:
+            expected.append(render_job(config, d, sizing, 1))
+    r = run_cli("render", "-f", f, "--release", "rel", "--namespace", "research")
+    assert r.code == 0, r.err
+    assert [d for d in yaml.safe_load_all(r.out) if d] == expected and expected
 
 
 def _pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -200,20 +210,33 @@ def test_rbac_is_minimal_and_matches_what_the_client_calls(helm):
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
 
 
+def _refused_by_featx(*args: str) -> str:
+    r = run_cli("render", *args)
+    assert r.code == 2 and not r.out, r.out[:500]
+    assert r.err.count("\n") == 1 and "fix with -f FILE or --set" in r.err  # one line, with the fix
+    return r.err
+
+
 @pytest.mark.parametrize("name", list(BAD_VALUES))
-def test_bad_values_are_refused_by_helm(helm, tmp_path, name):
+def test_bad_values_are_refused_by_helm_and_featx_render(helm, tmp_path, name):
     override, fragment = BAD_VALUES[name]
-    out = template(helm, "-f", values_file(tmp_path, override), check=False)
+    f = values_file(tmp_path, override)
+    out = template(helm, "-f", f, check=False)
     assert out.returncode != 0, out.stdout[:500]
     assert fragment in out.stderr, out.stderr
+    assert fragment in _refused_by_featx("-f", f)
 
 
 @pytest.mark.parametrize("arg,fragment", [("concurrency=0", "concurrency"), ("modality=audio", "modality"),
                                           ("gpuClasses[0].enabled=true", "gpuClasses")])
-def test_bad_set_values_are_refused_by_helm_and_featx_alike(helm, arg, fragment):
+def test_bad_set_values_are_refused_by_helm_and_featx_render(helm, arg, fragment):
     out = template(helm, "--set", arg, check=False)
     assert out.returncode != 0 and fragment in out.stderr
-    from featx.errors import UsageError
+    assert fragment in _refused_by_featx("--set", arg)
 
-    with pytest.raises(UsageError, match=fragment):
-        load_values(sets=[arg])
+
+def test_render_without_helm_says_how_to_get_it(monkeypatch):
+    monkeypatch.setenv("FEATX_HELM", "")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    r = run_cli("render", "--modelset", "smoke")
+    assert r.code == 2 and "helm not found" in r.err and "make install" in r.err and r.err.count("\n") == 1

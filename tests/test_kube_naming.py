@@ -8,7 +8,7 @@ import pytest
 
 from featx.catalog import builtin_modelsets, load_modelset
 from featx.data.datasets import dataset_naming
-from featx.store.keys import POOLS
+from featx.catalog.spec import POOLS
 from featx.kube.naming import DNS1123_LABEL, LABEL_VALUE, job_name, label_value
 from featx.store.keys import ArtifactKey
 

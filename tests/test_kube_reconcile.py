@@ -7,6 +7,7 @@ are compared as short tuples.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from featx.kube.controller import Controller
 from featx.kube.jobs import A_GPUS, A_MODEL_ID, A_STEM, L_ATTEMPT, L_CLASS, render_job
 from featx.kube.observe import ObservedJob, observe, observe_job
 from featx.kube.reconcile import Create, Delete, GiveUp, Settings, Skip, classify, decide
-from featx.kube.values import load_values, run_config
+from featx.kube.helm import render_run_config
 from featx.logs import EventLog
 from featx.plan.sizing import GpuClass, load_classes
 from featx.store import FailureRecord, Manifest
@@ -261,11 +262,16 @@ class FakeKube:
             self.pods.append(pod(name, code, "Error", "2026-01-01T00:00:00Z"))
 
 
+@pytest.fixture(scope="module")
+def run_yaml(helm) -> dict:
+    return render_run_config(sets=["modelset={featx-smoke/gpt2,featx-smoke/vit,featx-smoke/opt}", "dataset=featx-sample",
+                                   "subset=null", "concurrency=2", "attempts=2"], release="rel", namespace="ns")
+
+
 @pytest.fixture
-def config() -> RunConfig:
-    values = load_values(sets=["modelset={featx-smoke/gpt2,featx-smoke/vit,featx-smoke/opt}", "dataset=featx-sample",
-                               "subset=null", "concurrency=2", "attempts=2"])
-    return RunConfig.from_dict(run_config(values, "rel", "ns"))
+def config(run_yaml) -> RunConfig:
+    """The controller's config from the ConfigMap helm renders (a fresh copy per test)."""
+    return RunConfig.from_dict(copy.deepcopy(run_yaml))
 
 
 def commit(store: LocalStore, d: Desired, tmp: Path) -> None:

@@ -4,11 +4,15 @@ full-width layers on the CPU. Sizes only, never timings."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from featx.bench import estimator_check as ec
 from featx.bench.extract_bench import LanguageCase
 from featx.bench.memtrack import LiveBytes
+from featx.plan.memory import GiB, token_budget, weight_bytes
 
 MiB = 2**20
 
@@ -81,3 +85,17 @@ def test_estimate_covers_a_batch():
     for r in (llama, gemma, gpt2):
         assert r["measured_bytes"] > 0
         assert r["predicted_bytes"] >= r["measured_bytes"], r
+
+
+@pytest.mark.parametrize("name", ["llama-7b", "mistral-7b", "gemma-7b", "falcon-7b"])
+def test_the_budget_chosen_on_a_big_gpu_keeps_measured_7b_peaks_within_1_5x_the_weights(name):
+    """Issue target on measured bytes, not on the estimator: at the token budget the runner picks
+    for an 80 GiB GPU's free memory after loading (a shape without parameters), the weights plus
+    the live bytes one batch adds (7B widths, fake tensors) stay within 1.5x the weights."""
+    shape = ec.full_shape(ec.CASES[name])
+    weights = weight_bytes(shape, "bfloat16")
+    budget = token_budget(dataclasses.replace(shape, params=0), "bfloat16", 80 * GiB - weights)
+    assert budget >= 4096  # a batch large enough to keep the tensor cores busy
+    r = ec.check_language(ec.CASES[name], "bfloat16", budget, layers=1)
+    assert r["measured_bytes"] > 0
+    assert weights + r["measured_bytes"] <= 1.5 * weights, r

@@ -295,6 +295,33 @@ def test_manifest_cache_second_scan_makes_no_get(seaweedfs, tmp_path, monkeypatc
     assert calls == {"ListObjectsV2": 1, "GetObject": 1}  # only the (mutable) failure record
 
 
+def test_manifest_cache_serves_later_readers_and_follows_recommit(store, tmp_path, monkeypatch):
+    """One manifest cache for both backends: a later reader (the next `featx status`) reads no
+    manifest again; a re-commit's new manifest is read anew; ``manifest_cache=False`` keeps none."""
+    key, cache = key_for(), tmp_path / "reader-cache"
+
+    def reader(setting=cache) -> tuple[Store, list[str]]:
+        r = (LocalStore(store.root, manifest_cache=setting) if isinstance(store, LocalStore)
+             else S3Store.from_url(store.url, manifest_cache=setting))
+        fetched: list[str] = []
+        real = r.fetch_manifest
+        monkeypatch.setattr(r, "fetch_manifest", lambda rel, info: fetched.append(rel) or real(rel, info))
+        return r, fetched
+
+    first = commit(store, tmp_path, key)
+    cold, fetched = reader()
+    assert cold.state(key).manifest.sha256 == first.sha256 and fetched == [key.manifest]
+    warm, fetched = reader()
+    assert warm.state(key).manifest.sha256 == first.sha256 and fetched == []
+    second = commit(store, tmp_path, key)
+    again, fetched = reader()
+    assert again.state(key).manifest.sha256 == second.sha256 != first.sha256 and fetched == [key.manifest]
+    uncached, fetched = reader(False)
+    uncached.state(key)
+    uncached.state(key)
+    assert fetched == [key.manifest] * 2
+
+
 @pytest.mark.s3
 def test_manifest_cache_follows_recommit(s3_store, tmp_path):
     key = key_for()

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import csv
 import gc
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -84,6 +83,14 @@ def pick_device(device: str | None) -> torch.device:
 
 
 # -- checks before reading anything -------------------------------------------------------------------
+
+def check_options(metrics: list[str], topk: int) -> None:
+    """Refuse a k the chosen metrics cannot use, before the store is touched."""
+    if topk < 1:
+        raise UsageError(f"--topk {topk}: give a positive number (the reference uses 10)")
+    if "cknna" in metrics and topk < 2:
+        raise UsageError("cknna needs --topk 2 or more (as the reference)")
+
 
 def check_committed(store: Store, entries: list[Entry], extract_hint: str) -> None:
     """Attach manifests from one store listing; refuse (one line) when any model is not done."""
@@ -271,9 +278,23 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp.replace(path)
 
 
-def side_label(name: str, modality: str) -> str:
-    return name if modality == "all" else f"{name}-{modality}"
-
-
-def models_label(ids: list[str]) -> str:
-    return f"models{len(ids)}-{hashlib.sha1(' '.join(ids).encode()).hexdigest()[:8]}"
+def align(store: Store, x: Side, y: Side, metrics: list[str], topk: int, layers: str, device: str | None,
+          out: Path, extract_hint: str, log: Callable[[str], None] = print) -> Iterator[AlignResult]:
+    """Every model of ``x`` against every model of ``y`` for each metric; yields each result once
+    written. ``extract_hint`` completes the `featx extract` command a refusal suggests."""
+    check_options(metrics, topk)
+    everything = x.entries + y.entries
+    check_committed(store, everything, extract_hint)
+    check_same_rows(everything)
+    n = everything[0].manifest.num_rows
+    if any(M.uses_topk(m) for m in metrics) and not topk < n:
+        raise UsageError(f"--topk {topk} needs more rows than that; the features have {n}")
+    if any(m in ("unbiased_cka", "cknna") for m in metrics) and n < 4:
+        raise UsageError(f"unbiased_cka/cknna need at least 4 rows; the features have {n}")
+    dev = pick_device(device)
+    log(f"{len(x.entries)} x {len(y.entries)} models, metrics {', '.join(metrics)}, {n} rows, device {dev}")
+    states = load_states(store, everything, metrics, topk, layers, dev, log)
+    key = everything[0].key
+    for metric in metrics:
+        res = score_pairs(metric, x, y, states, topk, layers == "all", log)
+        yield write_result(res, out, key.dataset, key.subset, layers)

@@ -5,8 +5,8 @@ whether a token is available), that the installed transformers knows its ``model
 vision models that the installed timm has the tagged pretrained weights and that the hub repo its
 pretrained config points to exists. Nothing is downloaded but repo metadata.
 
-``check_models`` is pure apart from the ``hub`` adapter it is given; ``HubAdapter`` is the real
-one, a thin layer over ``huggingface_hub.HfApi``. torch, transformers and timm are imported only
+``check_models`` is pure apart from the ``hub`` adapter it is given; ``featx.catalog.hub.HubAdapter``
+is the real one, a thin layer over ``huggingface_hub.HfApi``. torch, transformers and timm are imported only
 inside functions: the catalog package imports without them.
 """
 
@@ -14,33 +14,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Protocol
+from typing import Any, Iterable
 
+from featx.catalog.hub import Hub, HubInfo, default_token, hub_endpoint, is_network_error, one_line, unreachable
 from featx.catalog.spec import ModelSpec
-from featx.errors import TransientError, UsageError
+from featx.errors import TransientError
 from featx.settings import HF_TOKEN_ENV
-
-DEFAULT_ENDPOINT = "https://huggingface.co"
-
-
-class HubInfo(NamedTuple):
-    """What the hub says about one repo: does it exist, is it gated, its config's model_type."""
-
-    exists: bool
-    gated: bool
-    model_type: str | None
-
-
-class Hub(Protocol):
-    """The hub as ``check_models`` needs it. Raise ``TransientError`` when it cannot be reached."""
-
-    def model_info(
-        self, repo_id: str, revision: str | None, token: str | None
-    ) -> tuple[bool, bool, str | None]: ...
-
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -52,113 +33,6 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def unreachable(exc: BaseException, endpoint: str | None = None) -> TransientError:
-    """The one-line error for a hub that cannot be reached."""
-    return TransientError(
-        f"cannot reach the Hugging Face Hub at {endpoint or _endpoint()} "
-        f"({type(exc).__name__}: {_one_line(exc)}); check the network and HF_ENDPOINT, "
-        "or run `featx models --check` where the hub is reachable"
-    )
-
-
-_NETWORK_ERROR_NAMES = {
-    "ConnectError",
-    "ConnectTimeout",
-    "ConnectionError",
-    "NetworkError",
-    "OfflineModeIsEnabled",
-    "PoolTimeout",
-    "ProxyError",
-    "ReadError",
-    "ReadTimeout",
-    "RemoteProtocolError",
-    "SSLError",
-    "Timeout",
-    "TimeoutException",
-    "TransportError",
-    "WriteTimeout",
-}
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    """Connection, DNS, TLS and timeout failures of any HTTP stack (httpx, requests, stdlib)."""
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    return any(cls.__name__ in _NETWORK_ERROR_NAMES for cls in type(exc).__mro__)
-
-
-class HubAdapter:
-    """``Hub`` backed by ``huggingface_hub.HfApi`` (metadata requests only)."""
-
-    def __init__(self, endpoint: str | None = None, timeout: float = 15.0, api: Any = None):
-        self.endpoint = endpoint or _endpoint()
-        self.timeout = timeout
-        if api is None:
-            from huggingface_hub import HfApi
-
-            api = HfApi(endpoint=self.endpoint)
-        self._api = api
-
-    def model_info(
-        self, repo_id: str, revision: str | None = None, token: str | None = None
-    ) -> HubInfo:
-        from huggingface_hub.errors import (
-            DisabledRepoError,
-            GatedRepoError,
-            HfHubHTTPError,
-            HFValidationError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
-        try:
-            info = self._api.model_info(
-                repo_id, revision=revision, token=token, timeout=self.timeout, expand=["config", "gated"]
-            )
-        except GatedRepoError:  # a subclass of RepositoryNotFoundError: test it first
-            return HubInfo(True, True, None)
-        except (RepositoryNotFoundError, RevisionNotFoundError, DisabledRepoError, HFValidationError):
-            return HubInfo(False, False, None)
-        except HfHubHTTPError as e:  # also an OSError: before the network test
-            status = getattr(getattr(e, "response", None), "status_code", None)
-            if status in (401, 403):
-                raise UsageError(
-                    f"the Hugging Face Hub rejected the token ({status}) for {repo_id}; "
-                    f"check {HF_TOKEN_ENV} (`hf auth whoami`) or unset it"
-                ) from e
-            if status == 404:
-                return HubInfo(False, False, None)
-            raise unreachable(e, self.endpoint) from e  # 429, 5xx: retry later
-        except Exception as e:
-            if _is_network_error(e):
-                raise unreachable(e, self.endpoint) from e
-            raise
-        config = getattr(info, "config", None) or {}
-        gated = getattr(info, "gated", False)
-        return HubInfo(True, bool(gated), config.get("model_type"))
-
-
-def default_token() -> str | None:
-    """``HF_TOKEN``, else the token ``hf auth login`` saved (what downloads will use)."""
-    token = os.environ.get(HF_TOKEN_ENV)
-    if token:
-        return token
-    try:
-        from huggingface_hub import get_token
-    except ImportError:
-        return None
-    return get_token()
 
 
 _DEFAULT: Any = object()
@@ -183,7 +57,7 @@ def check_models(
             except TransientError:
                 raise
             except Exception as e:
-                if _is_network_error(e):
+                if is_network_error(e):
                     raise unreachable(e) from e
                 raise
         return cache[key]
@@ -210,7 +84,7 @@ def _gate(repo_id: str, gated: bool, token: str | None) -> tuple[bool, str, str]
         return (
             False,
             f"gated on the hub and no token is set ({HF_TOKEN_ENV} unset, no saved login)",
-            f"accept the license at {_endpoint()}/{repo_id} with your account, then export "
+            f"accept the license at {hub_endpoint()}/{repo_id} with your account, then export "
             f"{HF_TOKEN_ENV}=<a read token of that account>",
         )
     return True, "gated; a token is set (access to this repo is granted on its page, not verified here)", ""
@@ -247,7 +121,7 @@ def _check_language(spec: ModelSpec, info: Any, token: str | None) -> CheckResul
         try:
             model_type = json.loads(cfg_path.read_text()).get("model_type")
         except (OSError, ValueError) as e:
-            return CheckResult(spec.id, False, reason=f"{cfg_path}: unreadable ({_one_line(e)})",
+            return CheckResult(spec.id, False, reason=f"{cfg_path}: unreadable ({one_line(e)})",
                                fix="rewrite it with save_pretrained()")
         notes.append("local directory")
     elif spec.init == "random" and spec.config and spec.source is None:
@@ -261,7 +135,7 @@ def _check_language(spec: ModelSpec, info: Any, token: str | None) -> CheckResul
             return CheckResult(
                 spec.id, False,
                 reason=f"{load_id}{rev} not found on the hub (or private)",
-                fix=f"check the id at {_endpoint()}/{load_id}; a private repo needs {HF_TOKEN_ENV}",
+                fix=f"check the id at {hub_endpoint()}/{load_id}; a private repo needs {HF_TOKEN_ENV}",
             )
         ok, reason, fix = _gate(load_id, gated, token)
         if not ok:

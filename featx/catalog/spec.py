@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from featx.errors import UsageError
+
 Modality = Literal["language", "vision"]
 MODALITIES: tuple[str, ...] = ("language", "vision")
+POOLS = {"language": ("avg", "last", "max", "cls"), "vision": ("cls", "avg", "max")}
+DEFAULT_POOL = {"language": "avg", "vision": "cls"}  # as the reference runs each modality
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,19 @@ class ModelSpec:
         p = Path(self.id)
         name = p.name if p.is_absolute() or self.id.startswith(".") else self.id
         return name.replace("/", "_")
+
+    def pool_for(self, pool: str | None) -> str:
+        """The pool this model is extracted with; a pool its modality lacks is refused before any work."""
+        chosen = pool or DEFAULT_POOL[self.modality]
+        if chosen not in POOLS[self.modality]:
+            raise UsageError(f"--pool {chosen} is not defined for {self.modality} model {self.id}; "
+                             f"use one of {', '.join(POOLS[self.modality])} (or --modality to split the run)")
+        return chosen
+
+    def caption_for(self, caption_idx: int) -> int:
+        """The caption index a model's file records: vision models read no caption, so always 0
+        (the reference names vision files without it)."""
+        return caption_idx if self.modality == "language" else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -4,6 +4,7 @@ alignment vs. model size, one HTML page)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -11,7 +12,6 @@ from featx import settings
 from featx.cli.options import add_store, flag
 
 METRIC_CHOICES = ("mutual_knn", "cycle_knn", "lcs_knn", "cka", "unbiased_cka", "cknna", "svcca", "edit_distance_knn")
-MODALITY_WORDS = ("all", "language", "vision")
 DEFAULT_OUT = "results/alignment"
 
 ALIGN_EXAMPLES = """examples:
@@ -23,6 +23,8 @@ ALIGN_EXAMPLES = """examples:
 --x/--y: a modality (language, vision, all) of --modelset/--models, a modelset name or YAML file
 (all its models), or MODELSET:MODALITY. The side's name in the output path is MODELSET-MODALITY
 (just MODELSET for all), e.g. results/alignment/minhuh/prh/wit_1024/val-language_pool-avg_val-vision_pool-cls/mutual_knn_k10.npy
+With a bare modality and no --modelset/--models, a side is the models of that modality the store
+holds for --dataset/--subset, named "stored" (stored-language, stored-vision).
 """
 
 
@@ -32,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("which models")
     flag(g, "x", default="language", metavar="SPEC", help="first side: MODALITY | MODELSET | MODELSET:MODALITY (default language)")
     flag(g, "y", default="vision", metavar="SPEC", help="second side (default vision)")
-    flag(g, "modelset", default=None, help="modelset for bare modalities in --x/--y (default custom)")
+    flag(g, "modelset", default=None,
+         help="modelset for bare modalities in --x/--y (default: the models the store holds for --dataset/--subset)")
     flag(g, "models", nargs="+", metavar="ID", help="model ids instead of --modelset for bare modalities")
     g = p.add_argument_group("data (as extracted)")
     flag(g, "dataset", default=settings.DEFAULT_DATASET, help="HF data set id (prh = minhuh/prh), featx-sample, or a local directory")
@@ -60,82 +63,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(run=run_report)
 
 
-def _side(value: str, modelset: str | None, models: list[str] | None):
-    """(label, specs) of one side."""
-    from featx.align.run import models_label, side_label
-    from featx.catalog import load_modelset, resolve
-    from featx.errors import UsageError
-
-    if value in MODALITY_WORDS:
-        specs = resolve(modelset, models, value)
-        base = models_label([s.id for s in resolve(None, models)]) if models else _set_name(modelset or "custom")
-        label = side_label(base, value)
-    else:
-        name, modality = value, "all"
-        head, sep, tail = value.rpartition(":")
-        if sep and tail in MODALITY_WORDS:
-            name, modality = head, tail
-        elif sep:
-            raise UsageError(f"--x/--y {value!r}: after ':' give language, vision or all")
-        specs = load_modelset(name).select(modality)
-        label = side_label(_set_name(name), modality)
-    specs = list({s.id: s for s in specs}.values())  # once each, order kept
-    if not specs:
-        raise UsageError(f"--x/--y {value!r} selects no models; check the modelset and modality")
-    return label, specs
-
-
-def _set_name(name: str) -> str:
-    p = Path(name)
-    return p.stem if name.endswith((".yaml", ".yml")) else name
-
-
 def run_align(args: argparse.Namespace) -> int:
-    from featx.align import metrics as M
-    from featx.align.run import Entry, Side, check_committed, check_same_rows, load_states, pick_device, score_pairs, write_result
+    from featx.align.run import align, check_options
+    from featx.align.sides import build_side
     from featx.cli.options import open_store_from
-    from featx.errors import UsageError
-    from featx.data.datasets import dataset_naming
-    from featx.store.keys import pool_for
-    from featx.store import ArtifactKey
+    from featx.pipeline.keys import dataset_prefix
+    from featx.pipeline.stored import describe, stored_models
 
     metrics = list(dict.fromkeys(args.metric))
-    if args.topk < 1:
-        raise UsageError(f"--topk {args.topk}: give a positive number (the reference uses 10)")
-    if "cknna" in metrics and args.topk < 2:
-        raise UsageError("cknna needs --topk 2 or more (as the reference)")
-    dataset, subset = dataset_naming(args.dataset, args.subset)
+    check_options(metrics, args.topk)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"featx align: {msg}", file=sys.stderr))
-
-    sides = []
-    for value, pool in ((args.x, args.pool_x), (args.y, args.pool_y)):
-        label, specs = _side(value, args.modelset, args.models)
-        entries = [Entry(s, ArtifactKey(dataset, subset, s.file_name, pool_for(s, pool),
-                                        args.caption_idx if s.modality == "language" else 0, args.format))
-                   for s in specs]
-        pools = sorted({e.key.pool for e in entries})
-        sides.append(Side(label, pool or (pools[0] if len(pools) == 1 else "default"), entries))
-    x, y = sides
-    everything = x.entries + y.entries
-
     store = open_store_from(args)
+    listing = functools.cache(lambda: store.scan(dataset_prefix(args.dataset, args.subset)))  # one listing at most
+
+    def stored(modality: str, pool: str | None) -> list:
+        specs = stored_models(listing(), args.dataset, args.subset, modality, pool, args.caption_idx, args.format)
+        log(describe(specs, args.dataset, args.subset))
+        return specs
+
+    x, y = (build_side(value, pool, args.modelset, args.models, stored, args.dataset, args.subset, args.caption_idx,
+                       args.format) for value, pool in ((args.x, args.pool_x), (args.y, args.pool_y)))
     where = f" --store {args.store}" if args.store else (f" --output_dir {args.output_dir}" if args.output_dir else "")
     hint = f" --dataset {args.dataset}" + (f" --subset {args.subset}" if args.subset else "") + where
-    check_committed(store, everything, hint)
-    check_same_rows(everything)
-    n = everything[0].manifest.num_rows
-    if any(M.uses_topk(m) for m in metrics) and not args.topk < n:
-        raise UsageError(f"--topk {args.topk} needs more rows than that; the features have {n}")
-    if any(m in ("unbiased_cka", "cknna") for m in metrics) and n < 4:
-        raise UsageError(f"unbiased_cka/cknna need at least 4 rows; the features have {n}")
-
-    device = pick_device(args.device)
-    log(f"{len(x.entries)} x {len(y.entries)} models, metrics {', '.join(metrics)}, {n} rows, device {device}")
-    states = load_states(store, everything, metrics, args.topk, args.layers, device, log)
-    out = Path(args.out)
-    for metric in metrics:
-        res = score_pairs(metric, x, y, states, args.topk, args.layers == "all", log)
-        write_result(res, out, dataset, subset, args.layers)
+    for res in align(store, x, y, metrics, args.topk, args.layers, args.device, Path(args.out), hint, log):
         print(res.npy)
         print(res.csv)
         if not args.quiet:

@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from featx.catalog import resolve
     from featx.data import load_rows
     from featx.errors import UsageError
-    from featx.extract.runner import ExtractOptions, Runner
-    from featx.store.keys import pool_for
+    from featx.extract.runner import ExtractOptions
+    from featx.pipeline.runner import RunOptions, Runner
     from featx.logs import EventLog
 
     for name in ("batch_size", "token_budget", "num_samples"):
@@ -54,14 +54,15 @@ def run(args: argparse.Namespace) -> int:
     if not specs:
         raise UsageError("no models selected: check --modelset/--models and --modality")
     for spec in specs:
-        pool_for(spec, args.pool)
+        spec.pool_for(args.pool)
     store = open_store_from(args)
     store.check()
     rows = load_rows(args.dataset, args.subset, args.caption_idx, args.num_samples)
-    opts = ExtractOptions(pool=args.pool, batch_size=args.batch_size, token_budget=args.token_budget,
-                          force_remake=args.force_remake, qlora=args.qlora, init=args.init, seed=args.seed,
-                          fmt=args.format, device=args.device, num_workers=args.num_workers, attempt=args.attempt,
-                          gpu_class=args.gpu_class)
+    extract = ExtractOptions(pool=args.pool, batch_size=args.batch_size, token_budget=args.token_budget,
+                             qlora=args.qlora, init=args.init, seed=args.seed, device=args.device,
+                             num_workers=args.num_workers)
+    opts = RunOptions(extract, force_remake=args.force_remake, fmt=args.format, attempt=args.attempt,
+                      gpu_class=args.gpu_class)
     log = EventLog(args.log_format)
     summary = Runner(store, rows, opts, args.caption_idx, log).run(specs)
     if args.log_format == "text":

@@ -1,7 +1,7 @@
 """``featx render`` and ``featx reconcile``: the Kubernetes side of a run.
 
-Both read the Helm chart's values (``helm/featx/values.yaml`` + ``-f`` + ``--set``, as helm does)
-or the chart's rendered ConfigMap (``--config run.yaml`` / ``--configmap NAME``).
+Both read the chart's ConfigMap (``run.yaml``): rendered by ``helm template`` from the chart's
+values (``-f`` + ``--set``), or given as ``--config run.yaml`` / ``--configmap NAME``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ RECONCILE_EXAMPLES = """examples:
 
 
 def _add_values(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("chart values (as helm reads them)")
+    g = p.add_argument_group("chart values (rendered with `helm template`; helm on PATH or $FEATX_HELM)")
     g.add_argument("-f", "--values", action="append", default=[], metavar="FILE", help="values file (repeatable)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="value override (repeatable, helm syntax)")
     flag(g, "chart", default=None, help="path of the featx chart (default: helm/featx of this checkout)")
@@ -34,7 +34,7 @@ def _add_values(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("render", help="print the Job manifests of a run as a YAML stream (no cluster needed)",
+    p = sub.add_parser("render", help="print a run's Job manifests as YAML (runs helm template; no cluster needed)",
                        epilog=RENDER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     flag(p, "modelset", help="overrides the values' modelset: a built-in name")
     flag(p, "models", nargs="+", metavar="ID", help="overrides the values' modelset: these ids")
@@ -63,10 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _config_from_values(args: argparse.Namespace, overrides: list[str]):
     from featx.kube.config import RunConfig
-    from featx.kube.values import load_values, run_config
+    from featx.kube.helm import render_run_config
 
-    values = load_values(args.chart, args.values, list(args.set) + overrides)
-    return RunConfig.from_dict(run_config(values, args.release or "featx", args.namespace or "default", args.chart))
+    return RunConfig.from_dict(render_run_config(args.chart, args.values, list(args.set) + overrides,
+                                                 args.release or "featx", args.namespace or "default"))
 
 
 def run_render(args: argparse.Namespace) -> int:

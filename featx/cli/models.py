@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     specs = resolve(args.modelset, args.models, args.modality)
     if args.check:
-        from featx.catalog.check import HubAdapter, check_models
+        from featx.catalog.check import check_models
+        from featx.catalog.hub import HubAdapter
 
         results = check_models(specs, HubAdapter())
         if args.json:

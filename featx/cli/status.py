@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show which models are committed in a store")
-    add_selection(p)
+    add_selection(p, default="the models the store holds for --dataset/--subset")
     add_data(p)
     add_store(p)
     flag(p, "format", choices=["pt", "safetensors"], default="pt")
@@ -25,20 +26,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def model_states(args: argparse.Namespace) -> list[dict]:
     """One row per selected model: id, key, state, reason, attempts (pure over a store scan)."""
     from featx.catalog import resolve
-    from featx.store import ArtifactKey
-    from featx.data.datasets import dataset_naming
-    from featx.store.keys import pool_for
+    from featx.pipeline.keys import artifact_key, dataset_prefix
+    from featx.pipeline.stored import describe, stored_models
 
-    specs = resolve(args.modelset, args.models, args.modality)
     store = open_store_from(args)
     store.check()
-    dataset, subset = dataset_naming(args.dataset, args.subset)
-    states = store.scan(f"{dataset}/{subset}/")
+    states = store.scan(dataset_prefix(args.dataset, args.subset))
+    if args.modelset or args.models:
+        specs = resolve(args.modelset, args.models, args.modality)
+    else:
+        specs = stored_models(states, args.dataset, args.subset, args.modality, args.pool, args.caption_idx, args.format)
+        print(f"featx status: {describe(specs, args.dataset, args.subset)}", file=sys.stderr)
     rows = []
     for spec in specs:
-        pool = pool_for(spec, args.pool)
-        key = ArtifactKey(dataset, subset, spec.file_name, pool,
-                          args.caption_idx if spec.modality == "language" else 0, args.format)
+        key = artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format)
         st = states.get(key.stem)
         rows.append({"id": spec.id, "modality": spec.modality, "state": st.state if st else "missing",
                      "reason": (st.reason if st else ""), "attempts": st.failure.attempt if st and st.failure else 0,

@@ -10,7 +10,7 @@ import csv
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,6 +53,7 @@ class Rows:
     texts: list[str]
     images: ImageList
     all_texts: list[list[str]] = field(repr=False, default_factory=list)
+    source: str = ""  # the data set id as given (HF id, alias or path): what artifact keys are named from
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -133,6 +134,8 @@ def dataset_naming(dataset: str, subset: str | None) -> tuple[str, str]:
     """(name, subset) of a data set id as they appear in artifact paths: the HF id (``prh``
     resolved) with its revision, or a local directory's base name with ``default``. Pure: the
     controller and ``featx status`` name a run's files without loading its data."""
+    if not dataset:
+        raise UsageError("--dataset is empty: give an HF id (minhuh/prh), prh, featx-sample or a local path")
     if dataset == SAMPLE_NAME:
         return SAMPLE_NAME, subset or "default"
     path = Path(dataset).expanduser()
@@ -149,10 +152,12 @@ def load_rows(dataset: str, subset: str | None = None, caption_idx: int = 0,
     name, subset = dataset_naming(dataset, subset)
     path = sample_path() if dataset == SAMPLE_NAME else Path(dataset).expanduser()
     if path.exists():
-        return _load_local(path, name, subset, caption_idx, num_samples)
-    if name != HUB_ALIASES.get(dataset, dataset):
+        rows = _load_local(path, name, subset, caption_idx, num_samples)
+    elif name != HUB_ALIASES.get(dataset, dataset):
         raise UsageError(f"data set path {dataset} does not exist; check the path")
-    return _load_hub(name, subset, caption_idx, num_samples)
+    else:
+        rows = _load_hub(name, subset, caption_idx, num_samples)
+    return replace(rows, source=dataset)
 
 
 def _load_local(path: Path, name: str, subset: str, caption_idx: int, num_samples: int | None) -> Rows:

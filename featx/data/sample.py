@@ -21,11 +21,12 @@ SAMPLE_ROWS = 64
 _COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
            "purple": (140, 60, 170), "orange": (240, 140, 30), "black": (20, 20, 20), "white": (245, 245, 245)}
 _SHAPES = ("circle", "square", "triangle", "stripe")
-_PLACES = ("in a museum in Zürich", "on a café table", "next to a river", "in a quiet library",
-           "under a bright afternoon sky", "at a train station in São Paulo")
-_FILLER = ("The photograph was taken in the late afternoon.", "It is part of a larger collection of "
-           "geometric studies donated to the archive.", "Visitors often stop to look at it.",
-           "The colours have faded slightly over the years.", "Nobody knows who painted it.")
+# The phrases captions are built from; public because the smoke models' tiny tokenizer trains on them.
+PLACES = ("in a museum in Zürich", "on a café table", "next to a river", "in a quiet library",
+          "under a bright afternoon sky", "at a train station in São Paulo")
+FILLER = ("The photograph was taken in the late afternoon.", "It is part of a larger collection of "
+          "geometric studies donated to the archive.", "Visitors often stop to look at it.",
+          "The colours have faded slightly over the years.", "Nobody knows who painted it.")
 
 
 def _draw(shape: str, fg: tuple[int, int, int], bg: tuple[int, int, int], rng: random.Random):
@@ -62,11 +63,11 @@ def build_sample(path: Path, rows: int = SAMPLE_ROWS, seed: int = 0) -> Path:
         img.save(path / fname, format="PNG")
         caption = f"a {fg} {shape} on a {bg} background"
         if i % 3 == 1:
-            caption += f" {rng.choice(_PLACES)}"
+            caption += f" {rng.choice(PLACES)}"
         if i % 5 == 4:
-            caption += ". " + " ".join(rng.sample(_FILLER, rng.randint(2, 4)))
+            caption += ". " + " ".join(rng.sample(FILLER, rng.randint(2, 4)))
         page = f"Geometric study no. {i}: {shape}s in {fg}"
-        section = " ".join(rng.sample(_FILLER, 3))
+        section = " ".join(rng.sample(FILLER, 3))
         lines.append(json.dumps({"file": fname, "text": [caption, page, section],
                                  "origin": f"featx-sample://{i}"}))
     (path / "captions.jsonl").write_text("\n".join(lines) + "\n")

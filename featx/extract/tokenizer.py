@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from featx.data.sample import _FILLER, _PLACES
+from featx.data.sample import FILLER, PLACES
 
 EOS = "<|endoftext|>"
 
@@ -23,7 +23,7 @@ def tiny_bpe(vocab_size: int = 512):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    corpus = list(_PLACES) + list(_FILLER) + [
+    corpus = list(PLACES) + list(FILLER) + [
         "a red green blue yellow purple orange black white circle square triangle stripe on a background",
         "Geometric study no. of the photograph in the museum next to a river at a train station",
     ]

@@ -1,8 +1,9 @@
-"""Kubernetes side of featx: one Job per model, rendered from the Helm chart's values and kept
-level-triggered by a reconciler.
+"""Kubernetes side of featx: one Job per model, rendered from the chart's ConfigMap (which
+``helm template`` renders from the chart's values) and kept level-triggered by a reconciler.
 
 Layers (only ``client`` imports the kubernetes package; nothing here imports torch):
-  naming, values, config     names, chart values, run settings (pure)
+  helm                       the ConfigMap's run.yaml from the real `helm template`
+  naming, config             names, run settings and desired artifacts (pure)
   jobs, observe, reconcile   Job manifests, reading Jobs, the decision function (pure)
   controller                 one pass: observe -> decide -> apply (the only writer)
   client                     thin adapter over the kubernetes client (the only API caller)

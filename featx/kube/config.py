@@ -1,8 +1,8 @@
 """``run.yaml`` (the chart's ConfigMap) as a typed object, and what follows from it without any
 API call: the desired models, where each one's artifact lives in the store, its GPU sizing.
 
-Nothing here imports torch or kubernetes; pool and data-set naming come from
-``featx.store.keys``, the same rules ``featx extract`` writes paths with.
+Nothing here imports torch or kubernetes; artifact keys come from ``featx.pipeline.keys``, the
+same rule ``featx extract`` writes paths with.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import yaml
 from featx.catalog import ModelSpec, resolve
 from featx.errors import UsageError
 from featx.plan.sizing import GpuClass, load_classes
-from featx.data.datasets import dataset_naming
-from featx.store.keys import ArtifactKey, pool_for
+from featx.pipeline.keys import artifact_key, dataset_prefix
+from featx.store.keys import ArtifactKey
 
 @dataclass(frozen=True)
 class Desired:
@@ -97,15 +97,12 @@ class RunConfig:
             specs = resolve(self.modelset, None, self.modality)
         else:
             specs = resolve(None, list(self.modelset), self.modality)
-        name, subset = dataset_naming(self.dataset, self.subset)
         out = []
         for spec in specs:
-            pool = pool_for(spec, self.pool)
-            cid = self.caption_idx if spec.modality == "language" else 0
-            out.append(Desired(spec, pool, ArtifactKey(name, subset, spec.file_name, pool, cid, "pt")))
+            key = artifact_key(spec, self.dataset, self.subset, self.pool, self.caption_idx)
+            out.append(Desired(spec, key.pool, key))
         return out
 
     @property
     def scan_prefix(self) -> str:
-        name, subset = dataset_naming(self.dataset, self.subset)
-        return f"{name}/{subset}/"
+        return dataset_prefix(self.dataset, self.subset)

@@ -8,6 +8,7 @@ Backends implement the primitives: local directory (``local.py``) and S3 (``s3.p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from featx.errors import TransientError
 from featx.store.keys import FAILURE_SUFFIX, MANIFEST_SUFFIX, ArtifactKey
+from featx.store.manifest_cache import ManifestCache
 from featx.store.records import FailureRecord, Manifest, StoredState
 
 
@@ -36,6 +38,7 @@ class Store(ABC):
     """A place for feature files: ``url`` names it for users and manifests (never secrets)."""
 
     url: str
+    manifest_cache: ManifestCache | None = None  # backends set it from their ``manifest_cache`` option
 
     def check(self) -> None:
         """Fail fast, before any work, when the store cannot be reached or written (S3 overrides)."""
@@ -66,10 +69,30 @@ class Store(ABC):
     def list(self, prefix: str) -> dict[str, ObjectInfo]:
         """Every object under ``prefix`` (relative names) in one listing."""
 
-    def read_manifest(self, rel: str, info: ObjectInfo) -> Manifest | None:
-        """Manifests never change once written; backends may cache by ``info.etag``."""
+    def fetch_manifest(self, rel: str, info: ObjectInfo) -> tuple[bytes, str] | None:
+        """A manifest's bytes and the fingerprint they were read under (backends may prefetch)."""
         data = self.get_bytes(rel)
-        return Manifest.from_json(data) if data is not None else None
+        return (data, info.etag) if data is not None else None
+
+    def cacheable(self, data: bytes, etag: str) -> bool:
+        """Whether ``data`` are the bytes ``etag`` names (a backend that can tell says so)."""
+        return True
+
+    def read_manifest(self, rel: str, info: ObjectInfo) -> Manifest | None:
+        """Manifests never change once written: read through the on-disk ``manifest_cache``."""
+        cache = self.manifest_cache
+        cached = cache.get(rel, info.etag) if cache else None
+        if cached is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                return Manifest.from_json(cached)
+        got = self.fetch_manifest(rel, info)
+        if got is None:
+            return None
+        data, etag = got
+        manifest = Manifest.from_json(data)
+        if cache and self.cacheable(data, etag or info.etag):
+            cache.put(rel, etag or info.etag, data)
+        return manifest
 
     def prefetch_manifests(self, manifests: dict[str, ObjectInfo]) -> None:
         """Called by ``scan`` before it reads manifests one by one; backends may fetch them in parallel."""

@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from featx.catalog.spec import ModelSpec
-from featx.errors import UsageError
 
 FORMATS = ("pt", "safetensors")
 MANIFEST_SUFFIX = ".manifest.json"
 FAILURE_SUFFIX = ".failure.json"
-POOLS = {"language": ("avg", "last", "max", "cls"), "vision": ("cls", "avg", "max")}
-DEFAULT_POOL = {"language": "avg", "vision": "cls"}  # as the reference runs each modality
-
-
-def pool_for(spec: ModelSpec, pool: str | None) -> str:
-    """The pool a model is extracted with; a pool its modality lacks is refused before any work."""
-    chosen = pool or DEFAULT_POOL[spec.modality]
-    if chosen not in POOLS[spec.modality]:
-        raise UsageError(f"--pool {chosen} is not defined for {spec.modality} model {spec.id}; "
-                         f"use one of {', '.join(POOLS[spec.modality])} (or --modality to split the run)")
-    return chosen
-
 
 
 @dataclass(frozen=True)

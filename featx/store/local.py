@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from featx.store.base import ObjectInfo, Store, sha256_file
+from featx.store.manifest_cache import ManifestCache
 
 
 def _info(path: Path) -> ObjectInfo:
@@ -15,9 +16,13 @@ def _info(path: Path) -> ObjectInfo:
 
 
 class LocalStore(Store):
-    def __init__(self, root: str | Path):
+    """Features under a directory; ``manifest_cache`` as for ``S3Store`` (it pays off on network
+    file systems)."""
+
+    def __init__(self, root: str | Path, manifest_cache: str | Path | bool | None = None):
         self.root = Path(root).expanduser()
         self.url = str(self.root)
+        self.manifest_cache = ManifestCache.from_setting(manifest_cache, str(self.root.resolve()))
 
     def _path(self, rel: str) -> Path:
         return self.root / rel

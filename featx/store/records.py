@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from featx.clock import now_iso
 
 State = Literal["done", "failed", "missing", "corrupt"]
+R = TypeVar("R", bound="JsonRecord")
 
 
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+class JsonRecord:
+    """A dataclass stored as JSON; unknown keys (from a newer featx) are ignored when read."""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls: type[R], data: bytes) -> R:
+        raw = json.loads(data)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass
-class Manifest:
+class Manifest(JsonRecord):
     """Written last, only if absent; ``sha256``/``size`` describe the data object it commits."""
 
     model_id: str
@@ -48,18 +58,9 @@ class Manifest:
     host: str = field(default_factory=socket.gethostname)
     created_at: str = field(default_factory=now_iso)
 
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "Manifest":
-        raw = json.loads(data)
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
 
 @dataclass
-class FailureRecord:
+class FailureRecord(JsonRecord):
     """Why the last attempt at a model failed; cleared when the model commits."""
 
     model_id: str
@@ -68,14 +69,6 @@ class FailureRecord:
     attempt: int = 1
     host: str = field(default_factory=socket.gethostname)
     time: str = field(default_factory=now_iso)
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "FailureRecord":
-        raw = json.loads(data)
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass

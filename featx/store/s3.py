@@ -9,12 +9,17 @@ The commit protocol lives in ``base.Store``; this module supplies its primitives
   the same key aborts it);
 * a manifest is written only if absent (``If-None-Match: *``);
 * ``featx status`` of 1,000 models is one listing plus zero GETs once manifests are cached
-  (manifests are immutable: cached on local disk by URL, key and ETag).
+  (``featx.store.manifest_cache``; a cold scan GETs the missing ones in parallel).
 
 Endpoint, region and credentials come from the usual AWS variables and profiles
 (``AWS_ENDPOINT_URL[_S3]``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
 ``AWS_REGION``/``AWS_DEFAULT_REGION``); an explicit ``endpoint_url`` (``--s3-endpoint``) wins.
 Nothing secret is ever put in ``url``, a message or a manifest.
+
+About 430 lines on purpose: one backend's S3 calls, its error table and its transfer paths
+(single PUT, multipart upload, ranged parallel GET) share the client, the key mapping and the
+error translation; the manifest cache and the commit protocol live elsewhere (``manifest_cache``,
+``base``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from featx.errors import FeatxError, StoreError, TransientError
 from featx.store.base import ObjectInfo, Store
-from featx.store.records import Manifest
+from featx.store.manifest_cache import ManifestCache
 
 MiB = 1 << 20
 PART_SIZE = 64 * MiB  # multipart part size (S3 allows 5 MiB .. 5 GiB, at most 10,000 parts)
@@ -105,11 +110,7 @@ class S3Store(Store):
         self.endpoint = _public_endpoint(client.meta.endpoint_url)
         self.part_size, self.multipart_threshold = max(part_size, 5 * MiB), multipart_threshold
         self.max_workers = max(1, max_workers)
-        if manifest_cache is None or manifest_cache is True:
-            from featx import settings
-
-            manifest_cache = settings.FEATX_HOME / "manifest-cache"
-        self.manifest_cache = Path(manifest_cache) if manifest_cache else None
+        self.manifest_cache = ManifestCache.from_setting(manifest_cache, f"{self.endpoint}\n{self.url}")
         self._reached = False  # after one successful request, connection errors are transient
         self._prefetched: dict[tuple[str, str], tuple[bytes, str]] = {}
 
@@ -361,7 +362,8 @@ class S3Store(Store):
         """GET the manifests not in the local cache in parallel (``SCAN_WORKERS`` at a time), so a
         cold ``scan`` of 1,000 models is not 1,000 sequential round trips."""
         self._prefetched = {}
-        todo = [(rel, info) for rel, info in manifests.items() if self._cache_path(rel, info.etag) is None]
+        cache = self.manifest_cache
+        todo = [(rel, info) for rel, info in manifests.items() if not (cache and cache.has(rel, info.etag))]
         if len(todo) < 2:
             return
 
@@ -374,46 +376,13 @@ class S3Store(Store):
         with ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="featx-s3-scan") as pool:
             list(pool.map(fetch, todo))
 
-    def read_manifest(self, rel: str, info: ObjectInfo) -> Manifest | None:
-        """Manifests are immutable (written once, if absent), so they are cached on local disk
-        under ``$FEATX_HOME/manifest-cache``, keyed by a hash of endpoint + URL + key + ETag: after
-        the first time, ``featx status`` of 1,000 models is one listing and zero GETs (the first
-        time, ``prefetch_manifests`` fetches them in parallel). A manifest deleted and rewritten
-        (a re-commit) has a new ETag, hence a new cache entry."""
-        cached = self._cache_path(rel, info.etag)
-        if cached is not None:
-            with contextlib.suppress(OSError, ValueError):
-                return Manifest.from_json(cached.read_bytes())
-        got = self._prefetched.pop((rel, info.etag), None) or self._get(self._key(rel))
-        if got is None:
-            return None
-        data, etag = got
-        manifest = Manifest.from_json(data)
-        self._cache_store(rel, etag or info.etag, data)
-        return manifest
+    def fetch_manifest(self, rel: str, info: ObjectInfo) -> tuple[bytes, str] | None:
+        return self._prefetched.pop((rel, info.etag), None) or self._get(self._key(rel))
 
-    # -- manifest cache ----------------------------------------------------------------------
-    def _cache_file(self, rel: str, etag: str) -> Path | None:
-        if self.manifest_cache is None or not etag:
-            return None
-        name = hashlib.sha256("\n".join((self.endpoint, self.url, rel, etag)).encode()).hexdigest()
-        return self.manifest_cache / name[:2] / f"{name}.json"
-
-    def _cache_path(self, rel: str, etag: str) -> Path | None:
-        path = self._cache_file(rel, etag)
-        return path if path is not None and path.is_file() else None
-
-    def _cache_store(self, rel: str, etag: str, data: bytes) -> None:
-        path = self._cache_file(rel, etag)
-        if path is None:
-            return
-        if len(etag) == 32 and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
-            return  # not the bytes this ETag names (replaced between listing and GET): do not cache
-        with contextlib.suppress(OSError):  # a read-only home only loses the cache
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+    def cacheable(self, data: bytes, etag: str) -> bool:
+        """A single-part ETag is the MD5 of the bytes: a manifest replaced between listing and GET
+        is not cached under the listed ETag."""
+        return len(etag) != 32 or hashlib.md5(data, usedforsecurity=False).hexdigest() == etag
 
 
 _LOADER: Any = None

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 
 import pytest
 
 from featx.catalog import load_modelset
-from tests.helpers import FEATX, run_featx
+from tests.helpers import FEATX, kill_mid_extraction, run_featx
 
 pytestmark = pytest.mark.s3
 SMOKE = load_modelset("smoke").models
@@ -82,13 +80,7 @@ def test_process_killed_mid_run_leaves_model_not_done(seaweedfs, tmp_path):
     env = {**os.environ, **seaweedfs.env(), "FEATX_HOME": str(tmp_path)}
     cmd = [FEATX, "extract", "--models", "featx-smoke/llama", "featx-smoke/dinov2", *DATA, "--store", url,
            "--num_workers", "0", "--batch_size", "1", "--log_format", "json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in proc.stderr:
-        if '"start"' in line and "dinov2" in line:
-            break
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_mid_extraction(cmd, "featx-smoke/dinov2", env)
     r = run_featx("status", "--models", "featx-smoke/llama", "featx-smoke/dinov2", *DATA, "--store", url, "--json", env=env)
     assert [s["state"] for s in json.loads(r.out)] == ["done", "missing"]
     again = run_featx("extract", "--models", "featx-smoke/llama", "featx-smoke/dinov2", *DATA, "--store", url,

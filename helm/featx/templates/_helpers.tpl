@@ -120,8 +120,8 @@ access keys from a Secret reference (never a value in a ConfigMap).
 
 {{/*
 The per-model Job template the controller fills in (name, labels, command, GPU request, node
-affinity, tolerations). `featx render` builds the same structure from the same values in Python
-(featx/kube/values.py); tests/test_kube_chart.py checks that both agree.
+affinity, tolerations). `featx render` (featx/kube/helm.py) and the controller both read it from
+the ConfigMap helm renders.
 */}}
 {{- define "featx.jobTemplate" -}}
 activeDeadlineSeconds: {{ .Values.job.activeDeadlineSeconds | toJson }}

@@ -1,0 +1,161 @@
+"""Run extraction for many models into one store: skip what is done, keep going past failures,
+commit each model whole or not at all (manifest last), record failures, and summarise. A
+Kubernetes Job runs this for one model. Turning rows into tensors is ``featx.extract``'s part."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from featx import __version__
+from featx.catalog.spec import ModelSpec
+from featx.data.datasets import Rows
+from featx.errors import (EXIT_FAILED, EXIT_OK, EXIT_OOM, EXIT_PERMANENT, FeatxError, OutOfMemoryError,
+                          PermanentError, UsageError)
+from featx.extract.loading import Loaded, pick_device
+from featx.extract.result import Extraction
+from featx.extract.runner import ExtractOptions, extract_rows, free_memory, load_model
+from featx.logs import EventLog, Progress
+from featx.pipeline.keys import artifact_key, dataset_prefix
+from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
+from featx.store.formats import write_tensors
+
+
+@dataclass
+class RunOptions:
+    """How a run treats the store and its attempts, around the extraction options."""
+
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+    force_remake: bool = False
+    fmt: str = "pt"
+    attempt: int = 1  # set by the Kubernetes controller
+    gpu_class: str | None = None
+
+
+@dataclass
+class ModelOutcome:
+    model: str
+    status: str  # committed | skipped | failed
+    seconds: float = 0.0
+    rows_per_s: float | None = None
+    reason: str = ""
+    kind: str = ""  # failure kind: permanent | transient | oom
+    where: str = ""
+
+
+@dataclass
+class RunSummary:
+    outcomes: list[ModelOutcome] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        kinds = {o.kind for o in self.outcomes if o.status == "failed"}
+        if not kinds:
+            return EXIT_OK
+        if "transient" in kinds:
+            return EXIT_FAILED
+        return EXIT_OOM if "oom" in kinds else EXIT_PERMANENT
+
+    def table(self) -> str:
+        rows = [("model", "status", "seconds", "rows/s", "detail")]
+        for o in self.outcomes:
+            rows.append((o.model, o.status, f"{o.seconds:.1f}", f"{o.rows_per_s:.1f}" if o.rows_per_s else "-",
+                         o.reason or o.where))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
+
+
+def _failure_kind(exc: BaseException) -> str:
+    if isinstance(exc, OutOfMemoryError):
+        return "oom"
+    return "permanent" if isinstance(exc, (PermanentError, UsageError)) else "transient"
+
+
+class Runner:
+    def __init__(self, store: Store, rows: Rows, opts: RunOptions, caption_idx: int = 0,
+                 log: EventLog | None = None):
+        self.store, self.rows, self.opts, self.caption_idx = store, rows, opts, caption_idx
+        self.log = log or EventLog()
+        self.device = pick_device(opts.extract.device)
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = self.rows.fingerprint
+        return self._fingerprint
+
+    def key(self, spec: ModelSpec) -> ArtifactKey:
+        return artifact_key(spec, self.rows.source, self.rows.subset, self.opts.extract.pool, self.caption_idx,
+                            self.opts.fmt)
+
+    def run(self, specs: list[ModelSpec]) -> RunSummary:
+        keys = [self.key(spec) for spec in specs]  # refuses bad pools before any work
+        summary = RunSummary()
+        states = self.store.scan(dataset_prefix(self.rows.source, self.rows.subset))
+        for spec, key in zip(specs, keys):
+            state = states.get(key.stem)
+            if state and state.state == "done" and not self.opts.force_remake:
+                self.log.event("skipped", model=spec.id, reason="already committed", where=f"{self.store.url}/{key.data}")
+                summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
+                continue
+            if state and state.state == "corrupt":
+                self.log.event("redo", model=spec.id, reason=state.reason)
+            summary.outcomes.append(self.run_one(spec, key))
+        return summary
+
+    def run_one(self, spec: ModelSpec, key: ArtifactKey) -> ModelOutcome:
+        t0 = time.perf_counter()
+        ex = self.opts.extract
+        self.log.event("start", model=spec.id, attempt=self.opts.attempt, gpu_class=self.opts.gpu_class or self.device,
+                       batch_plan={"batch_size": ex.batch_size or "auto", "token_budget": ex.token_budget or "auto"},
+                       dataset=f"{self.rows.name}@{self.rows.revision or self.rows.subset}", rows=len(self.rows),
+                       pool=key.pool, store=f"{self.store.url}/{key.data}")
+        loaded = None
+        try:
+            loaded = load_model(spec, ex, self.device)
+            progress = Progress(self.log, spec.id, len(self.rows))
+            try:
+                result = extract_rows(spec, loaded, self.rows, key.pool, ex, progress)
+            finally:
+                progress.close()
+            manifest = self._commit(spec, key, loaded, result)
+            seconds = time.perf_counter() - t0
+            where = f"{self.store.url}/{manifest.data_key}"
+            self.log.event("committed", model=spec.id, where=where, seconds=round(seconds, 2),
+                           shape=manifest.shape, sha256=manifest.sha256[:16])
+            return ModelOutcome(spec.id, "committed", seconds, len(self.rows) / max(seconds, 1e-9), where=where)
+        except Exception as e:  # one model failing never stops the others
+            kind = _failure_kind(e)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not isinstance(e, FeatxError):
+                reason = f"{type(e).__name__}: {reason}"
+            record = self.store.record_failure(key, FailureRecord(spec.id, reason, kind, self.opts.attempt))
+            retry = "no (permanent)" if kind == "permanent" else ("on a larger GPU" if kind == "oom" else "yes")
+            self.log.event("failed", model=spec.id, reason=reason, kind=kind, attempt=record.attempt, retry=retry)
+            return ModelOutcome(spec.id, "failed", time.perf_counter() - t0, reason=reason, kind=kind)
+        finally:
+            loaded = None  # drop the model before collecting, so its memory is free for the next one
+            free_memory()
+
+    def _commit(self, spec: ModelSpec, key: ArtifactKey, loaded: Loaded, result: Extraction) -> Manifest:
+        feats = result.feats
+        if feats is None or feats.shape[0] != len(self.rows):
+            raise RuntimeError(f"internal: {spec.id} produced {0 if feats is None else feats.shape[0]} rows, expected {len(self.rows)}")
+        ex = self.opts.extract
+        with tempfile.TemporaryDirectory(prefix="featx-") as tmp:
+            path = Path(tmp) / f"features.{self.opts.fmt}"
+            write_tensors(result.tensors, path, self.opts.fmt)
+            manifest = Manifest(
+                model_id=spec.id, modality=spec.modality, dataset=self.rows.name, subset=self.rows.subset,
+                rows_fingerprint=self.fingerprint, num_rows=len(self.rows), pool=key.pool,
+                caption_idx=key.caption_idx, format=self.opts.fmt,
+                data_key=key.data, sha256=sha256_file(path), size=path.stat().st_size, shape=list(feats.shape),
+                dtype=str(feats.dtype).removeprefix("torch."), featx_version=__version__,
+                model_revision=loaded.revision, dataset_revision=self.rows.revision,
+                init="random" if (spec.init == "random" or ex.init == "random") else "pretrained",
+                seed=ex.seed, qlora=ex.qlora, device=loaded.device, compute_dtype=loaded.dtype,
+                attn_implementation=loaded.attn_implementation, fallbacks=loaded.fallbacks, extraction=result.info)
+            return self.store.commit(key, path, manifest)
