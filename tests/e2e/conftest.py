@@ -82,31 +82,55 @@ def kubectl(local_cluster: LocalCluster) -> Kubectl:
     return Kubectl(local_cluster)
 
 
+class PodRecorder:
+    """Every extraction pod of a namespace as last seen, and ``kubectl logs`` of each that ended,
+    taken by polling while a run goes on: the controller deletes a model's Jobs (and pods) once it
+    is committed or retried, so afterwards there is nothing left to look at."""
+
+    def __init__(self, kubectl: Kubectl, namespace: str) -> None:
+        self.kubectl, self.namespace = kubectl, namespace
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.logs: dict[str, str] = {}  # pod name -> its log once it ended
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PodRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            items = self.kubectl.json("-n", self.namespace, "get", "pods", "-l", "featx.io/model")["items"]
+        except (AssertionError, subprocess.SubprocessError, ValueError):
+            return
+        for pod in items:
+            name = pod["metadata"]["name"]
+            self.pods[name] = pod
+            if pod["status"].get("phase") in ("Succeeded", "Failed") and name not in self.logs:
+                self.logs[name] = self.kubectl("-n", self.namespace, "logs", name, check=False)
+
+    def find(self, model_label: str, attempt: int) -> dict[str, Any] | None:
+        """The (last seen) pod of one attempt at one model."""
+        found = [p for p in self.pods.values() if p["metadata"]["labels"].get("featx.io/model") == model_label
+                 and p["metadata"]["labels"].get("featx.io/attempt") == str(attempt)]
+        return found[-1] if found else None
+
+
 @dataclass
 class Deployed:
-    """What scripts/local-deploy.sh did, and the extraction pods seen while it ran (the controller
-    deletes a model's Jobs once it is committed, so their specs and logs are taken on the way)."""
+    """What scripts/local-deploy.sh did, and the extraction pods seen while it ran."""
 
     proc: subprocess.CompletedProcess[str]
-    pods: dict[str, dict[str, Any]]
-    logs: dict[str, str]  # `kubectl logs job/<job>` of each Job whose pod succeeded
-
-
-def _watch_jobs(kubectl: Kubectl, stop: threading.Event, pods: dict[str, Any], logs: dict[str, str]) -> None:
-    while not stop.wait(1.0):
-        try:
-            items = kubectl.json("-n", NS, "get", "pods", "-l", "featx.io/release=featx")["items"]
-        except (AssertionError, subprocess.SubprocessError, ValueError):
-            continue
-        for pod in items:
-            if "featx.io/model" not in pod["metadata"]["labels"]:
-                continue  # the controller
-            pods[pod["metadata"]["name"]] = pod
-            job = pod["metadata"]["labels"].get("job-name", "")
-            if pod["status"].get("phase") == "Succeeded" and job and job not in logs:
-                text = kubectl("-n", NS, "logs", f"job/{job}", check=False)
-                if '"event": "committed"' in text:
-                    logs[job] = text
+    pods: PodRecorder
 
 
 @pytest.fixture(scope="session")
@@ -114,30 +138,22 @@ def deployed(local_cluster: LocalCluster, kubectl: Kubectl) -> Deployed:
     """scripts/local-deploy.sh, as `make local-kind` and `make local-cluster` run it, with the real
     node's GPU class so that the chart's GPU-sized Jobs schedule on it."""
     started = time.monotonic()
-    pods: dict[str, Any] = {}
-    logs: dict[str, str] = {}
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_jobs, args=(kubectl, stop, pods, logs), daemon=True)
-    watcher.start()
-    try:
+    with PodRecorder(kubectl, NS) as pods:
         p = subprocess.run(
             ["bash", str(REPO / "scripts" / "local-deploy.sh")], capture_output=True, text=True, cwd=REPO,
             timeout=1800, env=kubectl.env | {"FEATX_VALUES": str(HERE / "real-node-values.yaml"),
                                              "FEATX_POLL_S": "5", "FEATX_WAIT_S": "1200"},
         )
-    finally:
-        stop.set()
-        watcher.join()
     print(f"\n[e2e] local-deploy.sh: exit {p.returncode} in {time.monotonic() - started:.0f} s")
-    return Deployed(p, pods, logs)
+    return Deployed(p, pods)
 
 
 def s3_env(kubectl: Kubectl) -> dict[str, str]:
     """AWS settings that reach the in-cluster SeaweedFS from this host (its pod's address)."""
     secret = kubectl.json("-n", NS, "get", "secret", "featx-s3")["data"]
-    pod = kubectl.json("-n", NS, "get", "pod", "-l", "app.kubernetes.io/name=seaweedfs")["items"][0]
+    service = kubectl.json("-n", NS, "get", "service", "seaweedfs")  # the Service range is routed here
     return {
-        "AWS_ENDPOINT_URL": f"http://{pod['status']['podIP']}:8333",
+        "AWS_ENDPOINT_URL": f"http://{service['spec']['clusterIP']}:8333",
         "AWS_ACCESS_KEY_ID": base64.b64decode(secret["AWS_ACCESS_KEY_ID"]).decode(),
         "AWS_SECRET_ACCESS_KEY": base64.b64decode(secret["AWS_SECRET_ACCESS_KEY"]).decode(),
         "AWS_REGION": "us-east-1",
@@ -146,12 +162,14 @@ def s3_env(kubectl: Kubectl) -> dict[str, str]:
 
 @dataclass
 class Release:
-    """A second install of the chart in its own restricted namespace (own store prefix), for faults."""
+    """A second install of the chart in its own restricted namespace (own store prefix), for faults;
+    ``with release.pods:`` records its extraction pods while a test runs."""
 
     kubectl: Kubectl
     namespace: str
     prefix: str
     models: list[str]
+    pods: PodRecorder
 
     def status(self) -> list[dict[str, Any]]:
         out = self.kubectl("-n", self.namespace, "exec", "deploy/featx", "--", "featx", "status",
@@ -191,4 +209,4 @@ def install_release(kubectl: Kubectl, name: str, models: list[str], values: dict
     path.write_text(yaml.safe_dump(full))
     kubectl.helm("upgrade", "--install", "featx", "./helm/featx", "-n", name, "-f", "k8s/local-values.yaml",
                  "-f", str(path), "--wait", "--timeout", "5m")
-    return Release(kubectl, name, prefix, models)
+    return Release(kubectl, name, prefix, models, PodRecorder(kubectl, name))
