@@ -115,11 +115,13 @@ class S3Store(Store):
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def from_url(cls, url: str, endpoint_url: str | None = None, region: str | None = None,
-                 **options: Any) -> "S3Store":
+    def from_url(cls, url: str, endpoint_url: str | None = None, region: str | None = None, *,
+                 connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S,
+                 attempts: int = MAX_ATTEMPTS, **options: Any) -> "S3Store":
         """``s3://bucket[/prefix]`` with endpoint/region/credentials from the AWS environment;
-        ``endpoint_url`` (``--s3-endpoint``) and ``region`` override it. ``options`` go to
-        the constructor (``part_size``, ``max_workers``, ``manifest_cache``...)."""
+        ``endpoint_url`` (``--s3-endpoint``) and ``region`` override it. Timeouts and retries
+        bound every request (the controller, which moves no large objects, uses tighter ones).
+        ``options`` go to the constructor (``part_size``, ``max_workers``, ``manifest_cache``...)."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise StoreError(f"{url!r} is not an S3 URL: use s3://bucket/prefix")
@@ -128,10 +130,12 @@ class S3Store(Store):
                              "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
         bucket, prefix = parts.netloc, parts.path.strip("/")
         workers = max(1, int(options.get("max_workers", MAX_WORKERS)))
-        client = _make_client(endpoint_url, region, pool=max(workers, SCAN_WORKERS) + 4, attempts=MAX_ATTEMPTS)
+        client = _make_client(endpoint_url, region, pool=max(workers, SCAN_WORKERS) + 4, attempts=attempts,
+                              connect_timeout=connect_timeout, read_timeout=read_timeout)
         store = cls(bucket, prefix, client=client, **options)
         store._check_client = lambda: _make_client(endpoint_url, region, pool=2, attempts=2,
-                                                   connect_timeout=CHECK_CONNECT_TIMEOUT_S)
+                                                   connect_timeout=min(connect_timeout, CHECK_CONNECT_TIMEOUT_S),
+                                                   read_timeout=read_timeout)
         return store
 
     def __repr__(self) -> str:
@@ -420,7 +424,7 @@ _LOADER: Any = None
 
 
 def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, attempts: int,
-                 connect_timeout: float = CONNECT_TIMEOUT_S) -> Any:
+                 connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S) -> Any:
     """A boto3 S3 client from the AWS environment; path-style addressing for custom endpoints
     and checksums only when required (S3-compatible stores reject boto3's new defaults; featx
     sends the checksums it wants explicitly)."""
@@ -447,7 +451,7 @@ def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, att
 
     def build(path_style: bool) -> Any:
         config = Config(
-            region_name=region, connect_timeout=connect_timeout, read_timeout=READ_TIMEOUT_S,
+            region_name=region, connect_timeout=connect_timeout, read_timeout=read_timeout,
             retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=pool,
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
             s3={"addressing_style": "path"} if path_style else None,
