@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Scale benchmark of ``featx reconcile``: the ``exhaustive`` modelset (139 models) against a real
-control plane with 50+ fake GPU nodes (kwok). Reports, per pass, its wall time and the API calls
-it made (counted by a wrapper around featx's Kubernetes adapter), plus the pure ``decide`` time.
+control plane with 50+ fake GPU nodes (kwok) and the S3 store on a real SeaweedFS (loopback).
+Reports, per pass, its wall time, the API calls it made (counted by a wrapper around featx's
+Kubernetes adapter) and the S3 requests, plus the pure ``decide`` time.
 
 Passes:
   1. cold: nothing exists -> one Job per model (concurrency is set above the model count);
   2. steady: every Job active -> nothing to do (one list call);
   3. half done: half the models committed in the store and their Jobs Complete -> cleanup deletes.
 
-Usage: python scripts/bench_reconcile.py [--nodes 52] [--json out.json]
+Usage: python scripts/bench_reconcile.py [--nodes 52] [--out bench/results/reconcile.json]
 Builds/starts the control plane with tests/cluster/controlplane.py (binaries from
-scripts/build-control-plane.sh). Not a timed test: numbers go to the README by hand.
+scripts/build-control-plane.sh) and SeaweedFS with tests/fixtures/seaweedfs.py. Not a timed
+test: the results file (with the machine, its load average, the commit and the command) is
+what the README quotes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -31,13 +35,14 @@ sys.path.insert(0, str(REPO))
 
 from featx.kube.client import KubeClient  # noqa: E402
 from featx.kube.config import RunConfig  # noqa: E402
-from featx.kube.controller import Controller, settings_for  # noqa: E402
+from featx.kube.controller import WRITE_WORKERS, Controller, settings_for  # noqa: E402
 from featx.kube.observe import observe  # noqa: E402
 from featx.kube.reconcile import decide  # noqa: E402
 from featx.kube.values import load_values, run_config  # noqa: E402
 from featx.logs import EventLog  # noqa: E402
-from featx.store import Manifest  # noqa: E402
-from featx.store.local import LocalStore  # noqa: E402
+from featx.store import Manifest, Store, open_store  # noqa: E402
+from tests.fixtures.seaweedfs import count_calls, run_seaweedfs  # noqa: E402
+from bench_meta import RESULTS, provenance, write_results  # noqa: E402  (scripts/, beside this file)
 
 
 class CountingKube:
@@ -67,7 +72,7 @@ class CountingKube:
         self.seconds.clear()
 
 
-def fake_commit(store: LocalStore, d, tmp: Path) -> None:
+def fake_commit(store: Store, d, tmp: Path) -> None:
     data = tmp / "f.pt"
     data.write_bytes(d.id.encode())
     m = Manifest(model_id=d.id, modality=d.spec.modality, dataset=d.key.dataset, subset=d.key.subset,
@@ -80,7 +85,8 @@ def fake_commit(store: LocalStore, d, tmp: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=52, help="fake GPU nodes (at least 50)")
-    ap.add_argument("--json", default=None, help="write the results here too")
+    ap.add_argument("--workers", type=int, default=WRITE_WORKERS, help="API writes in flight at once")
+    ap.add_argument("--out", default=str(RESULTS / "reconcile.json"), help="results file")
     args = ap.parse_args()
 
     from kubernetes import client
@@ -89,9 +95,10 @@ def main() -> int:
                                             create_namespace, start_cluster, wait_until)
     from dataclasses import replace
 
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmpdir:
+    results: dict[str, Any] = {**provenance(), "bench": "reconcile", "workers": args.workers}
+    with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmpdir, run_seaweedfs(bucket="featx-bench") as sw:
         tmp = Path(tmpdir)
+        os.environ.update(sw.env())
         t0 = time.perf_counter()
         cluster = start_cluster(tmp / "k8s")
         results["cluster_start_s"] = round(time.perf_counter() - t0, 2)
@@ -109,21 +116,26 @@ def main() -> int:
                                 "ready_s": round(time.perf_counter() - t0, 2)}
             ns = create_namespace(api, "bench")
 
-            values = load_values(sets=["modelset=exhaustive", "concurrency=1000", "controller.replicas=0"])
+            values = load_values(sets=["modelset=exhaustive", "concurrency=1000", "controller.replicas=0",
+                                       f"s3.bucket={sw.bucket}", f"s3.endpoint={sw.endpoint}"])
             config = RunConfig.from_dict(run_config(values, "bench", ns))
-            store = LocalStore(tmp / "store")
-            kube = CountingKube(KubeClient(api, ns))
+            store = open_store(config.store, manifest_cache=tmp / "manifest-cache")
+            s3_calls = count_calls(store)
+            results["store"] = config.store + " (SeaweedFS, loopback)"
+            kube = CountingKube(KubeClient(api, ns, parallel=args.workers))
             log = io.StringIO()
-            controller = Controller(config, kube, store, EventLog("json", log))
+            controller = Controller(config, kube, store, EventLog("json", log), workers=args.workers)
             desired = controller.desired
             results["models"] = len(desired)
 
             def one_pass(name: str) -> dict[str, Any]:
                 kube.reset()
+                s3_calls.clear()
                 t = time.perf_counter()
                 r = controller.run_once()
                 row = {"seconds": round(time.perf_counter() - t, 3), "api_calls": sum(kube.calls.values()),
                        "calls": dict(kube.calls), "api_seconds": round(sum(kube.seconds.values()), 3),
+                       "s3_requests": dict(s3_calls), "loadavg_1m": round(os.getloadavg()[0], 2),
                        **{k: v for k, v in r.summary().items() if k != "seconds"}}
                 results[name] = row
                 print(f"{name}: {json.dumps(row)}", file=sys.stderr)
@@ -183,9 +195,8 @@ def main() -> int:
             results["decide_only_ms"] = round((time.perf_counter() - t) / 10 * 1000, 2)
         finally:
             cluster.stop()
+    write_results(Path(args.out), results)
     print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 

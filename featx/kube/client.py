@@ -92,6 +92,9 @@ class KubeClient:
                 raise UsageError(f"{what}: the API server refused ({e.status} {e.reason}); the ServiceAccount or "
                                  "kubeconfig user needs the chart's Role (jobs: list/create/delete, pods: list) in "
                                  f"namespace {self.namespace}") from e
+            if e.status == 0:  # the client's wrapping of a TLS failure: no answer from the server
+                raise TransientError(f"{what}: cannot reach the Kubernetes API ({' '.join(str(e.reason).split())}); "
+                                     "the next pass retries") from e
             raise
         except (HTTPError, OSError) as e:
             raise TransientError(f"{what}: cannot reach the Kubernetes API ({type(e).__name__}: {e}); "
