@@ -26,8 +26,9 @@ from featx.logs import EventLog
 from featx.store import FailureRecord, Store
 
 
-#: API writes (creates, deletes) in flight at once: a cold pass of 139 models is ~9 round trips deep.
-WRITE_WORKERS = 16
+#: API writes (creates, deletes) in flight at once: a cold pass of 139 models is ~5 round trips
+#: deep. More did not help on the benchmark's control plane: the API server was the bottleneck.
+WRITE_WORKERS = 32
 #: Retries of one S3 request of the controller (it moves only small objects; the next pass retries).
 STORE_RETRIES = 1
 
