@@ -188,7 +188,7 @@ class Controller:
             try:
                 result = self.run_once()
             except Exception as e:  # noqa: BLE001 - the loop must outlive any one pass
-                cause = str(e) if isinstance(e, FeatxError) else f"{type(e).__name__}: {e}"
+                cause = " ".join((str(e) if isinstance(e, FeatxError) else f"{type(e).__name__}: {e}").split())
                 self.log.event("error", reason=cause, retry_in_s=interval)
                 if featx_settings.DEBUG:
                     traceback.print_exc()
