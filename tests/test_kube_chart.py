@@ -217,6 +217,21 @@ def _refused_by_featx(*args: str) -> str:
     return r.err
 
 
+def test_probes_call_the_health_endpoint_the_command_serves(helm):
+    from featx.cli.main import build_parser
+
+    (dep,) = by_kind(docs(helm, "--set", "controller.health.port=9090"), "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(c["command"][1:])  # featx's own parser accepts the command
+    assert (args.health_port, args.fail_after_intervals, args.request_timeout) == (9090, 3, 30.0)
+    assert c["ports"] == [{"name": "health", "containerPort": 9090, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    (off,) = by_kind(docs(helm, "--set", "controller.health.port=0"), "Deployment")
+    c = off["spec"]["template"]["spec"]["containers"][0]
+    assert "--health_port" not in c["command"] and not {"ports", "livenessProbe", "readinessProbe"} & set(c)
+
+
 @pytest.mark.parametrize("name", list(BAD_VALUES))
 def test_bad_values_are_refused_by_helm_and_featx_render(helm, tmp_path, name):
     override, fragment = BAD_VALUES[name]

@@ -4,7 +4,9 @@ failed part or a wrong checksum never leaves anything that looks done; errors ar
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -320,6 +322,46 @@ def test_manifest_cache_serves_later_readers_and_follows_recommit(store, tmp_pat
     uncached.state(key)
     uncached.state(key)
     assert fetched == [key.manifest] * 2
+
+
+@pytest.mark.s3
+def test_manifest_index_makes_a_cold_scan_one_get(seaweedfs, tmp_path, monkeypatch):
+    """A machine that never saw the manifests reads them from the folder's index (one GET); the
+    index is rewritten by a scan that sees it stale, and only entries that match the listing's
+    ETags are believed."""
+    s3_env(monkeypatch, seaweedfs)
+    url, folder = seaweedfs.url(f"t-{uuid.uuid4().hex[:12]}"), "prh/wit_1024/"
+    writer = S3Store.from_url(url, manifest_cache=False)
+    n = s3mod.INDEX_MIN
+    for i in range(n):
+        commit(writer, tmp_path, key_for(f"org_model{i}"))
+
+    def fresh_scan(cache: str) -> tuple[dict, dict[str, int]]:  # a `featx status` on a new machine
+        reader = S3Store.from_url(url, manifest_cache=tmp_path / cache)
+        calls = count_calls(reader)
+        return reader.scan(folder), calls
+
+    states, calls = fresh_scan("first")  # nobody indexed the folder yet: GETs, then the index
+    assert sum(s.state == "done" for s in states.values()) == n
+    assert calls == {"ListObjectsV2": 1, "GetObject": n, "PutObject": 1}
+    assert fresh_scan("second") == (states, {"ListObjectsV2": 1, "GetObject": 1})
+    assert fresh_scan("second") == (states, {"ListObjectsV2": 1})  # warm: the local cache
+
+    # a new commit: a cold reader takes the rest from the old index, GETs the new one, re-indexes
+    commit(writer, tmp_path, key_for("org_new"))
+    states, calls = fresh_scan("third")
+    assert states[key_for("org_new").stem].state == "done"
+    assert calls == {"ListObjectsV2": 1, "GetObject": 2, "PutObject": 1, "DeleteObject": 1}
+    (index,) = [rel for rel in writer.list(folder) if "manifest-index" in rel]
+
+    # a forged index (every manifest claims other data) is not believed, and is replaced
+    doc = json.loads(gzip.decompress(writer.get_bytes(index)))
+    doc["manifests"] = {k: v.replace('"sha256": "', '"sha256": "0') for k, v in doc["manifests"].items()}
+    overwrite(writer, index, gzip.compress(json.dumps(doc).encode()), seaweedfs)
+    forged, calls = fresh_scan("fourth")
+    assert forged == states
+    assert calls == {"ListObjectsV2": 1, "GetObject": 1 + n + 1, "PutObject": 1}
+    assert fresh_scan("fifth")[1] == {"ListObjectsV2": 1, "GetObject": 1}
 
 
 @pytest.mark.s3

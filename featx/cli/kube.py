@@ -58,6 +58,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(w, "interval", type=float, default=None, help="seconds between passes (default: the run config's)")
     flag(w, "dry_run", action="store_true", help="log the decisions, create and delete nothing")
     flag(w, "log_format", choices=["text", "json"], default="text")
+    h = r.add_argument_group("health (the chart's probes)")
+    flag(h, "request_timeout", type=float, default=30.0, metavar="S",
+         help="seconds to wait for any one Kubernetes API or S3 response before the pass fails (default 30)")
+    flag(h, "health_port", type=int, default=None, metavar="PORT",
+         help="with --watch: serve /healthz (a pass completed lately) and /readyz (and it had no error) on PORT")
+    flag(h, "health_host", default="0.0.0.0", metavar="ADDR", help="address of the health endpoint (default 0.0.0.0)")
+    flag(h, "fail_after_intervals", type=int, default=None, metavar="N",
+         help="/healthz fails after N intervals without a completed pass (default 3)")
     r.set_defaults(run=run_reconcile)
 
 
@@ -102,15 +110,17 @@ def run_reconcile(args: argparse.Namespace) -> int:
     import yaml
 
     from featx.errors import UsageError
-    from featx.kube.client import KubeClient
+    from featx.kube.client import KubeClient, Timeouts
     from featx.kube.config import RunConfig
-    from featx.kube.controller import Controller
+    from featx.kube.controller import STORE_RETRIES, WRITE_WORKERS, Controller
+    from featx.kube.health import FAIL_AFTER_INTERVALS, Health, serve
     from featx.logs import EventLog
     from featx.store import open_store
 
     if args.config and args.configmap:
         raise UsageError("give either --config or --configmap, not both")
-    kube = KubeClient.connect(args.namespace, args.kubeconfig, args.context)
+    timeouts = Timeouts(read=args.request_timeout)
+    kube = KubeClient.connect(args.namespace, args.kubeconfig, args.context, timeouts, WRITE_WORKERS)
     if args.config:
         config = RunConfig.load(args.config)
     elif args.configmap:
@@ -120,9 +130,14 @@ def run_reconcile(args: argparse.Namespace) -> int:
     if args.namespace is None and args.config:
         kube.namespace = config.namespace  # the release's namespace, unless told otherwise
     options = {"endpoint_url": args.s3_endpoint} if args.s3_endpoint else {}
-    store = open_store(config.store, **options)
-    controller = Controller(config, kube, store, EventLog(args.log_format))
+    store = open_store(config.store, connect_timeout=timeouts.connect, read_timeout=timeouts.read,
+                       attempts=STORE_RETRIES, **options)
+    controller = Controller(config, kube, store, EventLog(args.log_format), workers=WRITE_WORKERS)
     if args.watch:
-        return controller.watch(args.interval)
+        interval = config.interval_s if args.interval is None else args.interval
+        health = Health((args.fail_after_intervals or FAIL_AFTER_INTERVALS) * interval)
+        if args.health_port is not None:
+            serve(health, args.health_port, args.health_host)
+        return controller.watch(interval, health=health)
     result = controller.run_once(dry_run=args.dry_run)
     return 1 if result.errors else 0

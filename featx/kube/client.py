@@ -2,11 +2,17 @@
 client with the few calls the controller makes (``VERBS``, which the chart's Role grants and
 nothing more). Objects go in and come out as plain dicts (the API's camelCase JSON form), so the
 rest of featx never sees the client's model classes.
+
+Every request has a deadline (``Timeouts``) and urllib3 retries nothing: the controller's next
+pass is the retry, so an unreachable or silent API server costs one pass at most
+``connect + read`` seconds per call and one log line, never a silent hang.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,17 @@ VERBS = frozenset({("batch", "jobs", "list"), ("batch", "jobs", "create"), ("bat
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to connect and to wait for a response, per API request (``_request_timeout``)."""
+
+    connect: float = 5.0
+    read: float = 30.0
+
+    def pair(self) -> tuple[float, float]:
+        return (self.connect, self.read)
+
+
 def in_cluster_namespace() -> str | None:
     try:
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
@@ -26,19 +43,22 @@ def in_cluster_namespace() -> str | None:
 
 
 class KubeClient:
-    """Jobs and Pods of one namespace. ``api_client`` is a ``kubernetes.client.ApiClient``."""
+    """Jobs and Pods of one namespace. ``api_client`` is a ``kubernetes.client.ApiClient`` whose
+    credentials are used (in a client of its own, see ``_own_client``); ``parallel`` is the most
+    requests in flight at once (the controller's write workers)."""
 
-    def __init__(self, api_client: Any, namespace: str):
+    def __init__(self, api_client: Any, namespace: str, timeouts: Timeouts = Timeouts(), parallel: int = 1):
         from kubernetes import client
 
-        self.api_client = api_client
+        self.api_client = _own_client(api_client, parallel)
         self.namespace = namespace
-        self._batch = client.BatchV1Api(api_client)
-        self._core = client.CoreV1Api(api_client)
+        self.timeouts = timeouts
+        self._batch = client.BatchV1Api(self.api_client)
+        self._core = client.CoreV1Api(self.api_client)
 
     @classmethod
-    def connect(cls, namespace: str | None = None, kubeconfig: str | None = None,
-                context: str | None = None) -> "KubeClient":
+    def connect(cls, namespace: str | None = None, kubeconfig: str | None = None, context: str | None = None,
+                timeouts: Timeouts = Timeouts(), parallel: int = 1) -> "KubeClient":
         """In-cluster credentials when running in a pod (and no kubeconfig is given), else the
         kubeconfig (``--kubeconfig``, ``$KUBECONFIG`` or ~/.kube/config)."""
         from kubernetes import config
@@ -56,7 +76,7 @@ class KubeClient:
             raise UsageError(f"cannot load Kubernetes credentials ({e}); pass --kubeconfig FILE, set KUBECONFIG, "
                              "or run inside the cluster") from e
         ns = namespace or in_cluster_namespace() or _kubeconfig_namespace(kubeconfig, context) or "default"
-        return cls(api, ns)
+        return cls(api, ns, timeouts, parallel)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
         return self.api_client.sanitize_for_serialization(obj)
@@ -66,12 +86,15 @@ class KubeClient:
         from urllib3.exceptions import HTTPError
 
         try:
-            return fn(*args, **kwargs)
+            return fn(*args, _request_timeout=self.timeouts.pair(), **kwargs)
         except ApiException as e:
             if e.status in (401, 403):
                 raise UsageError(f"{what}: the API server refused ({e.status} {e.reason}); the ServiceAccount or "
                                  "kubeconfig user needs the chart's Role (jobs: list/create/delete, pods: list) in "
                                  f"namespace {self.namespace}") from e
+            if e.status == 0:  # the client's wrapping of a TLS failure: no answer from the server
+                raise TransientError(f"{what}: cannot reach the Kubernetes API ({' '.join(str(e.reason).split())}); "
+                                     "the next pass retries") from e
             raise
         except (HTTPError, OSError) as e:
             raise TransientError(f"{what}: cannot reach the Kubernetes API ({type(e).__name__}: {e}); "
@@ -118,7 +141,10 @@ class KubeClient:
         from kubernetes.client.rest import ApiException
 
         try:
-            self._call("create job", self._batch.create_namespaced_job, self.namespace, manifest)
+            # the raw response, read and dropped: parsing the created Job into model classes
+            # costs more client CPU than the request itself
+            self._call("create job", self._batch.create_namespaced_job, self.namespace, manifest,
+                       _preload_content=False).data
             return True
         except ApiException as e:
             if e.status == 409:
@@ -140,6 +166,18 @@ class KubeClient:
             if e.status == 404:
                 return False
             raise TransientError(f"delete job {name}: {e.status} {e.reason}") from e
+
+
+def _own_client(api_client: Any, parallel: int) -> Any:
+    """A client over ``api_client``'s configuration with no urllib3 retries (each one would also
+    print a warning line) and a connection pool for ``parallel`` requests (a full pool drops
+    connections and warns)."""
+    from kubernetes import client
+
+    config = copy.deepcopy(api_client.configuration)
+    config.retries = False
+    config.connection_pool_maxsize = max(parallel, config.connection_pool_maxsize or 1)
+    return client.ApiClient(config)
 
 
 def _message(e: Any) -> str:

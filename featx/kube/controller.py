@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from featx import settings as featx_settings
 from featx.errors import FeatxError
 from featx.kube.config import Desired, RunConfig
+from featx.kube.health import FAIL_AFTER_INTERVALS, Health
 from featx.kube.jobs import release_selector, render_job
 from featx.kube.observe import ObservedJob, observe
 from featx.kube.reconcile import Action, Create, Delete, GiveUp, Settings, Skip, decide
 from featx.logs import EventLog
 from featx.store import FailureRecord, Store
+
+
+#: API writes (creates, deletes) in flight at once: a cold pass of 139 models is ~5 round trips
+#: deep. More did not help on the benchmark's control plane: the API server was the bottleneck.
+WRITE_WORKERS = 32
+#: Retries of one S3 request of the controller (it moves only small objects; the next pass retries).
+STORE_RETRIES = 1
 
 
 class Kube(Protocol):
@@ -60,7 +70,7 @@ class PassResult:
 
 class Controller:
     def __init__(self, config: RunConfig, kube: Kube, store: Store, log: EventLog | None = None,
-                 clock: Callable[[], float] = time.monotonic, workers: int = 8):
+                 clock: Callable[[], float] = time.monotonic, workers: int = WRITE_WORKERS):
         self.config, self.kube, self.store = config, kube, store
         self.workers = max(1, workers)  # API writes (creates, deletes) in flight at once
         self._lock = threading.Lock()
@@ -165,17 +175,27 @@ class Controller:
                 self.log.event(f"skip-{action.kind}", model=action.model, reason=action.reason or None, **extra)
 
     def watch(self, interval: float | None = None, stop: threading.Event | None = None,
-              max_passes: int | None = None) -> int:
-        """Pass after pass until ``stop`` is set (or ``max_passes``); a pass that fails (API or
-        store outage, a bad setting) is logged and the next one tries again."""
+              max_passes: int | None = None, health: Health | None = None) -> int:
+        """Pass after pass until ``stop`` is set (or ``max_passes``). A pass that fails (API server
+        or store unreachable or past its timeout, a bad setting, a bug) logs one ``error`` line
+        with the cause and the next pass tries again; ``health`` (what the probes read) hears of
+        every outcome."""
         stop = stop or threading.Event()
         interval = self.config.interval_s if interval is None else interval
+        health = health or Health(FAIL_AFTER_INTERVALS * interval, self.clock)
         passes = 0
         while not stop.is_set():
             try:
-                self.run_once()
-            except FeatxError as e:
-                self.log.event("error", reason=str(e), retry_in_s=interval)
+                result = self.run_once()
+            except Exception as e:  # noqa: BLE001 - the loop must outlive any one pass
+                cause = " ".join((str(e) if isinstance(e, FeatxError) else f"{type(e).__name__}: {e}").split())
+                self.log.event("error", reason=cause, retry_in_s=interval)
+                if featx_settings.DEBUG:
+                    traceback.print_exc()
+                health.failed(cause)
+            else:
+                errors = result.errors
+                health.completed(f"{len(errors)} error(s), first: {errors[0]}" if errors else "")
             passes += 1
             if max_passes is not None and passes >= max_passes:
                 break

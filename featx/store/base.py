@@ -94,8 +94,9 @@ class Store(ABC):
             cache.put(rel, etag or info.etag, data)
         return manifest
 
-    def prefetch_manifests(self, manifests: dict[str, ObjectInfo]) -> None:
-        """Called by ``scan`` before it reads manifests one by one; backends may fetch them in parallel."""
+    def prefetch_manifests(self, prefix: str, objects: dict[str, ObjectInfo]) -> None:
+        """Called by ``scan`` with its listing before it reads manifests one by one; backends may
+        fetch them in parallel, or from an index (S3)."""
 
     # -- protocol ---------------------------------------------------------------------------
     def commit(self, key: ArtifactKey, data_file: Path, manifest: Manifest) -> Manifest:
@@ -117,7 +118,7 @@ class Store(ABC):
     def scan(self, prefix: str = "") -> dict[str, StoredState]:
         """State of every artifact stem under ``prefix``, from one listing."""
         objects = self.list(prefix)
-        self.prefetch_manifests({rel: info for rel, info in objects.items() if rel.endswith(MANIFEST_SUFFIX)})
+        self.prefetch_manifests(prefix, objects)
         stems: dict[str, dict[str, str]] = {}
         for rel in objects:
             for suffix, kind in ((MANIFEST_SUFFIX, "manifest"), (FAILURE_SUFFIX, "failure"), (".pt", "data"),

@@ -9,7 +9,9 @@ The commit protocol lives in ``base.Store``; this module supplies its primitives
   the same key aborts it);
 * a manifest is written only if absent (``If-None-Match: *``);
 * ``featx status`` of 1,000 models is one listing plus zero GETs once manifests are cached
-  (``featx.store.manifest_cache``; a cold scan GETs the missing ones in parallel).
+  (``featx.store.manifest_cache``), and one listing plus one
+  GET on a machine that never saw them (a per-folder manifest index, verified against the
+  listing: see "manifest index" below).
 
 Endpoint, region and credentials come from the usual AWS variables and profiles
 (``AWS_ENDPOINT_URL[_S3]``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
@@ -26,7 +28,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -37,6 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from featx.errors import FeatxError, StoreError, TransientError
 from featx.store.base import ObjectInfo, Store
+from featx.store.keys import MANIFEST_SUFFIX
 from featx.store.manifest_cache import ManifestCache
 
 MiB = 1 << 20
@@ -116,11 +121,13 @@ class S3Store(Store):
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def from_url(cls, url: str, endpoint_url: str | None = None, region: str | None = None,
-                 **options: Any) -> "S3Store":
+    def from_url(cls, url: str, endpoint_url: str | None = None, region: str | None = None, *,
+                 connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S,
+                 attempts: int = MAX_ATTEMPTS, **options: Any) -> "S3Store":
         """``s3://bucket[/prefix]`` with endpoint/region/credentials from the AWS environment;
-        ``endpoint_url`` (``--s3-endpoint``) and ``region`` override it. ``options`` go to
-        the constructor (``part_size``, ``max_workers``, ``manifest_cache``...)."""
+        ``endpoint_url`` (``--s3-endpoint``) and ``region`` override it. Timeouts and retries
+        bound every request (the controller, which moves no large objects, uses tighter ones).
+        ``options`` go to the constructor (``part_size``, ``max_workers``, ``manifest_cache``...)."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise StoreError(f"{url!r} is not an S3 URL: use s3://bucket/prefix")
@@ -129,10 +136,12 @@ class S3Store(Store):
                              "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
         bucket, prefix = parts.netloc, parts.path.strip("/")
         workers = max(1, int(options.get("max_workers", MAX_WORKERS)))
-        client = _make_client(endpoint_url, region, pool=max(workers, SCAN_WORKERS) + 4, attempts=MAX_ATTEMPTS)
+        client = _make_client(endpoint_url, region, pool=max(workers, SCAN_WORKERS) + 4, attempts=attempts,
+                              connect_timeout=connect_timeout, read_timeout=read_timeout)
         store = cls(bucket, prefix, client=client, **options)
         store._check_client = lambda: _make_client(endpoint_url, region, pool=2, attempts=2,
-                                                   connect_timeout=CHECK_CONNECT_TIMEOUT_S)
+                                                   connect_timeout=min(connect_timeout, CHECK_CONNECT_TIMEOUT_S),
+                                                   read_timeout=read_timeout)
         return store
 
     def __repr__(self) -> str:
@@ -358,23 +367,34 @@ class S3Store(Store):
                     out[obj["Key"][start:]] = ObjectInfo(obj["Size"], obj["ETag"].strip('"'))
         return out
 
-    def prefetch_manifests(self, manifests: dict[str, ObjectInfo]) -> None:
-        """GET the manifests not in the local cache in parallel (``SCAN_WORKERS`` at a time), so a
-        cold ``scan`` of 1,000 models is not 1,000 sequential round trips."""
+    def prefetch_manifests(self, prefix: str, objects: dict[str, ObjectInfo]) -> None:
+        """Fetch the listed manifests that are not in the local cache before ``scan`` reads them:
+        from their folder's index when there are many, the rest by GETs in parallel
+        (``SCAN_WORKERS`` at a time); then rewrite the indexes this listing shows stale."""
         self._prefetched = {}
+        manifests = {rel: info for rel, info in objects.items() if rel.endswith(MANIFEST_SUFFIX)}
         cache = self.manifest_cache
-        todo = [(rel, info) for rel, info in manifests.items() if not (cache and cache.has(rel, info.etag))]
-        if len(todo) < 2:
-            return
+        todo = {rel: info for rel, info in manifests.items() if not (cache and cache.has(rel, info.etag))}
+        indexes = _indexes_by_folder(objects)
+        stale: set[str] = set()
+        if len(todo) >= INDEX_MIN:
+            for folder, listed in indexes.items():
+                found = self._read_index(_pick_index(listed, manifests, folder), manifests)
+                self._prefetched.update(found)
+                if any(_folder(rel) == folder and (rel, info.etag) not in found for rel, info in manifests.items()):
+                    stale.add(folder)  # a newer commit, or an entry that failed verification
+        missing = [(rel, info) for rel, info in todo.items() if (rel, info.etag) not in self._prefetched]
+        if missing:
+            def fetch(item: tuple[str, ObjectInfo]) -> None:
+                rel, info = item
+                got = self._get(self._key(rel))
+                if got is not None:
+                    self._prefetched[(rel, info.etag)] = got
 
-        def fetch(item: tuple[str, ObjectInfo]) -> None:
-            rel, info = item
-            got = self._get(self._key(rel))
-            if got is not None:
-                self._prefetched[(rel, info.etag)] = got
-
-        with ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="featx-s3-scan") as pool:
-            list(pool.map(fetch, todo))
+            with ThreadPoolExecutor(min(SCAN_WORKERS, len(missing)), thread_name_prefix="featx-s3-scan") as pool:
+                list(pool.map(fetch, missing))
+        for folder, members in _whole_folders(prefix, manifests).items():
+            self._refresh_index(folder, members, indexes.get(folder, []), folder in stale)
 
     def fetch_manifest(self, rel: str, info: ObjectInfo) -> tuple[bytes, str] | None:
         return self._prefetched.pop((rel, info.etag), None) or self._get(self._key(rel))
@@ -384,12 +404,118 @@ class S3Store(Store):
         is not cached under the listed ETag."""
         return len(etag) != 32 or hashlib.md5(data, usedforsecurity=False).hexdigest() == etag
 
+    # -- manifest index ----------------------------------------------------------------------
+    def _read_index(self, rel: str, manifests: dict[str, ObjectInfo]) -> dict[tuple[str, str], tuple[bytes, str]]:
+        """The entries of index ``rel`` that are byte for byte the listed manifests (MD5 = ETag)."""
+        got = self._get(self._key(rel))
+        try:
+            doc = json.loads(gzip.decompress(got[0])) if got else {}
+        except (OSError, EOFError, ValueError):
+            return {}  # unreadable: the GETs it would have saved are made instead
+        if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+            return {}
+        out = {}
+        for key, text in (doc.get("manifests") or {}).items():
+            info, data = manifests.get(key), str(text).encode()
+            if info is not None and _md5_is(data, info.etag):
+                out[(key, info.etag)] = (data, info.etag)
+        return out
+
+    def _refresh_index(self, folder: str, members: dict[str, ObjectInfo], listed: list[str], stale: bool) -> None:
+        """Write the index of ``folder`` when none is listed under the members' fingerprint (or
+        the one listed failed to give them all), from manifests already in hand (prefetched or
+        cached: no extra GETs), then drop the other indexes listed there. Best effort: a store
+        this client may not write (read-only credentials) only keeps its cold scans slower."""
+        if len(members) < INDEX_MIN:
+            return
+        name = f"{folder}{INDEX_STEM}{_fingerprint(members)}{INDEX_SUFFIX}"
+        if name not in listed or stale:
+            entries = {}
+            for rel, info in members.items():
+                data = self._manifest_bytes(rel, info)
+                if data is None:
+                    return  # not every manifest in hand: a later scan that has them writes it
+                entries[rel] = data.decode()
+            doc = {"format": INDEX_FORMAT, "manifests": entries}
+            try:
+                self.put_bytes(name, gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), 1))
+            except FeatxError:
+                return
+        for old in listed:
+            if old != name:
+                with contextlib.suppress(FeatxError):
+                    self.delete(old)
+
+    def _manifest_bytes(self, rel: str, info: ObjectInfo) -> bytes | None:
+        """The listed manifest's bytes if this scan holds them (prefetched or cached), verified."""
+        got = self._prefetched.get((rel, info.etag))
+        data = got[0] if got else None
+        if data is None and self.manifest_cache is not None:
+            data = self.manifest_cache.get(rel, info.etag)
+        return data if data is not None and _md5_is(data, info.etag) else None
+
+
+# -- manifest index ------------------------------------------------------------------------------
+# Without it, a cold `featx status` of 1,000 models is 1,000 manifest GETs (7 s on this project's
+# machine). Each folder of manifests (``{dataset}/{subset}/``) may hold one index object: the exact
+# bytes of every manifest in it, gzipped, named by a fingerprint of the (key, ETag) pairs it holds,
+# so a listing tells whether it is current without reading it. A reader uses an entry only if its
+# MD5 equals the ETag the listing shows for that manifest (a plain PUT's ETag is its MD5): a stale,
+# partial or forged index costs GETs, never a wrong state. Any scan that listed the whole folder
+# and holds every manifest rewrites a stale index (the controller does so pass after pass from its
+# local cache); commits do not, because Jobs commit in parallel and would race for one object.
+INDEX_STEM = "featx-manifest-index-"
+INDEX_SUFFIX = ".json.gz"
+INDEX_FORMAT = "featx-manifest-index/1"
+INDEX_MIN = 2 * SCAN_WORKERS  # fewer manifests are fetched directly: at most two rounds of GETs
+
+
+def _folder(rel: str) -> str:
+    return rel[: rel.rfind("/") + 1]
+
+
+def _md5_is(data: bytes, etag: str) -> bool:
+    return len(etag) == 32 and hashlib.md5(data, usedforsecurity=False).hexdigest() == etag
+
+
+def _fingerprint(members: dict[str, ObjectInfo]) -> str:
+    digest = hashlib.sha256()
+    for rel in sorted(members):
+        digest.update(f"{rel}\t{members[rel].etag}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _indexes_by_folder(objects: dict[str, ObjectInfo]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for rel in objects:
+        name = rel[rel.rfind("/") + 1:]
+        if name.startswith(INDEX_STEM) and name.endswith(INDEX_SUFFIX):
+            out.setdefault(_folder(rel), []).append(rel)
+    return out
+
+
+def _pick_index(listed: list[str], manifests: dict[str, ObjectInfo], folder: str) -> str:
+    """The current index of ``folder`` if listed (two writers may briefly leave two), else any."""
+    members = {rel: info for rel, info in manifests.items() if _folder(rel) == folder}
+    current = f"{folder}{INDEX_STEM}{_fingerprint(members)}{INDEX_SUFFIX}"
+    return current if current in listed else sorted(listed)[-1]
+
+
+def _whole_folders(prefix: str, manifests: dict[str, ObjectInfo]) -> dict[str, dict[str, ObjectInfo]]:
+    """The manifests of each folder that a listing of ``prefix`` holds whole (never index a part)."""
+    out: dict[str, dict[str, ObjectInfo]] = {}
+    for rel, info in manifests.items():
+        folder = _folder(rel)
+        if folder.startswith(prefix):
+            out.setdefault(folder, {})[rel] = info
+    return out
+
 
 _LOADER: Any = None
 
 
 def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, attempts: int,
-                 connect_timeout: float = CONNECT_TIMEOUT_S) -> Any:
+                 connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S) -> Any:
     """A boto3 S3 client from the AWS environment; path-style addressing for custom endpoints
     and checksums only when required (S3-compatible stores reject boto3's new defaults; featx
     sends the checksums it wants explicitly)."""
@@ -416,7 +542,7 @@ def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, att
 
     def build(path_style: bool) -> Any:
         config = Config(
-            region_name=region, connect_timeout=connect_timeout, read_timeout=READ_TIMEOUT_S,
+            region_name=region, connect_timeout=connect_timeout, read_timeout=read_timeout,
             retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=pool,
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
             s3={"addressing_style": "path"} if path_style else None,

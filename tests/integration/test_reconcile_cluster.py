@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,6 +309,37 @@ def test_raising_the_concurrency_limit_runs_more_jobs(release_factory):
     rel.helm_run("upgrade", "--set", "concurrency=4")
     assert rel.reconcile().created == 2
     assert len(active(rel.jobs())) == 4
+
+
+def test_a_pass_makes_one_list_and_parallel_bounded_creates(release_factory):
+    """HTTP requests to the real API server, counted under featx's adapter: a cold pass lists Jobs
+    once and creates one Job per model it can size, at most ``workers`` at a time (and more than
+    one); the next pass is one list."""
+    rel = release_factory(modelset="val", concurrency=100)
+    controller = rel.controller()
+    controller.workers = 4
+    rest = controller.kube.api_client.rest_client
+    requests: list[tuple[str, str]] = []
+    in_flight, most, lock, real = [0], [0], threading.Lock(), rest.request
+
+    def counted(method, url, *args, **kwargs):
+        with lock:
+            requests.append((method, url.split("?", 1)[0].rsplit("/", 1)[-1]))
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            return real(method, url, *args, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    rest.request = counted
+    result = controller.run_once()
+    assert result.errors == [] and result.created > 8  # every model a GPU class holds
+    assert sorted(requests) == [("GET", "jobs")] + [("POST", "jobs")] * result.created
+    assert 1 < most[0] <= 4
+    requests.clear()
+    assert controller.run_once().created == 0 and requests == [("GET", "jobs")]
 
 
 def test_two_reconcilers_started_together_create_no_duplicates(release_factory):
