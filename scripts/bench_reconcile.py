@@ -38,7 +38,7 @@ from featx.kube.config import RunConfig  # noqa: E402
 from featx.kube.controller import WRITE_WORKERS, Controller, settings_for  # noqa: E402
 from featx.kube.observe import observe  # noqa: E402
 from featx.kube.reconcile import decide  # noqa: E402
-from featx.kube.values import load_values, run_config  # noqa: E402
+from featx.kube.helm import render_run_config  # noqa: E402
 from featx.logs import EventLog  # noqa: E402
 from featx.store import Manifest, Store, open_store  # noqa: E402
 from tests.fixtures.seaweedfs import count_calls, run_seaweedfs  # noqa: E402
@@ -115,12 +115,12 @@ def main() -> int:
                                         replace(GPU_1X24GB, count=n24)], timeout=120)
             results["nodes"] = {"total": len(nodes), "8x141GB": n141, "8x80GB": n80, "4x40GB": n40, "1x24GB": n24,
                                 "ready_s": round(time.perf_counter() - t0, 2)}
-            values = load_values(sets=["modelset=exhaustive", "concurrency=1000", "controller.replicas=0",
-                                       f"s3.bucket={sw.bucket}", f"s3.endpoint={sw.endpoint}"])
+            sets = ["modelset=exhaustive", "concurrency=1000", "controller.replicas=0",
+                    f"s3.bucket={sw.bucket}", f"s3.endpoint={sw.endpoint}"]
 
             def setup(ns: str) -> tuple[RunConfig, Store, dict[str, int], CountingKube, Controller]:
                 """A fresh controller (new connections, empty manifest cache) over namespace ``ns``."""
-                config = RunConfig.from_dict(run_config(values, "bench", ns))
+                config = RunConfig.from_dict(render_run_config(sets=sets, release="bench", namespace=ns))
                 store = open_store(config.store, manifest_cache=tmp / f"manifest-cache-{ns}")
                 kube = CountingKube(KubeClient(api, ns, parallel=args.workers))
                 controller = Controller(config, kube, store, EventLog("json", io.StringIO()), workers=args.workers)
