@@ -63,6 +63,8 @@ else
     DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -f docker/Dockerfile.cpu -t "${IMAGE}" \
         --label "featx.io/inputs=${inputs}" ${build_args[@]+"${build_args[@]}"} . >&2
     log "built ${IMAGE} in $((SECONDS - start)) s"
+    # The image it replaced (untagged now) holds gigabytes: drop it; the layer cache stays.
+    docker image prune -f --filter "label=featx.io/inputs" >/dev/null
 fi
 
 if [[ "${1:-}" == --node ]]; then

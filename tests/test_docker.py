@@ -128,7 +128,8 @@ def test_image_installs_exactly_the_runtime_pins(dockerfile: Path, tmp_path: Pat
     assert installed == runtime_pins()
 
     # Every other pip install adds nothing unpinned: only featx's own wheel, without dependencies.
-    installs = [cmd for r in builder_runs for cmd in r.split("&&") if re.search(r"\bpip install\b", cmd)]
+    all_runs = builder_runs + args_of(final_stage(dockerfile), "RUN")
+    installs = [cmd for r in all_runs for cmd in r.split("&&") if re.search(r"\bpip install\b", cmd)]
     for cmd in installs:
         assert "--no-cache-dir" in cmd, f"{dockerfile.name}: pip install without --no-cache-dir: {cmd.strip()}"
         if "-r /tmp/runtime-requirements.txt" not in cmd:
@@ -152,7 +153,10 @@ def test_final_stage_runs_featx_as_non_root(dockerfile: Path):
     assert uid == IMAGE_UID and gid in ("", IMAGE_UID), f"USER {users[-1]}: run as uid {IMAGE_UID} (numeric, non-root)"
     runs = " && ".join(args_of(final, "RUN"))
     assert f"--uid {IMAGE_UID}" in runs and "--no-log-init" in runs, "create the user (useradd --no-log-init --uid)"
-    assert not re.search(r"\b(pip|apt-get|apt|uv) ", runs), "the final stage installs nothing: copy /opt/venv"
+    assert not re.search(r"\b(apt-get|apt|uv) ", runs), "the final stage installs no packages: copy /opt/venv"
+    pips = [c.strip() for c in runs.split("&&") if re.search(r"\bpip (install|wheel|download)\b", c)]
+    assert pips == ["/opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/dist/featx-*.whl"], \
+        "the final stage installs featx's own wheel only, offline"
 
     env = env_of(final)
     assert env["PATH"].startswith("/opt/venv/bin:"), "featx (the entrypoint) comes from /opt/venv/bin"
@@ -163,8 +167,30 @@ def test_final_stage_runs_featx_as_non_root(dockerfile: Path):
     assert env.get("PYTHONUNBUFFERED") == "1", "log lines must reach `kubectl logs` at once"
 
     copied = [a for a in args_of(final, "COPY")]
-    assert copied and all(a.startswith("--from=builder /opt/") for a in copied), copied
-    assert any(a.endswith("/opt/venv /opt/venv") for a in copied)
+    assert "--from=builder /opt/venv /opt/venv" in copied and "--from=wheel /tmp/dist /tmp/dist" in copied
+    assert all(a.startswith(("--from=builder /opt/", "--from=wheel /tmp/dist ")) for a in copied), copied
+
+
+def base_images(dockerfile: Path) -> list[str]:
+    """The images the stages start FROM, with the global ARG defaults (``BASE_IMAGE``) filled in;
+    stages built on another stage (``FROM builder AS wheel``) are left out."""
+    defaults = dict(a.split("=", 1) for a in args_of(stages(dockerfile)[0], "ARG") if "=" in a)
+    names = {a.split()[-1] for s in stages(dockerfile)[1:] for a in args_of(s, "FROM") if " AS " in a.upper()}
+    out = []
+    for s in stages(dockerfile)[1:]:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]].strip('"'), args_of(s, "FROM")[0].split()[0])
+        if image not in names:
+            out.append(image)
+    return out
+
+
+def test_images_take_the_base_and_an_extra_ca_as_build_arguments():
+    for dockerfile in DOCKERFILES:
+        assert all(args_of(s, "FROM")[0].split()[0] in ("${BASE_IMAGE}", "builder") for s in stages(dockerfile)[1:])
+        builder_args = " ".join(a for s in stages(dockerfile)[1:-1] for a in args_of(s, "ARG"))
+        assert "EXTRA_CA_CERT" in builder_args
+        final = " ".join(a for _, a in final_stage(dockerfile))
+        assert "EXTRA_CA_CERT" not in final and "ca-bundle" not in final, "the final stage never holds the CA"
 
 
 def test_pyproject_declares_the_featx_entrypoint():
@@ -176,11 +202,10 @@ def test_both_images_share_python_and_layout():
     gpu_args = " ".join(a for s in stages(GPU) for a in args_of(s, "ARG"))
     version = re.search(r"PYTHON_VERSION=(3\.11\.\d+)", gpu_args)
     assert version, "docker/Dockerfile: ARG PYTHON_VERSION=3.11.x"
-    cpu_bases = [a.split()[0] for s in stages(CPU)[1:] for a in args_of(s, "FROM")]
-    assert all(b.startswith(f"python:{version[1]}-slim") for b in cpu_bases), (cpu_bases, version[1])
+    cpu_bases = base_images(CPU)
+    assert cpu_bases and all(b.startswith(f"python:{version[1]}-slim") for b in cpu_bases), (cpu_bases, version[1])
     for dockerfile in DOCKERFILES:  # pinned by tag: no floating "latest" or bare image names
-        for s in stages(dockerfile)[1:]:
-            image = args_of(s, "FROM")[0].split()[0]
+        for image in base_images(dockerfile):
             assert re.search(r":\d", image), f"{dockerfile.name}: FROM {image} is not pinned to a version tag"
     gpu_env, cpu_env = env_of(final_stage(GPU)), env_of(final_stage(CPU))
     assert gpu_env == cpu_env
