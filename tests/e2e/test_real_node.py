@@ -147,7 +147,10 @@ def test_a_container_over_its_memory_limit_is_oomkilled_and_retried_on_a_larger_
     second = rel.pods.find("featx-smoke_gpt2", 2)
     assert second is not None and second["metadata"]["labels"]["featx.io/gpu-class"] == "large"
     assert second["spec"]["containers"][0]["resources"]["limits"]["memory"] == "3Gi"
-    assert re.search(r"\bretry\b.*gpu_class=large", rel.controller_log())
+    retries = [line for line in rel.controller_log().splitlines() if re.search(r"\bretry\b.*gpu_class=large", line)]
+    assert retries
+    with CAPTURED.open("a") as f:
+        f.write(f"# OOMKilled, then: kubectl -n featx logs deploy/featx\n{retries[0]}\n")
     assert load_all(kubectl, f"s3://featx-features/{rel.prefix}", ["featx-smoke/gpt2"])["featx-smoke/gpt2"][0] == ROWS
 
 
@@ -155,22 +158,23 @@ def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubec
     models = ["featx-smoke/gpt2", "featx-smoke/opt", "featx-test/no-such-model"]
     rel = install_release(kubectl, "featx-faults", models, {"concurrency": 3, "attempts": 3}, tmp_path)
 
-    def started(label: str) -> dict[str, Any] | None:
+    def running(label: str) -> dict[str, Any] | None:
+        """The first attempt's pod once its container runs featx (a tiny model is extracted within
+        seconds of its `start` line, so the faults land while featx starts up and loads)."""
         pods = kubectl.json("-n", rel.namespace, "get", "pods", "-l", f"featx.io/model={label},featx.io/attempt=1")
         pod = pods["items"][0] if pods["items"] else None
-        if pod is None or pod["status"].get("phase") != "Running":
-            return None
-        log = kubectl("-n", rel.namespace, "logs", f"job/{pod['metadata']['labels']['job-name']}", check=False)
-        return pod if '"event": "start"' in log else None
+        statuses = (pod or {}).get("status", {}).get("containerStatuses") or []
+        return pod if statuses and "running" in (statuses[0].get("state") or {}) else None
 
     with rel.pods:
         # SIGKILL the container's process (no OOM): an ordinary retry on the same class.
-        pod = wait_until(lambda: started("featx-smoke_gpt2"), 300, "gpt2's first pod to start extracting", 0.5)
+        pod = wait_until(lambda: running("featx-smoke_gpt2"), 300, "gpt2's first container to run", 0.2)
         container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
         local_cluster.node.ctr("tasks", "kill", "-s", "SIGKILL", container_id)
-        # Delete the pod while it extracts (what `kubectl delete` and node drains do): retried too.
-        pod = wait_until(lambda: started("featx-smoke_opt"), 300, "opt's first pod to start extracting", 0.5)
-        kubectl("-n", rel.namespace, "delete", "pod", pod["metadata"]["name"], "--wait=false")
+        # Delete the running pod (what `kubectl delete` and node drains do): retried too.
+        pod = wait_until(lambda: running("featx-smoke_opt"), 300, "opt's first container to run", 0.2)
+        deleted = pod["metadata"]["name"]
+        kubectl("-n", rel.namespace, "delete", "pod", deleted, "--wait=false")
         rel.wait(lambda s: s == {"featx-smoke/gpt2": "done", "featx-smoke/opt": "done",
                                  "featx-test/no-such-model": "failed"}, 600, "two models done, one failed")
     killed = terminated(rel.pods.find("featx-smoke_gpt2", 1))
@@ -179,8 +183,9 @@ def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubec
     assert retry is not None and retry["metadata"]["labels"]["featx.io/gpu-class"] == "cpu"
     # The deleted pod was replaced: by its Job (a disruption spends no attempt) or by attempt 2.
     opt = [p for p in rel.pods.pods.values() if p["metadata"]["labels"]["featx.io/model"] == "featx-smoke_opt"]
-    assert len(opt) >= 2 and opt[-1]["status"]["phase"] == "Succeeded", [
-        (p["metadata"]["name"], p["metadata"]["labels"]["featx.io/attempt"], p["status"].get("phase")) for p in opt]
+    seen = [(p["metadata"]["name"], p["metadata"]["labels"]["featx.io/attempt"], p["status"].get("phase")) for p in opt]
+    assert rel.pods.pods[deleted]["status"].get("phase") != "Succeeded", seen  # the delete landed mid-run
+    assert len(opt) >= 2 and opt[-1]["status"]["phase"] == "Succeeded", seen
     shapes = load_all(kubectl, f"s3://featx-features/{rel.prefix}", models[:2])
     assert {s[0] for s in shapes.values()} == {ROWS}
 
@@ -196,3 +201,5 @@ def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubec
     give_up = [line for line in rel.controller_log().splitlines() if "give-up" in line]
     assert give_up and "featx-test/no-such-model" in give_up[0] and "cannot succeed on retry" in give_up[0]
     assert message.strip().splitlines()[-1][:60] in give_up[0], (message, give_up)
+    with CAPTURED.open("a") as f:
+        f.write(f"# a missing model: termination message\n{message}\n# kubectl -n featx logs deploy/featx\n{give_up[0]}\n")
