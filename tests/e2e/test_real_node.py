@@ -171,10 +171,13 @@ def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubec
         pod = wait_until(lambda: running("featx-smoke_gpt2"), 300, "gpt2's first container to run", 0.2)
         container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
         local_cluster.node.ctr("tasks", "kill", "-s", "SIGKILL", container_id)
-        # Delete the running pod (what `kubectl delete` and node drains do): retried too.
+        # Delete the running pod (what `kubectl delete` and node drains do): retried too. featx is
+        # stopped first (SIGSTOP) so that the kubelet's SIGTERM, then SIGKILL, finds it mid-run.
         pod = wait_until(lambda: running("featx-smoke_opt"), 300, "opt's first container to run", 0.2)
         deleted = pod["metadata"]["name"]
-        kubectl("-n", rel.namespace, "delete", "pod", deleted, "--wait=false")
+        local_cluster.node.ctr("tasks", "kill", "-s", "SIGSTOP",
+                               pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1])
+        kubectl("-n", rel.namespace, "delete", "pod", deleted, "--grace-period=3", "--wait=false")
         rel.wait(lambda s: s == {"featx-smoke/gpt2": "done", "featx-smoke/opt": "done",
                                  "featx-test/no-such-model": "failed"}, 600, "two models done, one failed")
     killed = terminated(rel.pods.find("featx-smoke_gpt2", 1))
