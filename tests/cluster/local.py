@@ -69,10 +69,7 @@ class LocalCluster:
 
     def tool_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Environment for kubectl/helm/scripts against this cluster (kubectl and helm on PATH)."""
-        tools = self.cluster.workdir / "tools"  # has kubectl (start_cluster links it)
-        helm = self.cluster.bin_dir / "helm"
-        (tools / "helm").unlink(missing_ok=True)
-        (tools / "helm").symlink_to(helm)
+        tools = self.cluster.workdir / "tools"  # kubectl (start_cluster links it) and helm (up())
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
                 "PATH": f"{tools}:{Path(sys.executable).parent}:{os.environ.get('PATH', os.defpath)}",
                 **(extra or {})}
@@ -94,6 +91,7 @@ def up(workdir: Path, net: NodeNetwork = NodeNetwork()) -> LocalCluster:
         apiserver_args=net.apiserver_args(), cert_sans=[net.kubernetes_service_ip],
     )
     try:
+        (cluster.workdir / "tools" / "helm").symlink_to(bin_dir / "helm")
         server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
         admit_only_local(net, int(server.rsplit(":", 1)[1]))
         node = start_node(cluster, net, workdir / "node", bin_dir=bin_dir, images=IMAGES)

@@ -10,6 +10,7 @@ failure to start is an error, never a skip.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -57,7 +58,7 @@ class Kubectl:
 
     local: LocalCluster
 
-    @property
+    @functools.cached_property
     def env(self) -> dict[str, str]:
         return self.local.tool_env()
 
