@@ -71,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
     log.event("summary", committed=sum(o.status == "committed" for o in summary.outcomes),
               skipped=sum(o.status == "skipped" for o in summary.outcomes), failed=len(failed))
     if failed:
-        report_termination("; ".join(f"{o.model}: {o.reason}" for o in failed))
+        report_termination("; ".join(o.reason if o.model in o.reason else f"{o.model}: {o.reason}" for o in failed))
     return summary.exit_code
