@@ -80,6 +80,7 @@ TINY_VISION = (VisionCase("tiny-vit", "vit_tiny_patch16_224.augreg_in21k", {"dep
 
 
 def bf16_peak_flops(device_name: str) -> float | None:
+    """The device's dense bf16 peak in FLOP/s (MFU's denominator); None for an unknown device."""
     for key, tflops in BF16_PEAK_TFLOPS:
         if key.lower() in device_name.lower():
             return tflops * 1e12
