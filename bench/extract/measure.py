@@ -163,13 +163,18 @@ def interleaved(sides: dict[str, Callable[[], Any]], repeats: int, device: str
     between rounds: the benchmark checks them once)."""
     runs: dict[str, list[Measurement]] = {name: [] for name in sides}
     outputs: dict[str, Any] = {}
-    for _ in range(repeats):
-        for name, fn in sides.items():
-            outputs.pop(name, None)  # the previous round's output is not kept alive during this run
-            with measure(device) as m:
-                out = fn()
-            runs[name].append(m)
-            outputs[name] = out
+    gc.collect()
+    gc.freeze()  # the model and the libraries: measure()'s collections then scan only what runs create
+    try:
+        for _ in range(repeats):
+            for name, fn in sides.items():
+                outputs.pop(name, None)  # the previous round's output is not kept alive during this run
+                with measure(device) as m:
+                    out = fn()
+                runs[name].append(m)
+                outputs[name] = out
+    finally:
+        gc.unfreeze()
     return runs, outputs
 
 
