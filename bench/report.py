@@ -132,12 +132,15 @@ def estimator(r: dict[str, Any]) -> list[str]:
             f"not change them. Machine: {provenance(r)}."]
 
 
+def _requests(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+
+
 def store(r: dict[str, Any]) -> list[str]:
-    req = lambda d: ", ".join(f"{v} {k}" for k, v in sorted(d.items()))  # noqa: E731
     return [f"**S3 store, `store.json`** (SeaweedFS `weed mini` on loopback): {r['file_mib']} MiB up "
             f"{r['upload_mib_s']} MiB/s ({r['parts']} x {r['part_size_mib']} MiB parts, {r['workers']} workers), down "
             f"{r['download_mib_s']} MiB/s; scan (`featx status`) of {r['models']} committed models {r['scan_cold_s']} s "
-            f"cold ({req(r['scan_cold_requests'])}), {r['scan_warm_s']} s warm ({req(r['scan_warm_requests'])}). "
+            f"cold ({_requests(r['scan_cold_requests'])}), {r['scan_warm_s']} s warm ({_requests(r['scan_warm_requests'])}). "
             f"Machine: {provenance(r)}."]
 
 

@@ -20,7 +20,7 @@ import torch
 
 from bench.extract.cases import LanguageCase, bf16_peak_flops, build_language
 from bench.extract.inputs import LengthDist, make_texts
-from bench.extract.measure import compare, interleaved, measure, ratio, scalar_diffs, summarize
+from bench.extract.measure import compare, interleaved, measure, ratios, scalar_diffs, summarize
 from bench.extract.reference import reference_language, unpadded_language
 
 
@@ -83,16 +83,12 @@ def bench_language(case: LanguageCase, loaded: Any, device: str, dist: LengthDis
     _tokens(rec["featx"], n, real, padded["featx"])
     _tokens(rec["reference"], n, real, ref_info["padded_tokens"])
     rec["memory_method"] = runs["featx"][0].method
-    wall = lambda name: [m.seconds for m in runs[name]]  # noqa: E731
-    cpu = lambda name: [m.cpu_seconds for m in runs[name]]  # noqa: E731
-    rec["ratio"] = {"wall": ratio(wall("reference"), wall("featx")), "cpu": ratio(cpu("reference"), cpu("featx"))}
+    rec["ratio"] = ratios(runs, "reference", "featx")
     rec["padding_factor"] = round(ref_info["padded_tokens"] / padded["featx"], 2)
     rec["other_factor"] = round(rec["ratio"]["wall"]["of_medians"] / rec["padding_factor"], 2)
     rec["featx_variants"] = []
     for name, variant in out.items():
-        rec["featx_variants"].append({"name": name, **summarize(runs[name]),
-                                      "ratio": {"wall": ratio(wall("reference"), wall(name)),
-                                                "cpu": ratio(cpu("reference"), cpu(name))},
+        rec["featx_variants"].append({"name": name, **summarize(runs[name]), "ratio": ratios(runs, "reference", name),
                                       "max_abs_diff_vs_featx": float((variant.tensors["feats"].float()
                                                                       - fx["feats"].float()).abs().max())})
         _tokens(rec["featx_variants"][-1], n, real, padded[name])

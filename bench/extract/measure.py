@@ -156,6 +156,12 @@ def ratio(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
             "pairs_min": round(min(pairs), 2), "pairs_max": round(max(pairs), 2)}
 
 
+def ratios(runs: dict[str, list[Measurement]], num: str, den: str) -> dict[str, dict[str, float]]:
+    """``ratio`` of side ``num``'s times over side ``den``'s, in wall and in CPU seconds."""
+    return {"wall": ratio([m.seconds for m in runs[num]], [m.seconds for m in runs[den]]),
+            "cpu": ratio([m.cpu_seconds for m in runs[num]], [m.cpu_seconds for m in runs[den]])}
+
+
 def interleaved(sides: dict[str, Callable[[], Any]], repeats: int, device: str
                 ) -> tuple[dict[str, list[Measurement]], dict[str, Any]]:
     """Run every side once per round, in the given order, for ``repeats`` rounds (A B A B ...).

@@ -12,7 +12,7 @@ import torch
 
 from bench.extract.cases import VisionCase, bf16_peak_flops
 from bench.extract.inputs import synthetic_images
-from bench.extract.measure import compare, interleaved, ratio, summarize
+from bench.extract.measure import compare, interleaved, ratios, summarize
 from bench.extract.reference import block_outputs, reference_vision
 from featx.catalog.spec import ModelSpec
 
@@ -65,9 +65,8 @@ def bench_vision(case: VisionCase, device: str, n: int, repeats: int, batch_size
         rec[side]["samples_per_s"] = round(n / max(rec[side]["seconds"]["median"], 1e-9), 2)
     rec["reference"]["info"] = ref_info
     rec["featx"]["info"] = res.info
-    wall = {side: [m.seconds for m in ms] for side, ms in runs.items()}
-    rec["ratio"] = {"wall": ratio(wall["reference"], wall["featx"])}
-    rec["featx_over_compute_only"] = ratio(wall["featx"], wall["compute_only"])
+    rec["ratio"] = ratios(runs, "reference", "featx")
+    rec["featx_over_compute_only"] = ratios(runs, "featx", "compute_only")["wall"]
     rec["correctness"] = {"featx_vs_reference": compare(res.feats, ref)}
     if device.startswith("cuda"):
         peak = bf16_peak_flops(torch.cuda.get_device_name(torch.device(device)))
