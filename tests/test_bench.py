@@ -151,6 +151,9 @@ def test_quick_mode_end_to_end(tmp_path):
             assert len(r[side]["runs"]) == 3
             s = r[side]["seconds"]
             assert 0 < s["min"] <= s["median"] <= s["max"]
+    for r in results["language"]:  # featx's batches are a part of its time
+        assert 0 < r["featx"]["batches_seconds"]["max"] <= r["featx"]["seconds"]["max"]
+        assert r["ratio"]["wall_featx_batches_only"]["of_medians"] >= r["ratio"]["wall"]["of_medians"]
     assert recs["tiny-llama", "wit-like"]["correctness"]["featx_vs_reference"]["max_abs_diff"] < 1e-4
     g = recs["tiny-gpt2", "wit-like"]["correctness"]
     assert g["featx_vs_unpadded"]["max_abs_diff"] < 1e-4 < g["reference_vs_unpadded"]["max_abs_diff"]
