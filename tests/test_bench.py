@@ -22,7 +22,7 @@ import torch
 
 from bench import report
 from bench.align import reference as align_reference
-from bench.align.__main__ import featx_alignment, make_feats
+from bench.align.run import featx_alignment, make_feats
 from bench.extract import cases, inputs
 from bench.extract.measure import compare, interleaved, ratio
 from bench.extract.reference import reference_language, reference_tokenizer, reference_vision, unpadded_language
@@ -58,10 +58,11 @@ def test_texts_have_the_requested_token_lengths(llama):
 
 
 def test_length_distributions():
+    by_name = {d.name: d for d in inputs.DISTRIBUTIONS}
     wit = inputs.WIT_LIKE.sample(1024)
     assert 40 <= sum(wit) / len(wit) <= 60 and min(wit) >= 5 and max(wit) == 240
-    assert inputs.DISTRIBUTION_NAMES["equal-16"].sample(50) == [16] * 50
-    tail = inputs.DISTRIBUTION_NAMES["long-tail"].sample(1024)
+    assert by_name["equal-16"].sample(50) == [16] * 50
+    tail = by_name["long-tail"].sample(1024)
     assert max(tail) == 360 and sorted(tail)[512] < sorted(wit)[512]  # longer tail, shorter median
     assert inputs.WIT_LIKE.sample(64, seed=1) == inputs.WIT_LIKE.sample(64, seed=1) != inputs.WIT_LIKE.sample(64)
 

@@ -49,7 +49,6 @@ DISTRIBUTIONS = (
     WIT_LIKE,
     LengthDist("long-tail", 50, 1.0, 5, 360, "log-normal sigma 1.0 (median ~30), cap 360"),
 )
-DISTRIBUTION_NAMES = {d.name: d for d in DISTRIBUTIONS}
 
 # Caption-like words (WIT captions are short descriptive English with names and places).
 CAPTION_WORDS = (
