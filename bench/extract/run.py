@@ -17,6 +17,7 @@ from bench.extract.inputs import DISTRIBUTIONS, WIT_LIKE
 from bench.extract.language import bench_model
 from bench.extract.vision import bench_vision
 from bench.machine import RESULTS, device_slug, provenance, write_results
+from bench.report import extraction
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def run(mode: str = "cpu", device: str = "cpu", repeats: int = 3, n: int | None 
         print(summary_line(rec), flush=True)
         write_results(path, results)
     write_results(path, results)
-    print(f"[bench] results written to {path}; README table: python -m bench.report --update-readme")
+    print("\n".join(["", *extraction(path.stem, results), ""]))
+    print(f"[bench] results written to {path}; README section: python -m bench.report --update-readme")
     return results
 
 
