@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=sorted(MODES), default="cpu",
                    help="cpu (default), gpu (7B configs, real-size ViTs), quick (smoke-size models: a harness check)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda for --mode gpu, else cpu)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per side (default 3)")
     p.add_argument("--n", type=int, default=None, help="texts (images) per run (default: the mode's)")
     p.add_argument("--models", nargs="+", default=None, metavar="NAME", help="only these cases (e.g. gpt2-124m llama-7b)")
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time featx with this --batch_size,--token_budget as one more interleaved side (repeatable)")
     p.add_argument("--out", default=None, help="results file (default bench/results/extract-<device>.json)")
     a = p.parse_args(argv)
-    run(mode=a.mode, device=a.device, repeats=a.repeats, n=a.n, models=a.models, vision=a.vision, out=a.out,
+    run(mode=a.mode, device=a.device or ("cuda" if a.mode == "gpu" else "cpu"), repeats=a.repeats, n=a.n, models=a.models, vision=a.vision, out=a.out,
         batch_size=a.batch_size, token_budget=a.token_budget, truth=a.truth, num_workers=a.num_workers,
         also_plans=tuple(tuple(int(x) for x in v.split(",")) for v in a.also_plan))
     return 0
