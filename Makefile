@@ -26,12 +26,15 @@ test: ## the whole suite; starts the Docker engine (the real-node tier's images)
 test-unit: ## no services: skips the S3, Kubernetes and real-node tiers
 	env -u PYTHONDONTWRITEBYTECODE PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not s3 and not k8s and not e2e"
 
-bench: ## CPU benchmarks: extraction (featx vs the reference loop, same inputs, same process) and the memory estimator
-	$(BIN)/python scripts/bench_extract.py --device cpu
-	$(BIN)/python scripts/bench_estimator.py
+bench: ## CPU benchmarks (featx vs the reference loops: extraction, alignment; the memory estimator), then the README's table from their results
+	$(BIN)/python -m bench.extract --mode cpu --device cpu
+	$(BIN)/python -m bench.align
+	$(BIN)/python -m bench.estimator
+	$(BIN)/python -m bench.report --update-readme
 
-bench-gpu: ## GPU extraction benchmark (7B-class configs, real-size ViTs, MFU)
-	$(BIN)/python scripts/bench_extract.py --device cuda --gpu
+bench-gpu: ## GPU extraction benchmark (7B-class configs, real-size ViTs, MFU), then the README's table
+	$(BIN)/python -m bench.extract --mode gpu --device cuda
+	$(BIN)/python -m bench.report --update-readme
 
 IMAGE ?= featx
 IMAGE_TAG ?= dev

@@ -42,7 +42,7 @@ from featx.kube.helm import render_run_config  # noqa: E402
 from featx.logs import EventLog  # noqa: E402
 from featx.store import Manifest, Store, open_store  # noqa: E402
 from tests.fixtures.seaweedfs import count_calls, run_seaweedfs  # noqa: E402
-from bench_meta import RESULTS, provenance, write_results  # noqa: E402  (scripts/, beside this file)
+from bench.machine import RESULTS, provenance, write_results  # noqa: E402
 
 
 class CountingKube:

@@ -1,5 +1,5 @@
 """featx align / report: batched metrics equal the reference's per-layer-pair definitions
-(tests/test_align_reference.py), symmetric results, refusal of mismatched data, the CLI's .npy/CSV
+(bench/align/reference.py), symmetric results, refusal of mismatched data, the CLI's .npy/CSV
 and the report. Synthetic feature files are committed through the Store API (seconds, no models)."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench.align import reference as R
 from featx.align import metrics as M
 from featx.align.run import Entry, Side, score_pairs
 from featx.catalog import get_spec
 from featx.cli.main import main
 from featx.store import ArtifactKey, Manifest
 from featx.store.local import LocalStore
-from tests import test_align_reference as R
 
 # Tolerance per metric (absolute, featx vs the float64/straightforward re-implementation):
 TOL = {

@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from featx.bench import estimator_check as ec
-from featx.bench.extract_bench import LanguageCase
-from featx.bench.memtrack import LiveBytes
+from bench.estimator import check as ec
+from bench.estimator.memtrack import LiveBytes
+from bench.extract.cases import LanguageCase
 from featx.plan.memory import GiB, token_budget, weight_bytes
 
 MiB = 2**20

@@ -158,25 +158,31 @@ def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubec
     models = ["featx-smoke/gpt2", "featx-smoke/opt", "featx-test/no-such-model"]
     rel = install_release(kubectl, "featx-faults", models, {"concurrency": 3, "attempts": 3}, tmp_path)
 
-    def running(label: str) -> dict[str, Any] | None:
-        """The first attempt's pod once its container runs featx (a tiny model is extracted within
-        seconds of its `start` line, so the faults land while featx starts up and loads)."""
-        pods = kubectl.json("-n", rel.namespace, "get", "pods", "-l", f"featx.io/model={label},featx.io/attempt=1")
-        pod = pods["items"][0] if pods["items"] else None
-        statuses = (pod or {}).get("status", {}).get("containerStatuses") or []
-        return pod if statuses and "running" in (statuses[0].get("state") or {}) else None
+    def container_id(pod: dict[str, Any]) -> str:
+        return pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+
+    caught: dict[str, dict[str, Any]] = {}
+
+    def catch_both() -> bool:
+        """Stop (SIGSTOP) each first attempt of gpt2 and opt as soon as its container runs featx:
+        a tiny model is extracted within seconds, so the faults below find featx mid-run."""
+        pods = kubectl.json("-n", rel.namespace, "get", "pods", "-l", "featx.io/attempt=1")["items"]
+        for pod in pods:
+            label = pod["metadata"]["labels"].get("featx.io/model")
+            statuses = pod["status"].get("containerStatuses") or []
+            if label in ("featx-smoke_gpt2", "featx-smoke_opt") and label not in caught and statuses \
+                    and "running" in (statuses[0].get("state") or {}):
+                local_cluster.node.ctr("tasks", "kill", "-s", "SIGSTOP", container_id(pod))
+                caught[label] = pod
+        return len(caught) == 2
 
     with rel.pods:
+        wait_until(catch_both, 300, "the first containers of gpt2 and opt to run", 0.1)
         # SIGKILL the container's process (no OOM): an ordinary retry on the same class.
-        pod = wait_until(lambda: running("featx-smoke_gpt2"), 300, "gpt2's first container to run", 0.2)
-        container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-        local_cluster.node.ctr("tasks", "kill", "-s", "SIGKILL", container_id)
-        # Delete the running pod (what `kubectl delete` and node drains do): retried too. featx is
-        # stopped first (SIGSTOP) so that the kubelet's SIGTERM, then SIGKILL, finds it mid-run.
-        pod = wait_until(lambda: running("featx-smoke_opt"), 300, "opt's first container to run", 0.2)
-        deleted = pod["metadata"]["name"]
-        local_cluster.node.ctr("tasks", "kill", "-s", "SIGSTOP",
-                               pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1])
+        local_cluster.node.ctr("tasks", "kill", "-s", "SIGKILL", container_id(caught["featx-smoke_gpt2"]))
+        # Delete the running pod (what `kubectl delete` and node drains do): the kubelet's SIGTERM,
+        # then SIGKILL, find featx mid-run; retried too.
+        deleted = caught["featx-smoke_opt"]["metadata"]["name"]
         kubectl("-n", rel.namespace, "delete", "pod", deleted, "--grace-period=3", "--wait=false")
         rel.wait(lambda s: s == {"featx-smoke/gpt2": "done", "featx-smoke/opt": "done",
                                  "featx-test/no-such-model": "failed"}, 600, "two models done, one failed")

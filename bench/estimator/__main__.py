@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Memory estimator check on a CPU (no GPU needed): featx.plan.memory's predicted bytes per batch
 (peak minus weights minus runtime overhead) against the peak live tensor bytes of one
 LanguageExtractor.run_batch, for GPT-2/Llama-134M (fp32) and LLaMA/Mistral/Gemma/Falcon-7B widths
@@ -7,8 +6,8 @@ LanguageExtractor.run_batch, for GPT-2/Llama-134M (fp32) and LLaMA/Mistral/Gemma
 The bf16 7B widths run under FakeTensorMode (shapes without data: this CPU has no bf16 matmul);
 the fp32 cases run both fake and for real, which shows the two count the same bytes.
 
-    python scripts/bench_estimator.py                 # ~5 min on 2 cores (the real fp32 runs)
-    python scripts/bench_estimator.py --no-real       # seconds: fake runs only
+    python -m bench.estimator                 # ~5 min on 2 cores (the real fp32 runs)
+    python -m bench.estimator --no-real       # seconds: fake runs only
 
 Results: bench/results/estimator-cpu.json.
 """
@@ -16,13 +15,11 @@ Results: bench/results/estimator-cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.estimator.check import CASES, check_language, full_shape
+from bench.machine import RESULTS, provenance, write_results
 
 TOKENS = (512, 2048, 8192, 16384)
 REAL_TOKENS = (512, 2048, 8192)  # real fp32 compute: 16384 would take minutes per case here
@@ -34,11 +31,9 @@ FULL_DEPTH = (("llama-7b", "bfloat16", 8192), ("gemma-7b", "bfloat16", 8192))
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-real", dest="real", action="store_false", help="skip the real fp32 runs")
-    p.add_argument("--out", default="bench/results/estimator-cpu.json")
+    p.add_argument("--out", default=str(RESULTS / "estimator-cpu.json"))
     a = p.parse_args(argv)
 
-    from featx.bench.estimator_check import CASES, check_language, full_shape
-    from featx.bench.extract_bench import machine_info
 
     runs = []
     for name, dtype in PLAN:
@@ -48,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append((name, dtype, tokens, 2, False))
     runs += [(name, dtype, tokens, full_shape(CASES[name]).layers, True) for name, dtype, tokens in FULL_DEPTH]
 
-    results = {"machine": machine_info("cpu"), "method": "peak live tensor bytes (featx.bench.memtrack.LiveBytes) "
+    results = {**provenance("cpu"), "method": "peak live tensor bytes (bench.estimator.memtrack.LiveBytes) "
                "of one run_batch after a warm-up; predicted = peak_bytes - weight_bytes - RUNTIME_OVERHEAD; "
                "total_ratio = peak_bytes / (full-depth weight_bytes + measured)",
                "runs": []}
@@ -61,11 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:18} {dtype:9} {layers:>2} {tokens:>6} {r['mode']:5} {r['predicted_bytes'] / MiB:9.0f} "
               f"{r['measured_bytes'] / MiB:9.0f} {r['ratio']:6.2f} {r['total_ratio']:6.2f}  {r['forward_peak_bytes'] / MiB:8.0f} "
               f"{r['loss_peak_bytes'] / MiB:8.0f}  {r['peak_op']}", flush=True)
-    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["all_predicted_ge_measured"] = all(r["ratio"] >= 1 for r in results["runs"])
     path = Path(a.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1))
+    write_results(path, results)
     print(f"predicted >= measured everywhere: {results['all_predicted_ge_measured']}; written to {path}")
     return 0
 

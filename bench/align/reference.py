@@ -1,7 +1,9 @@
 """Straightforward re-implementations of the reference's alignment (platonic-rep ``metrics.py`` and
 ``measure_alignment.compute_score``): one layer pair at a time, the metric's textbook definition,
-float64 unless the definition is about ranks. Used by tests/test_align.py and
-scripts/bench_align.py as the thing featx's batched version must agree with."""
+float64 unless the definition is about ranks, and ``compute_alignment``, the reference's loop over
+model pairs. Used by tests/test_align.py as the thing featx's batched version must agree with, and
+by ``python -m bench.align`` as the baseline it is timed against. The reference moves features to
+``cuda:0``; here everything runs where the tensors are given (the benchmark: on the CPU)."""
 
 from __future__ import annotations
 
@@ -167,3 +169,23 @@ def compute_score(x_feats, y_feats, metric="mutual_knn", topk=10):
             if score > best:
                 best, best_idx = score, (i, j)
     return best, best_idx
+
+
+def compute_alignment(feats: list[torch.Tensor], metric: str = "mutual_knn", topk: int = 10
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``measure_alignment.compute_alignment`` in its symmetric mode (x list = y list, as
+    ``featx align`` without a second side): for each model x, prepared once, every model y at or
+    after it prepared again and scored by ``compute_score(y, x)`` over all layer pairs; the lower
+    triangle copied (``cycle_knn`` is not symmetric: every pair). Features in memory instead of
+    ``torch.load`` per file. Returns ``scores [M, M]`` and ``indices [M, M, 2]`` (y layer, x layer)."""
+    m = len(feats)
+    symmetric = metric != "cycle_knn"
+    scores, indices = np.zeros((m, m)), np.zeros((m, m, 2))
+    for i in range(m):
+        x = prepare(feats[i])
+        for j in range(m):
+            if symmetric and i > j:
+                scores[i, j], indices[i, j] = scores[j, i], indices[j, i]
+                continue
+            scores[i, j], indices[i, j] = compute_score(prepare(feats[j]), x, metric, topk)
+    return scores, indices

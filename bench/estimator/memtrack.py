@@ -18,7 +18,7 @@ those are cuBLAS/attention workspaces of a few MiB, cached after the first batch
 
 Because the count depends only on shapes, dtypes and the op sequence, it is the same for a real
 run and for one under ``FakeTensorMode`` (no data, no compute), which is how
-``featx.bench.estimator_check`` measures 7B-wide bf16 layers on a CPU without bf16 matmuls.
+``bench.estimator.check`` measures 7B-wide bf16 layers on a CPU without bf16 matmuls.
 """
 
 from __future__ import annotations

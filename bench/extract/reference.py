@@ -60,11 +60,14 @@ def cross_entropy_to_bits_per_unit(losses: torch.Tensor, texts: Sequence[str]) -
 
 
 def reference_language(model: Any, tokenizer: Any, texts: list[str], batch_size: int = REFERENCE_BATCH_SIZE,
-                       pool: str = "avg") -> tuple[dict[str, Any], dict[str, Any]]:
+                       pool: str = "avg", pad_to: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``extract_llm_features`` for one model: the saved dict (``feats [N, L+1, D]`` in the
-    model's dtype, ``num_params``, ``mask``, ``loss``, ``bpb``) and counts of real/padded tokens."""
+    model's dtype, ``num_params``, ``mask``, ``loss``, ``bpb``) and counts of real/padded tokens.
+    ``pad_to``: the token count of the longest text of the whole data set when ``texts`` are its
+    first rows (the reference pads every batch to it); None pads to the longest of ``texts``."""
     tok = reference_tokenizer(tokenizer)
-    tokens = tok(texts, padding="longest", return_tensors="pt")
+    tokens = (tok(texts, padding="longest", return_tensors="pt") if pad_to is None
+              else tok(texts, padding="max_length", max_length=pad_to, return_tensors="pt"))
     device = next(model.parameters()).device
     feats, losses, bpb_losses = [], [], []
     for i in range(0, len(texts), batch_size):

@@ -4,7 +4,7 @@
 What is compared: ``peak_bytes(shape, dtype, tokens) - weight_bytes - RUNTIME_OVERHEAD`` (what a
 batch adds on top of the weights; the overhead stands for the CUDA context and allocator slack,
 which a CPU cannot show) with the peak of live tensor bytes allocated during the call
-(``featx.bench.memtrack.LiveBytes``, the analogue of ``torch.cuda.max_memory_allocated`` minus
+(``bench.estimator.memtrack.LiveBytes``, the analogue of ``torch.cuda.max_memory_allocated`` minus
 the weights). Full-size widths, vocabularies and dtypes; depth cut to ``layers`` blocks, since
 layers run one after another and their states are pooled as they appear (nothing the estimate
 counts grows with depth; ``layers`` is a parameter so that this can be checked).
@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from featx.bench.extract_bench import CPU_LANGUAGE, GPU_LANGUAGE, LanguageCase
-from featx.bench.memtrack import LiveBytes
+from bench.estimator.memtrack import LiveBytes
+from bench.extract.cases import CPU_LANGUAGE, GPU_LANGUAGE, LanguageCase
 from featx.plan.memory import ModelShape
 
 SEQ_LEN = 512  # tokens per row; a batch of ``tokens`` has ``tokens // SEQ_LEN`` rows
