@@ -141,11 +141,26 @@ def _requests(counts: dict[str, int]) -> str:
 
 
 def store(r: dict[str, Any]) -> list[str]:
+    first = (f"; the first scan of a folder nobody indexed yet {r['scan_first_s']} s "
+             f"({_requests(r['scan_first_requests'])}: parallel manifest reads, then the folder's index is written)"
+             if "scan_first_s" in r else "")
     return [f"**S3 store, `store.json`** (SeaweedFS `weed mini` on loopback): {r['file_mib']} MiB up "
             f"{r['upload_mib_s']} MiB/s ({r['parts']} x {r['part_size_mib']} MiB parts, {r['workers']} workers), down "
             f"{r['download_mib_s']} MiB/s; scan (`featx status`) of {r['models']} committed models {r['scan_cold_s']} s "
-            f"cold ({_requests(r['scan_cold_requests'])}), {r['scan_warm_s']} s warm ({_requests(r['scan_warm_requests'])}). "
-            f"Machine: {provenance(r)}."]
+            f"cold, on a machine that never saw them ({_requests(r['scan_cold_requests'])}), {r['scan_warm_s']} s warm "
+            f"({_requests(r['scan_warm_requests'])}){first}. Machine: {provenance(r)}."]
+
+
+def reconcile(r: dict[str, Any]) -> list[str]:
+    cold, steady, half = r["pass1_cold"], r["pass2_steady"], r["pass3_half_done"]
+    run = cold["runs"][0]
+    nodes = r["nodes"]
+    return [f"**Reconcile, `reconcile.json`** (the real kube-apiserver, {nodes['total']} kwok GPU nodes, "
+            f"the S3 store on SeaweedFS): a cold pass over `exhaustive` ({r['models']} models; a fresh controller, an "
+            f"empty namespace) {cold['seconds_median']} s median ({cold['seconds_min']}–{cold['seconds_max']} s over "
+            f"{len(cold['runs'])} runs), {run['api_calls']} API calls (1 list, then creates, {r['workers']} in flight); "
+            f"steady pass {steady['seconds']} s, {steady['api_calls']} API call; half the models committed "
+            f"{half['seconds']} s ({half['api_calls']} calls). Machine: {provenance(r)}."]
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
@@ -157,7 +172,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     if not any(k != "extract-cpu" for k in extract):
         lines += ["**GPU** (`make bench-gpu`: 7B-class configs, real-size ViTs, MFU, estimator vs measured peak): "
                   "unmeasured: no GPU lent to this task.", ""]
-    for name, fn in (("align-cpu", alignment), ("estimator-cpu", estimator), ("store", store)):
+    for name, fn in (("align-cpu", alignment), ("estimator-cpu", estimator), ("store", store),
+                     ("reconcile", reconcile)):
         if name in results:
             lines += fn(results[name]) + [""]
     return "\n".join(lines).rstrip() + "\n"

@@ -8,7 +8,7 @@ peak = weights + tokens_per_batch x bytes_per_token + loss_chunk + runtime overh
   tensors of the MLP's width (gate, up, their product, an activation's temporaries: GPT-2's
   ``gelu_new`` makes several) and four of the hidden width (residual stream, norm output,
   attention output and projections), plus fp32 pooling temporaries. Measured on CPU with a
-  live-tensor tracker (``scripts/bench_estimator.py``): Gemma's 8x-wide MLP peaks at 172.6 KB per
+  live-tensor tracker (``python -m bench.estimator``): Gemma's 8x-wide MLP peaks at 172.6 KB per
   token against this formula's 245.8 KB. Hidden states are pooled as each layer produces them, so
   nothing grows with the number of layers;
 - loss_chunk: full-vocabulary logits exist only for ``loss_chunk_tokens(vocab)`` tokens at a time,

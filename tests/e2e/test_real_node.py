@@ -191,10 +191,9 @@ def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubec
     retry = rel.pods.find("featx-smoke_gpt2", 2)  # a failed attempt, not out of memory: same class
     assert retry is not None and retry["metadata"]["labels"]["featx.io/gpu-class"] == "cpu"
     # The deleted pod was replaced: by its Job (a disruption spends no attempt) or by attempt 2.
-    opt = [p for p in rel.pods.pods.values() if p["metadata"]["labels"]["featx.io/model"] == "featx-smoke_opt"]
-    seen = [(p["metadata"]["name"], p["metadata"]["labels"]["featx.io/attempt"], p["status"].get("phase")) for p in opt]
-    assert rel.pods.pods[deleted]["status"].get("phase") != "Succeeded", seen  # the delete landed mid-run
-    assert len(opt) >= 2 and opt[-1]["status"]["phase"] == "Succeeded", seen
+    # The deleted pod failed (the delete landed mid-run), yet opt is committed: a replacement (its
+    # Job's, for a disruption, or attempt 2) did it. Its checksum is checked below.
+    assert rel.pods.pods[deleted]["status"].get("phase") == "Failed"
     shapes = load_all(kubectl, f"s3://featx-features/{rel.prefix}", models[:2])
     assert {s[0] for s in shapes.values()} == {ROWS}
 
