@@ -95,16 +95,24 @@ build_in() {
     echo "${recipe}" >"${recipe_file}"
 }
 
+# wrapper_module DIR MODULE REQUIREMENT [PACKAGE...]: a throw-away module that requires one module
+# ("path version"); a tools.go blank-importing PACKAGEs keeps the requirement (and go.sum) in place
+# for `go build -mod=mod`.
+wrapper_module() {
+    local dir="$1" module="$2" requirement="$3"
+    shift 3
+    mkdir -p "${dir}"
+    printf 'module %s\n\ngo 1.26.0\n\nrequire %s\n' "${module}" "${requirement}" >"${dir}/go.mod"
+    if (($# == 1)); then
+        printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$1" >"${dir}/tools.go"
+    elif (($# > 1)); then
+        { printf '//go:build tools\n\npackage tools\n\nimport (\n'; printf '\t_ "%s"\n' "$@"; printf ')\n'; } >"${dir}/tools.go"
+    fi
+}
+
 # --- etcd: a wrapper main around etcdmain (real etcd flag parsing, built on embed) -----------
 etcd_src="${SRC}/etcd-${ETCD_VERSION}"
-mkdir -p "${etcd_src}"
-cat >"${etcd_src}/go.mod" <<EOF
-module featx.local/etcd
-
-go 1.26.0
-
-require go.etcd.io/etcd/server/v3 ${ETCD_VERSION}
-EOF
+wrapper_module "${etcd_src}" featx.local/etcd "go.etcd.io/etcd/server/v3 ${ETCD_VERSION}"
 cat >"${etcd_src}/main.go" <<'EOF'
 // Command etcd is upstream etcd's main: flags are exactly those etcd accepts (and kwokctl passes).
 package main
@@ -122,25 +130,8 @@ build_in "${etcd_src}" "${PARTIAL}/bin/etcd" . \
 
 # --- kwok + kwokctl ----------------------------------------------------------------------------
 kwok_src="${SRC}/kwok-${KWOK_VERSION}"
-mkdir -p "${kwok_src}"
-cat >"${kwok_src}/go.mod" <<EOF
-module featx.local/kwok
-
-go 1.26.0
-
-require sigs.k8s.io/kwok ${KWOK_VERSION}
-EOF
-# A blank-import file keeps the requirement (and go.sum) in place for go build -mod=mod.
-cat >"${kwok_src}/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import (
-	_ "sigs.k8s.io/kwok/cmd/kwok"
-	_ "sigs.k8s.io/kwok/cmd/kwokctl"
-)
-EOF
+wrapper_module "${kwok_src}" featx.local/kwok "sigs.k8s.io/kwok ${KWOK_VERSION}" \
+    sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 kwok_ld="-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}"
 build_in "${kwok_src}" "${PARTIAL}/bin/kwok" sigs.k8s.io/kwok/cmd/kwok "${kwok_ld}"
 build_in "${kwok_src}" "${PARTIAL}/bin/kwokctl" sigs.k8s.io/kwok/cmd/kwokctl "${kwok_ld}"
@@ -194,21 +185,8 @@ done
 
 # --- helm ---------------------------------------------------------------------------------------
 helm_src="${SRC}/helm-${HELM_VERSION}"
-mkdir -p "${helm_src}" "${HELM_DEST}/bin"
-cat >"${helm_src}/go.mod" <<EOF
-module featx.local/helm
-
-go 1.26.0
-
-require helm.sh/helm/v3 ${HELM_VERSION}
-EOF
-cat >"${helm_src}/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import _ "helm.sh/helm/v3/cmd/helm"
-EOF
+mkdir -p "${HELM_DEST}/bin"
+wrapper_module "${helm_src}" featx.local/helm "helm.sh/helm/v3 ${HELM_VERSION}" helm.sh/helm/v3/cmd/helm
 helm_ld="-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 # Like helm's Makefile: the default Kubernetes version (helm template, lint) follows its client-go;
 # unset, it is v1.20 and charts with kubeVersion constraints fail to render.
@@ -224,25 +202,9 @@ ln -sfn "${HELM_DEST}/bin/helm" "${PARTIAL}/bin/helm"
 
 # --- the node: containerd, runc, CoreDNS, pause ------------------------------------------------
 containerd_src="${SRC}/containerd-${CONTAINERD_VERSION}"
-mkdir -p "${containerd_src}"
-cat >"${containerd_src}/go.mod" <<EOF
-module featx.local/containerd
-
-go 1.26.0
-
-require github.com/containerd/containerd/v2 ${CONTAINERD_VERSION}
-EOF
-cat >"${containerd_src}/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import (
-	_ "github.com/containerd/containerd/v2/cmd/containerd"
-	_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
-	_ "github.com/containerd/containerd/v2/cmd/ctr"
-)
-EOF
+wrapper_module "${containerd_src}" featx.local/containerd "github.com/containerd/containerd/v2 ${CONTAINERD_VERSION}" \
+    github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    github.com/containerd/containerd/v2/cmd/ctr
 containerd_ld="-X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}"
 for cmd in containerd containerd-shim-runc-v2 ctr; do
     GOFLAGS="${GOFLAGS} -tags=no_btrfs,no_devmapper,no_zfs" \
@@ -250,21 +212,7 @@ for cmd in containerd containerd-shim-runc-v2 ctr; do
 done
 
 runc_src="${SRC}/runc-${RUNC_VERSION}"
-mkdir -p "${runc_src}"
-cat >"${runc_src}/go.mod" <<EOF
-module featx.local/runc
-
-go 1.26.0
-
-require github.com/opencontainers/runc ${RUNC_VERSION}
-EOF
-cat >"${runc_src}/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import _ "github.com/opencontainers/runc"
-EOF
+wrapper_module "${runc_src}" featx.local/runc "github.com/opencontainers/runc ${RUNC_VERSION}" github.com/opencontainers/runc
 # runc needs cgo (nsenter) and libseccomp for the RuntimeDefault profile pods run with.
 CGO_ENABLED=1 GOFLAGS="${GOFLAGS} -tags=seccomp" \
     build_in "${runc_src}" "${PARTIAL}/bin/runc" github.com/opencontainers/runc "-X main.version=${RUNC_VERSION#v}"
@@ -272,14 +220,7 @@ CGO_ENABLED=1 GOFLAGS="${GOFLAGS} -tags=seccomp" \
 # CoreDNS with the plugins a test cluster needs (bind, errors, log, kubernetes): a fraction of the
 # full build, and no plugin that forwards queries off this machine.
 coredns_src="${SRC}/coredns-${COREDNS_VERSION}"
-mkdir -p "${coredns_src}"
-cat >"${coredns_src}/go.mod" <<EOF
-module featx.local/coredns
-
-go 1.26.0
-
-require github.com/coredns/coredns ${COREDNS_VERSION}
-EOF
+wrapper_module "${coredns_src}" featx.local/coredns "github.com/coredns/coredns ${COREDNS_VERSION}"
 cat >"${coredns_src}/main.go" <<'EOF'
 // Command coredns is CoreDNS's main with only the plugins featx's test cluster uses.
 package main
