@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from featx.kube.values import load_values, run_config
+from featx.kube.helm import render_run_config
 from tests.cluster.controlplane import wait_until
 from tests.cluster.fixtures import k8s_api, k8s_cluster, k8s_namespace  # noqa: F401
 from tests.fixtures.seaweedfs import free_ports
@@ -116,9 +116,10 @@ def controller(k8s_cluster, k8s_namespace, seaweedfs, tmp_path) -> Iterator[tupl
               "s3": Relay(("127.0.0.1", int(seaweedfs.endpoint.rsplit(":", 1)[1])))}
     kubeconfig["clusters"][0]["cluster"]["server"] = f"https://{host}:{relays['kubernetes'].port}"
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
-    values = load_values(sets=["modelset={featx-smoke/gpt2,featx-smoke/vit}", "dataset=featx-sample", "subset=null",
-                               f"s3.bucket={seaweedfs.bucket}", f"s3.prefix={k8s_namespace}"])
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run_config(values, "rel", k8s_namespace)))
+    run = render_run_config(sets=["modelset={featx-smoke/gpt2,featx-smoke/vit}", "dataset=featx-sample", "subset=null",
+                                  f"s3.bucket={seaweedfs.bucket}", f"s3.prefix={k8s_namespace}"],
+                            release="rel", namespace=k8s_namespace)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "KUBECONFIG"}
     env.update(seaweedfs.env(), AWS_ENDPOINT_URL=f"http://127.0.0.1:{relays['s3'].port}",
                FEATX_HOME=str(tmp_path / "home"))
