@@ -56,7 +56,7 @@ local-cluster: ## no kind, no registry (Linux, root, Docker engine): control pla
 	bash scripts/local-cluster.sh
 
 local-cluster-down: ## remove the cluster of local-cluster
-	$(BIN)/python -m tests.cluster.local down
+	$(BIN)/python -m localcluster.local down
 
 clean:
 	rm -rf results .pytest_cache

@@ -10,7 +10,7 @@ Passes:
   3. half done: half the models committed in the store and their Jobs Complete -> cleanup deletes.
 
 Usage: python scripts/bench_reconcile.py [--nodes 52] [--out bench/results/reconcile.json]
-Builds/starts the control plane with tests/cluster/controlplane.py (binaries from
+Builds/starts the control plane with localcluster/controlplane.py (binaries from
 scripts/build-control-plane.sh) and SeaweedFS with tests/fixtures/seaweedfs.py. Not a timed
 test: the results file (with the machine, its load average, the commit and the command) is
 what the README quotes.
@@ -41,7 +41,7 @@ from featx.kube.reconcile import decide  # noqa: E402
 from featx.kube.helm import render_run_config  # noqa: E402
 from featx.logs import EventLog  # noqa: E402
 from featx.store import Manifest, Store, open_store  # noqa: E402
-from tests.fixtures.seaweedfs import count_calls, run_seaweedfs  # noqa: E402
+from bench.seaweedfs import count_calls, run_seaweedfs  # noqa: E402
 from bench.machine import RESULTS, provenance, write_results  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def main() -> int:
 
     from kubernetes import client
 
-    from tests.cluster.controlplane import (GPU_1X24GB, GPU_4X40GB, GPU_8X80GB, GpuNodeClass, add_gpu_nodes,
+    from localcluster.controlplane import (GPU_1X24GB, GPU_4X40GB, GPU_8X80GB, GpuNodeClass, add_gpu_nodes,
                                             create_namespace, start_cluster, wait_until)
     from dataclasses import replace
 

@@ -4,7 +4,7 @@
 # kube-proxy, CoreDNS, built from Go modules by scripts/build-control-plane.sh) run featx's images.
 #
 #   1. scripts/ensure-dockerd.sh; scripts/build-images.sh --node  (images; Debian-made base without a registry)
-#   2. python -m tests.cluster.local up                           (control plane + node; prints the kubeconfig)
+#   2. python -m localcluster.local up                           (control plane + node; prints the kubeconfig)
 #   3. scripts/local-deploy.sh                                     (the same steps as `make local-kind` after
 #                                                                   the cluster exists and the image is loaded)
 #
@@ -19,7 +19,7 @@ export PATH="${ROOT}/.venv/bin:${PATH}"
 
 [[ "$(id -u)" == 0 ]] || { echo "local-cluster: needs root (containerd, kubelet); or use make local-kind" >&2; exit 1; }
 bash scripts/ensure-dockerd.sh
-kubeconfig="$("${PYTHON}" -m tests.cluster.local up | tail -n1)" \
+kubeconfig="$("${PYTHON}" -m localcluster.local up | tail -n1)" \
     || { echo "local-cluster: the cluster did not start (see above)" >&2; exit 1; }
 echo "local-cluster: export KUBECONFIG=${kubeconfig}" >&2
 KUBECONFIG="${kubeconfig}" FEATX_DOWN_HINT="make local-cluster-down                                # remove the cluster" \

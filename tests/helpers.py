@@ -47,7 +47,7 @@ def find_helm() -> str:
     cached = sorted(glob.glob(str(Path.home() / ".cache/featx/tools/*/bin/helm")))
     if cached:
         return cached[-1]
-    from tests.cluster.controlplane import find_bin_dir  # builds the tools on a cold machine
+    from localcluster.controlplane import find_bin_dir  # builds the tools on a cold machine
 
     return str(find_bin_dir() / "helm")
 

@@ -185,17 +185,12 @@ def test_readme_section_is_generated_from_the_committed_results():
     assert report.readme_block(report.README.read_text()) == report.render(results)
 
 
-# The reconcile benchmark starts its control plane with tests/cluster/controlplane.py; both are being
+# The reconcile benchmark starts its control plane with localcluster/controlplane.py; both are being
 # reworked under issue 15 item 3, which moves it (the one exception, named so that it stays one).
-IMPORTS_TESTS_FOR_NOW = {"scripts/bench_reconcile.py"}
-
-
 def test_benchmarks_live_outside_the_package_and_import_no_tests():
     assert not (ROOT / "featx" / "bench").exists()
     for folder in ("bench", "scripts"):
         for path in (ROOT / folder).rglob("*.py"):
-            if str(path.relative_to(ROOT)) in IMPORTS_TESTS_FOR_NOW:
-                continue
             for node in ast.walk(ast.parse(path.read_text())):
                 names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                          else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cluster.controlplane import (
+from localcluster.controlplane import (
     DEFAULT_GPU_CLASSES,
     Cluster,
     PodRunner,

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.controlplane import wait_until
-from tests.cluster.local import LocalCluster, build_images, up
+from localcluster.controlplane import wait_until
+from localcluster.local import LocalCluster, build_images, up
 from tests.helpers import REPO
 
 NS = "featx"  # what scripts/local-deploy.sh installs into

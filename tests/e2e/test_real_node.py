@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.controlplane import wait_until
+from localcluster.controlplane import wait_until
 from tests.e2e.conftest import NS, STORE, Kubectl, install_release, s3_env
 from tests.helpers import REPO
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from featx.kube.helm import render_run_config
-from tests.cluster.controlplane import wait_until
+from localcluster.controlplane import wait_until
 from tests.cluster.fixtures import k8s_api, k8s_cluster, k8s_namespace  # noqa: F401
 from tests.fixtures.seaweedfs import free_ports
 

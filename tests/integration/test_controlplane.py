@@ -1,6 +1,6 @@
 """The test control plane behaves like a real cluster for Jobs on GPU nodes.
 
-Proves the harness in tests/cluster: the real scheduler places pods by node affinity and
+Proves the harness in localcluster/: the real scheduler places pods by node affinity and
 extended resources, the real Job controller reacts to exit codes that PodRunner reports.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cluster.controlplane import GPU_8X80GB, PodRunner, wait_until
+from localcluster.controlplane import GPU_8X80GB, PodRunner, wait_until
 from tests.cluster.fixtures import (  # noqa: F401 - pytest fixtures
     gpu_nodes,
     k8s_api,

@@ -2,7 +2,7 @@
 by a real API server (server-side dry-run, Pod Security "restricted" enforced by the namespace),
 and the pieces agree with each other: Service, Secret, bucket Job, chart values, script, image.
 
-kind cannot start here (no Docker engine); the control plane of tests/cluster stands in for it.
+kind cannot start here (no Docker engine); the control plane of localcluster/ stands in for it.
 The tests without the ``k8s`` mark need no cluster.
 """
 

@@ -34,7 +34,7 @@ from featx.kube.config import RunConfig
 from featx.kube.controller import Controller, PassResult
 from featx.logs import EventLog
 from featx.store import open_store
-from tests.cluster.controlplane import wait_until
+from localcluster.controlplane import wait_until
 from tests.cluster.fixtures import gpu_nodes, k8s_api, k8s_namespace, pod_runner_factory  # noqa: F401
 from tests.test_kube_chart import CHART_DIR, KUBE_VERSION, find_helm
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from tests.cluster.controlplane import Cluster, _alive, _reap, wait_until
+from localcluster.controlplane import Cluster, _alive, _reap, wait_until
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-control-plane.sh"
 
 # Stages kwok is configured with: fake nodes become Ready and keep heart-beating, pods bound to
@@ -257,7 +257,7 @@ def start_cluster(
 
     kube-apiserver, etcd and friends bind 127.0.0.1 on free ports and talk to each other there;
     ``apiserver_bind_address`` moves kube-apiserver's listener (a real node's pods need an address
-    they can reach, see ``tests.cluster.node``), ``apiserver_args`` are added to its flags and
+    they can reach, see ``localcluster.node``), ``apiserver_args`` are added to its flags and
     ``cert_sans`` to its certificate. kwok manages only
     nodes annotated ``kwok.x-k8s.io/node: fake``, never a real node's pods. Returns once kwokctl reports
     the components ready and the ``default`` namespace has its ServiceAccount (the
@@ -562,7 +562,7 @@ class PodRunner:
     When the process exits, the pod's status is patched like a kubelet would: phase
     Succeeded/Failed and ``state.terminated`` (reason Completed or Error; never OOMKilled: a
     killed process says nothing of why, and only a real node's kernel knows, see
-    ``tests.cluster.node``). A command that cannot start ends as exit code 128, reason StartError. A pod that
+    ``localcluster.node``). A command that cannot start ends as exit code 128, reason StartError. A pod that
     is deleted while running gets SIGTERM, then SIGKILL after its grace period (at most 10 s).
     Output (stdout and stderr together) is kept in ``logs[pod_name]`` since there is no kubelet
     log endpoint; ``results[pod_name]`` holds :class:`PodResult`.

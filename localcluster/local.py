@@ -1,10 +1,10 @@
 """A local cluster with one real node: the end-to-end tier's cluster, and ``make local-cluster``.
 
-``python -m tests.cluster.local up`` starts the suite's control plane (etcd, kube-apiserver,
+``python -m localcluster.local up`` starts the suite's control plane (etcd, kube-apiserver,
 controller-manager, scheduler, kwok for fake nodes) on the address of a pod bridge, and a real node
 (containerd, runc, kubelet, kube-proxy, CoreDNS) that runs featx's images; it prints the
 kubeconfig's path and leaves everything running. ``... down`` removes all of it. Needs root and a
-running Docker engine (the images come from it); see tests/cluster/node.py for the pieces.
+running Docker engine (the images come from it); see localcluster/node.py for the pieces.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.cluster.controlplane import REPO_ROOT, Cluster, find_bin_dir, find_kubectl, start_cluster
-from tests.cluster.node import (
+from localcluster.controlplane import REPO_ROOT, Cluster, find_bin_dir, find_kubectl, start_cluster
+from localcluster.node import (
     CACHE, NodeNetwork, RealNode, admit_only_local, setup_network, start_node, teardown_network,
 )
 
@@ -115,7 +115,7 @@ def _save(local: LocalCluster, path: Path) -> None:
 
 
 def _down(path: Path) -> None:
-    from tests.cluster.controlplane import _reap
+    from localcluster.controlplane import _reap
 
     state = json.loads(path.read_text())
     c = state["cluster"]
@@ -134,7 +134,7 @@ def _down(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.local", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m localcluster.local", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--workdir", type=Path, default=STATE_DIR)
     args = parser.parse_args(argv)
