@@ -9,9 +9,11 @@ controller reaches the API server and SeaweedFS from its pod).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,6 @@ def load_all(kubectl: Kubectl, store: str, models: list[str]) -> dict[str, tuple
     p = subprocess.run([sys.executable, "-c", code, store, *models], capture_output=True, text=True,
                        env=kubectl.env | s3_env(kubectl), timeout=600, cwd=REPO)
     assert p.returncode == 0, p.stderr[-3000:]
-    import json
-
     return {k: tuple(v) for k, v in json.loads(p.stdout).items()}
 
 
@@ -102,8 +102,6 @@ def test_jobs_ran_on_the_real_node_with_a_gpu_request(deployed):
 def test_featx_status_agrees_and_every_file_loads_with_its_checksum(kubectl, deployed):
     in_pod = kubectl("-n", NS, "exec", "deploy/featx", "--", "featx", "status", "--store", STORE,
                      "--modelset", "smoke", "--dataset", "featx-sample", "--json")
-    import json
-
     rows = json.loads(in_pod)
     assert [r["state"] for r in rows] == ["done"] * SMOKE
     on_host = featx_on_host(kubectl, "status", "--store", STORE, "--modelset", "smoke", "--dataset",
@@ -156,33 +154,51 @@ def test_a_container_over_its_memory_limit_is_oomkilled_and_retried_on_a_larger_
 
 def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubectl, deployed, local_cluster, tmp_path):
     models = ["featx-smoke/gpt2", "featx-smoke/opt", "featx-test/no-such-model"]
-    rel = install_release(kubectl, "featx-faults", models, {"concurrency": 3, "attempts": 3}, tmp_path)
+    node = local_cluster.node
 
-    def container_id(pod: dict[str, Any]) -> str:
-        return pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    def stop_first_attempts() -> dict[str, str]:
+        """SIGSTOP the extraction container of gpt2's and opt's first attempt the moment containerd
+        starts it, watching containerd itself (a tiny model is extracted seconds after its pod
+        starts, faster than the API shows it running): the faults below then find featx mid-run."""
+        stopped: dict[str, str] = {}
+        seen: set[str] = set()
 
-    caught: dict[str, dict[str, Any]] = {}
+        def poll() -> bool:
+            for cid in node.ctr("containers", "ls", "-q", timeout=30).stdout.decode().split():
+                if cid in seen:
+                    continue
+                labels = json.loads(node.ctr("containers", "info", cid, timeout=30).stdout)["Labels"]
+                pod = labels.get("io.kubernetes.pod.name", "")
+                if labels.get("io.kubernetes.pod.namespace") != "featx-faults" or \
+                        labels.get("io.kubernetes.container.name") != "extract":
+                    seen.add(cid)
+                    continue
+                target = next((m for m in ("gpt2", "opt") if f"-featx-smoke-{m}-" in pod and "-a1-" in pod), None)
+                if target is None:
+                    seen.add(cid)
+                    continue
+                try:  # the task may not have started yet: try again on the next poll
+                    node.ctr("tasks", "kill", "-s", "SIGSTOP", cid, timeout=30)
+                except subprocess.CalledProcessError:
+                    continue
+                seen.add(cid)
+                stopped[target] = cid
+            return len(stopped) == 2
 
-    def catch_both() -> bool:
-        """Stop (SIGSTOP) each first attempt of gpt2 and opt as soon as its container runs featx:
-        a tiny model is extracted within seconds, so the faults below find featx mid-run."""
-        pods = kubectl.json("-n", rel.namespace, "get", "pods", "-l", "featx.io/attempt=1")["items"]
-        for pod in pods:
-            label = pod["metadata"]["labels"].get("featx.io/model")
-            statuses = pod["status"].get("containerStatuses") or []
-            if label in ("featx-smoke_gpt2", "featx-smoke_opt") and label not in caught and statuses \
-                    and "running" in (statuses[0].get("state") or {}):
-                local_cluster.node.ctr("tasks", "kill", "-s", "SIGSTOP", container_id(pod))
-                caught[label] = pod
-        return len(caught) == 2
+        wait_until(poll, 300, "the first containers of gpt2 and opt to start", 0.05)
+        return stopped
+
+    with ThreadPoolExecutor(1) as pool:
+        stopping = pool.submit(stop_first_attempts)
+        rel = install_release(kubectl, "featx-faults", models, {"concurrency": 3, "attempts": 3}, tmp_path)
+        stopped = stopping.result()
 
     with rel.pods:
-        wait_until(catch_both, 300, "the first containers of gpt2 and opt to run", 0.1)
         # SIGKILL the container's process (no OOM): an ordinary retry on the same class.
-        local_cluster.node.ctr("tasks", "kill", "-s", "SIGKILL", container_id(caught["featx-smoke_gpt2"]))
+        node.ctr("tasks", "kill", "-s", "SIGKILL", stopped["gpt2"])
         # Delete the running pod (what `kubectl delete` and node drains do): the kubelet's SIGTERM,
         # then SIGKILL, find featx mid-run; retried too.
-        deleted = caught["featx-smoke_opt"]["metadata"]["name"]
+        deleted = json.loads(node.ctr("containers", "info", stopped["opt"]).stdout)["Labels"]["io.kubernetes.pod.name"]
         kubectl("-n", rel.namespace, "delete", "pod", deleted, "--grace-period=3", "--wait=false")
         rel.wait(lambda s: s == {"featx-smoke/gpt2": "done", "featx-smoke/opt": "done",
                                  "featx-test/no-such-model": "failed"}, 600, "two models done, one failed")
