@@ -18,7 +18,7 @@ from featx.kube.controller import Controller
 from featx.kube.health import Health, serve
 from featx.logs import EventLog
 from featx.store.local import LocalStore
-from tests.test_kube_reconcile import FakeKube, config  # noqa: F401 - the fixture
+from tests.test_kube_reconcile import FakeKube, config, run_yaml  # noqa: F401 - the fixtures
 
 
 class Clock:

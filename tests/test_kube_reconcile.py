@@ -390,3 +390,21 @@ def test_watch_survives_a_failing_pass(config, tmp_path, capsys):
     assert Controller(config, kube, LocalStore(tmp_path), EventLog("json")).watch(interval=0, max_passes=2) == 0
     assert len(kube.jobs) == 2
     assert "cannot reach the Kubernetes API" in capsys.readouterr().err
+
+
+def test_a_permanent_failure_without_a_record_says_what_the_container_said():
+    """featx's one line (the pod's termination message) is the give-up reason when the store has
+    no failure record (featx could not write one); the record wins when there is one."""
+    said = "featx-test/x is not in the local Hugging Face cache and HF_HUB_OFFLINE=1: download it first"
+    failed = replace(job(A, 1, "failed", reason="PodFailurePolicy", code=3), pod_message=said)
+    got = classify(failed, None)
+    assert (got.kind, got.reason) == ("permanent", f"cannot succeed on retry (exit code 3): {said}")
+    assert classify(replace(failed, pod_message=""), None).reason == "cannot succeed on retry (exit code 3)"
+
+
+def test_observe_keeps_the_last_line_of_the_termination_message():
+    manifest = job_manifest("j", A, conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}])
+    p = pod("j", 3, "Error", "2026-01-01T00:00:00Z")
+    p["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = "a log line\nfeatx: error: the one line\n"
+    (observed,) = observe([manifest], [p])
+    assert observed.pod_message == "featx: error: the one line"

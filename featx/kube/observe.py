@@ -31,8 +31,8 @@ class ObservedJob:
     message: str = ""
     exit_code: int | None = None  # of the extraction container, when a pod says so
     pod_reason: str = ""  # terminated.reason: Completed, Error, OOMKilled, ...
-    pod_message: str = ""  # terminated.message: featx's one-line error (featx/cli/termination.py)
     deleting: bool = False
+    pod_message: str = ""  # terminated.message: featx's one-line error (featx/cli/termination.py)
 
     @property
     def finished(self) -> bool:
