@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from localcluster.controlplane import REPO_ROOT, Cluster, find_bin_dir, find_kubectl, start_cluster
+from localcluster.controlplane import REPO_ROOT, Cluster, _reap, find_bin_dir, find_kubectl, start_cluster
 from localcluster.node import (
     CACHE, NodeNetwork, RealNode, admit_only_local, setup_network, start_node, teardown_network,
 )
@@ -115,8 +115,6 @@ def _save(local: LocalCluster, path: Path) -> None:
 
 
 def _down(path: Path) -> None:
-    from localcluster.controlplane import _reap
-
     state = json.loads(path.read_text())
     c = state["cluster"]
     cluster = Cluster(name=c["name"], workdir=Path(c["workdir"]), kwok_workdir=Path(c["kwok_workdir"]),

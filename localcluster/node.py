@@ -260,8 +260,8 @@ state = "{self.state_dir}/state"
             image_id = _run("docker", "image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
             stamp = stamps / image.replace("/", "_").replace(":", "_")
             listed = self.ctr("images", "ls", "-q").stdout.decode().split()
-            wanted = image if "/" in image.split(":")[0] and "." in image.split("/")[0] else None
-            present = any(ref.endswith("/" + image) or ref == image or ref == wanted for ref in listed)
+            # "featx-cpu:dev" is listed as docker.io/library/featx-cpu:dev, "featx.local/pause:1" as is
+            present = any(ref == image or ref.endswith("/" + image) for ref in listed)
             if present and stamp.exists() and stamp.read_text() == image_id:
                 continue
             start = time.monotonic()
