@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,12 +66,11 @@ class LocalCluster:
     def kubeconfig(self) -> Path:
         return self.cluster.kubeconfig
 
-    def tool_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    def tool_env(self) -> dict[str, str]:
         """Environment for kubectl/helm/scripts against this cluster (kubectl and helm on PATH)."""
         tools = self.cluster.workdir / "tools"  # kubectl (start_cluster links it) and helm (up())
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-                "PATH": f"{tools}:{Path(sys.executable).parent}:{os.environ.get('PATH', os.defpath)}",
-                **(extra or {})}
+                "PATH": f"{tools}:{Path(sys.executable).parent}:{os.environ.get('PATH', os.defpath)}"}
 
     def stop(self) -> None:
         self.node.stop()
