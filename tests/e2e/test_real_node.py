@@ -163,8 +163,14 @@ def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubec
         stopped: dict[str, str] = {}
         seen: set[str] = set()
 
+        def running() -> list[str]:
+            """Tasks containerd reports RUNNING: a task still being created is in runc's init, and
+            stopping it there makes the kubelet's start fail (StartError, 128) instead of featx."""
+            rows = node.ctr("tasks", "ls", timeout=30).stdout.decode().splitlines()[1:]
+            return [cols[0] for cols in map(str.split, rows) if cols[-1:] == ["RUNNING"]]
+
         def poll() -> bool:
-            for cid in node.ctr("containers", "ls", "-q", timeout=30).stdout.decode().split():
+            for cid in running():
                 if cid in seen:
                     continue
                 labels = json.loads(node.ctr("containers", "info", cid, timeout=30).stdout)["Labels"]
@@ -177,10 +183,7 @@ def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubec
                 if target is None:
                     seen.add(cid)
                     continue
-                try:  # the task may not have started yet: try again on the next poll
-                    node.ctr("tasks", "kill", "-s", "SIGSTOP", cid, timeout=30)
-                except subprocess.CalledProcessError:
-                    continue
+                node.ctr("tasks", "kill", "-s", "SIGSTOP", cid, timeout=30)
                 seen.add(cid)
                 stopped[target] = cid
             return len(stopped) == 2
