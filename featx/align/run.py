@@ -187,8 +187,8 @@ def read_file(path: Path) -> tuple[M.Features, dict]:
     try:
         data = read_tensors(path, "pt")
     except Exception as err:  # torch raises many kinds for a file that is not a weights-only .pt
-        raise UsageError(f"{path}: not a readable .pt feature file ({str(err).splitlines()[0][:160]}); "
-                         "save it with torch.save({'feats': feats}, path)") from err
+        raise UsageError(f"{path}: not a readable .pt feature file (torch.load with weights_only=True: "
+                         f"{type(err).__name__}); save it with torch.save({{'feats': feats}}, path)") from err
     tensors = data if isinstance(data, dict) else {"feats": data}
     feats = tensors.get("feats")
     if not (isinstance(feats, torch.Tensor) or (isinstance(feats, (list, tuple)) and feats
