@@ -120,13 +120,15 @@ def test_topk_must_leave_room():
 MODELS = {"featx-smoke/gpt2": "a", "featx-smoke/llama": "c", "featx-smoke/vit": "b", "featx-smoke/dinov2": "c"}
 
 
-def commit(store: LocalStore, model: str, x: torch.Tensor, fingerprint: str = "f" * 64, num_rows: int | None = None):
+def commit(store: LocalStore, model: str, x: torch.Tensor, fingerprint: str = "f" * 64, num_rows: int | None = None,
+           bpb: float | None = None):
     spec = get_spec(model)
     pool = "avg" if spec.modality == "language" else "cls"
     key = ArtifactKey("featx-sample", "default", spec.file_name, pool, 0, "pt")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.pt"
-        torch.save({"feats": x, "num_params": 1000 + 10 * len(model)}, path)
+        extra = {} if bpb is None else {"bpb": torch.tensor(bpb)}
+        torch.save({"feats": x, "num_params": 1000 + 10 * len(model), **extra}, path)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         manifest = Manifest(model_id=model, modality=spec.modality, dataset="featx-sample", subset="default",
                             rows_fingerprint=fingerprint, num_rows=num_rows or x.shape[0], pool=pool, caption_idx=0,
