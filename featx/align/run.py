@@ -34,11 +34,13 @@ from featx.errors import UsageError
 from featx.store import ArtifactKey, Manifest, Store
 
 LAYER_MODES = ("best", "all", "last")
-LAYOUTS = ("featx", "reference")
 CSV_COLUMNS = ("model_x", "model_y", "metric", "topk", "score", "layer_x", "layer_y", "num_layers_x", "num_layers_y",
                "num_rows", "dataset", "subset", "dataset_revision", "rows_fingerprint", "pool_x", "pool_y",
                "modality_x", "modality_y", "family_x", "family_y", "params_x", "params_y", "bpb_x", "bpb_y")
 FILE_FAMILY = "file"  # the family of features given as files
+#: Per-model lists a result holds for each side (``models_x``, ``models_y``, ...): key -> Entry attribute.
+PER_MODEL_KEYS = {"models": "model_id", "num_layers": "num_layers", "family": "family", "params": "num_params",
+                  "bpb": "bpb", "modality": "modality", "pool": "pool"}
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Side:
 
     @property
     def stored(self) -> list[Entry]:
+        """The entries read from the store (not files)."""
         return [e for e in self.entries if e.key is not None]
 
 
@@ -141,7 +144,6 @@ def check_enough_rows(metrics: list[str], topk: int, n: int) -> None:
 
 def check_committed(store: Store, entries: list[Entry], extract_hint: str) -> None:
     """Attach manifests from one store listing; refuse (one line) when any model is not done."""
-    entries = [e for e in entries if e.key is not None]
     prefixes = {f"{e.key.dataset}/{e.key.subset}/" for e in entries}
     states = {}
     for prefix in prefixes:
@@ -245,7 +247,7 @@ def read_prepared(store: Store | None, entries: list[Entry], layers: str, device
         yield source, prepared
 
 
-def check_rows(entries: list[Entry]) -> int:
+def check_rows(entries: list[Entry]) -> None:
     """One N for everything read (files have no fingerprint to compare, but their N must match)."""
     counts: dict[int, list[str]] = {}
     for e in entries:
@@ -253,22 +255,22 @@ def check_rows(entries: list[Entry]) -> int:
     if len(counts) > 1:
         parts = "; ".join(f"{n} rows in {', '.join(dict.fromkeys(ids))}" for n, ids in sorted(counts.items()))
         raise UsageError(f"features have different row counts ({parts}); compute them all on the same data set rows")
-    return next(iter(counts))
 
 
 def load_states(store: Store | None, entries: list[Entry], metrics, topk: int, layers: str, device: torch.device,
                 outliers: str = "exact", log: Callable[[str], None] = print) -> dict[ArtifactKey | Path, M.ModelState]:
     """Read each distinct source once, prepare it, keep only what ``metrics`` need of it."""
     states: dict[ArtifactKey | Path, M.ModelState] = {}
+    names = {e.source: e.model_id for e in entries}
     for source, prepared in read_prepared(store, entries, layers, device, outliers, log):
         check_enough_rows(metrics, topk, prepared[0].shape[0])
         try:
             states[source] = M.build_state(prepared, metrics, topk)
         except ValueError as err:
-            raise UsageError(f"{source}: {err}") from err
+            raise UsageError(f"{names[source]}: {err}") from err
         del prepared
         gc.collect()
-        log(f"state {states[source].nbytes() / 2**20:.0f} MiB")
+        log(f"{names[source]}: state {states[source].nbytes() / 2**20:.0f} MiB")
     check_rows(entries)
     return states
 
@@ -351,22 +353,10 @@ def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers
     payload = {
         "scores": res.scores,
         "indices": res.indices,
-        "models_x": [e.model_id for e in res.x.entries],
-        "models_y": [e.model_id for e in res.y.entries],
         "layer_x": res.layer_x,
         "layer_y": res.layer_y,
-        "num_layers_x": [e.num_layers for e in res.x.entries],
-        "num_layers_y": [e.num_layers for e in res.y.entries],
-        "family_x": [e.family for e in res.x.entries],
-        "family_y": [e.family for e in res.y.entries],
-        "params_x": [e.num_params for e in res.x.entries],
-        "params_y": [e.num_params for e in res.y.entries],
-        "bpb_x": [e.bpb for e in res.x.entries],
-        "bpb_y": [e.bpb for e in res.y.entries],
-        "modality_x": [e.modality for e in res.x.entries],
-        "modality_y": [e.modality for e in res.y.entries],
-        "pool_x": [e.pool for e in res.x.entries],
-        "pool_y": [e.pool for e in res.y.entries],
+        **{f"{name}_{tag}": [getattr(e, attr) for e in side.entries]
+           for name, attr in PER_MODEL_KEYS.items() for tag, side in (("x", res.x), ("y", res.y))},
         "metric": res.metric,
         "topk": res.topk if M.uses_topk(res.metric) else None,
         "zero_floor": res.zero_floor,
@@ -437,7 +427,7 @@ def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint
     metrics = list(opts.metrics)
     check_options(metrics, opts.topk)
     everything = x.entries + y.entries
-    stored = [e for e in everything if e.key is not None]
+    stored = x.stored + y.stored
     if opts.layout == "reference" and opts.layers == "last":
         raise UsageError("--layout reference holds the reference's best-layer results; drop --layers last")
     key = stored[0].key if stored else None
