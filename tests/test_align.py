@@ -120,7 +120,7 @@ def test_topk_must_leave_room():
 MODELS = {"featx-smoke/gpt2": "a", "featx-smoke/llama": "c", "featx-smoke/vit": "b", "featx-smoke/dinov2": "c"}
 
 
-def commit(store: LocalStore, model: str, x: torch.Tensor, fingerprint: str = "f" * 64, num_rows: int | None = None,
+def commit(store: LocalStore, model: str, x: M.Features, fingerprint: str = "f" * 64, num_rows: int | None = None,
            bpb: float | None = None):
     spec = get_spec(model)
     pool = "avg" if spec.modality == "language" else "cls"
@@ -131,9 +131,10 @@ def commit(store: LocalStore, model: str, x: torch.Tensor, fingerprint: str = "f
         torch.save({"feats": x, "num_params": 1000 + 10 * len(model), **extra}, path)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         manifest = Manifest(model_id=model, modality=spec.modality, dataset="featx-sample", subset="default",
-                            rows_fingerprint=fingerprint, num_rows=num_rows or x.shape[0], pool=pool, caption_idx=0,
+                            rows_fingerprint=fingerprint, num_rows=num_rows or M.num_rows(x), pool=pool, caption_idx=0,
                             format="pt", data_key=key.data, sha256=sha, size=path.stat().st_size,
-                            shape=list(x.shape), dtype=str(x.dtype), featx_version="test")
+                            shape=list(x.shape) if isinstance(x, torch.Tensor) else [M.num_rows(x), len(x)],
+                            dtype=str(x.dtype if isinstance(x, torch.Tensor) else x[0].dtype), featx_version="test")
         store.commit(key, path, manifest)
 
 

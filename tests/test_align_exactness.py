@@ -49,6 +49,33 @@ def test_lists_of_different_widths_match_a_loop_over_layer_pairs(metric):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=TOL[metric])
 
 
+def test_cli_aligns_stored_lists_with_stored_tensors(tmp_path, capsys):
+    """A convnet's list of stage features (as extraction stores them) against an LLM's [N, L, D]."""
+    language = torch.stack(_layers(8, 30, [16, 16, 16]), dim=1).to(torch.bfloat16)
+    convnet = _layers(9, 30, [10, 24, 48])
+    store = LocalStore(tmp_path / "features")
+    commit(store, "featx-smoke/gpt2", language)
+    commit(store, "featx-smoke/vit", convnet)
+    assert main(["align", "--output_dir", str(tmp_path / "features"), "--dataset", "featx-sample", "--models",
+                 "featx-smoke/gpt2", "featx-smoke/vit", "--metric", *M.METRICS, "--topk", "4", "--out",
+                 str(tmp_path / "alignment"), "--quiet"]) == 0
+    px = [F.normalize(x, p=2, dim=-1) for x in R.prepare(language).unbind(dim=1)]  # whole-tensor clamp
+    py = _ref_list_prepare(convnet)  # per-layer clamp
+    for npy in (p for p in capsys.readouterr().out.split() if p.endswith(".npy")):
+        data = np.load(npy, allow_pickle=True).item()
+        metric = data["metric"]
+        # the reference's compute_score(y, x): first strictly greater score above 0 wins
+        best, best_idx = 0, None
+        for j, b in enumerate(py):
+            for i, a in enumerate(px):
+                score = R.measure(metric, b, a, 4)
+                if score > best:
+                    best, best_idx = score, (j, i)
+        assert data["scores"][0, 0] == pytest.approx(best, abs=TOL[metric]), metric
+        assert data["num_layers_y"] == [3] and data["num_layers_x"] == [3]
+        assert best_idx is not None and tuple(data["indices"][0, 0]) == best_idx, metric
+
+
 def test_a_list_is_prepared_layer_by_layer_and_a_tensor_as_a_whole():
     layers = _layers(3, 20, [6, 6])
     layers[1] = layers[1] * 10  # a per-layer threshold differs from a whole-tensor one
@@ -73,7 +100,7 @@ def test_best_layer_pair_zero_floor():
 
 
 def _negative_pair():
-    """Two one-... two-layer models whose unbiased CKA is negative for every layer pair (seed found
+    """Two two-layer models whose unbiased CKA is negative for every layer pair (seed found
     once; asserted below so the test cannot silently stop covering the case)."""
     g = torch.Generator().manual_seed(26)
     return torch.randn(12, 2, 6, generator=g), torch.randn(12, 2, 5, generator=g)
