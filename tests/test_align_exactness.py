@@ -169,6 +169,20 @@ def test_knn_ties_follow_the_reference_order(metric):
     assert float(M.layer_scores(metric, sa, sb)[0, 0]) == pytest.approx(ref, abs=1e-9)
 
 
+def test_nearest_neighbors_on_many_ties():
+    """Small integer similarities (ties everywhere, at the k-th place too) against a Python sort."""
+    hat = torch.randint(0, 4, (3, 12, 12), generator=torch.Generator().manual_seed(11)).float()
+    hat.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    hat[0, 0] = torch.arange(12, 0, -1).float()  # one row without ties: the topk path
+    hat[0, 0, 0] = float("-inf")
+    for k in (1, 4, 11):
+        got = M.nearest_neighbors(hat, k)
+        for layer in range(3):
+            for i in range(12):
+                row = hat[layer, i].tolist()
+                assert got[layer, i].tolist() == sorted(range(12), key=lambda j: (-row[j], j))[:k]
+
+
 def test_cknna_takes_its_neighbours_with_topk_as_the_reference():
     """The reference's cknna picks neighbours with torch.topk, the other k-NN metrics with argsort:
     where duplicates tie at the k-th place the two sets differ, and cknna must use topk's."""

@@ -201,8 +201,14 @@ def _grams(layers: Prepared) -> torch.Tensor:
 def nearest_neighbors(hat: torch.Tensor, topk: int) -> torch.Tensor:
     """The reference's ``compute_nearest_neighbors`` order on similarities with self excluded:
     ``argsort(descending=True)`` — ties (duplicate rows) in index order, as torch's CPU sort leaves
-    them; ``stable=True`` makes that the rule on every device (``topk`` leaves tie order unspecified)."""
-    return hat.argsort(dim=-1, descending=True, stable=True)[..., :topk]
+    them; a stable sort makes that the rule on every device. ``topk`` (fast, tie order unspecified)
+    serves every row whose first k+1 similarities are distinct; only rows with a tie are sorted."""
+    vals, idx = hat.topk(topk + 1, dim=-1)  # topk < N: the (k+1)-th exists (at worst the -inf self)
+    idx = idx[..., :topk]
+    tied = (vals[..., 1:] == vals[..., :-1]).any(dim=-1)
+    if tied.any():
+        idx[tied] = hat[tied].argsort(dim=-1, descending=True, stable=True)[..., :topk]
+    return idx
 
 
 def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFAULT_CCA_DIM) -> ModelState:
