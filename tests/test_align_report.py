@@ -50,7 +50,8 @@ def test_quality_view_per_metric(store_dir, capsys):
             for p in points:
                 assert p.quality == pytest.approx(1 - BPB[p.model])
                 assert p.family == get_spec(p.model).family
-                want = np.mean([ref[(p.model, vm)] for vm in VISION]) if name.startswith("mean") else ref[(p.model, name)]
+                mean = np.mean([ref[(p.model, vm)] for vm in VISION])
+                want = mean if name.startswith("mean") else ref[(p.model, name)]
                 assert p.score == pytest.approx(want, abs=2e-5)
     vision_only = dict(data, bpb_x=[None] * len(data["bpb_x"]))
     assert quality_points(vision_only) is None

@@ -112,13 +112,15 @@ def prepare_features(feats: Features, q: float = DEFAULT_Q, device: torch.device
             shapes = ", ".join(str(tuple(x.shape)) for x in xs) or "none"
             raise ValueError(f"a feature list must hold [N, D] layers with one N, got {shapes}")
         xs = [_clamp(x, q, outliers) for x in xs]
-        return [F.normalize(xs[i], p=2, dim=-1).contiguous() for i in (layers if layers is not None else range(len(xs)))]
+        picked = layers if layers is not None else range(len(xs))
+        return [F.normalize(xs[i], p=2, dim=-1).contiguous() for i in picked]
     x = feats.to(device=device) if device is not None else feats
     x = x.float()
     if x.dim() == 2:
         x = x[:, None, :]
     if x.dim() != 3:
-        raise ValueError(f"features must be [N, L, D], [N, D] or a list of [N, D] layers, got shape {tuple(feats.shape)}")
+        raise ValueError(f"features must be [N, L, D], [N, D] or a list of [N, D] layers, "
+                         f"got shape {tuple(feats.shape)}")
     x = _clamp(x, q, outliers).transpose(0, 1)
     if layers is not None:
         x = x[layers]
