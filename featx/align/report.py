@@ -224,6 +224,11 @@ def layer_plot(data: dict, i: int, j: int, dest: Path) -> bool:
     return True
 
 
+def _layer(value) -> str:
+    """A best layer, or a dash where no layer pair scored above the zero floor (stored as -1)."""
+    return str(int(value)) if value >= 0 else "—"
+
+
 def _top_rows(data: dict, top: int) -> list[tuple]:
     scores = np.asarray(data["scores"], dtype=float)
     mask = _self_mask(data)
@@ -254,8 +259,8 @@ def write_report(out: Path, report_dir: Path | None = None, top: int = 10) -> Pa
         bp = best_pair(data)
         has_layers = bool(bp) and layer_plot(data, *bp, report_dir / files["layers"])
         rows = "".join(
-            f"<tr><td>{s:.4f}</td><td>{html.escape(data['models_x'][i])}</td><td>{int(data['layer_x'][i][j])}</td>"
-            f"<td>{html.escape(data['models_y'][j])}</td><td>{int(data['layer_y'][i][j])}</td></tr>"
+            f"<tr><td>{s:.4f}</td><td>{html.escape(data['models_x'][i])}</td><td>{_layer(data['layer_x'][i][j])}</td>"
+            f"<td>{html.escape(data['models_y'][j])}</td><td>{_layer(data['layer_y'][i][j])}</td></tr>"
             for s, i, j in _top_rows(data, top))
         csv_path = path.with_suffix(".csv")
         links = [f'<a href="{html.escape(_relpath(path, report_dir))}">{html.escape(path.name)}</a>']
