@@ -131,6 +131,9 @@ class Runner:
                 result = extract_rows(spec, loaded, self.rows, key.pool, ex, progress)
             finally:
                 progress.close()
+            if result.info.get("truncated_rows"):  # the manifest records it too
+                self.log.event("truncated", model=spec.id, rows=result.info["truncated_rows"],
+                               max_tokens=result.info["max_positions"])
             manifest = self._commit(spec, key, loaded, result)
             seconds = time.perf_counter() - t0
             where = f"{self.store.url}/{manifest.data_key}"
