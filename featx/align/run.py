@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from featx.align import metrics as M
+from featx.align.results import save_results
 from featx.catalog import ModelSpec
 from featx.errors import UsageError
 from featx.store import ArtifactKey, Manifest, Store
@@ -250,7 +251,8 @@ def write_result(res: AlignResult, out: Path, dataset: str, subset: str, layers:
             mats[i, j] = m
         payload["layer_scores"] = mats  # [Mx, My] of [Lx, Ly] (x layer, y layer)
     res.npy = folder / f"{stem}.npy"
-    _atomic(res.npy, lambda p: np.save(p, payload, allow_pickle=True))
+    _atomic(res.npy, lambda p: np.save(p, payload, allow_pickle=True))  # the reference's form, for other tools
+    _atomic(res.npy.with_suffix(".npz"), lambda p: save_results(p, payload))  # what featx reads back: no pickle
     res.csv = folder / f"{stem}.csv"
 
     def write_csv(p: Path) -> None:
