@@ -142,3 +142,24 @@ def test_two_local_folders_with_one_name_never_share_files(tmp_path):
     assert sorted(p.name.split("-")[0] for p in out.iterdir()) == ["images", "images"]
     assert featx.load(GPT2, str(out), dataset=str(a)).feats.shape[0] == 4
     assert featx.load(GPT2, str(out), dataset=str(b)).feats.shape[0] == 5
+
+
+# Bad input, as rows of (setup, expected exit, expected stderr fragment) for the bad-input matrix.
+BAD_RUN_CONFIGS = [
+    (["--seed", "x"], 2, "featx: error: job.extraArgs ['--seed', 'x']: argument --seed: invalid int value: 'x'"),
+    (["--format"], 2, "featx: error: job.extraArgs ['--format']: argument --format: expected one argument"),
+]
+
+
+@pytest.mark.parametrize("extra_args,code,message", BAD_RUN_CONFIGS)
+def test_bad_identity_extra_args_are_one_line_errors(tmp_path, extra_args, code, message):
+    import yaml
+
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump({
+        "release": "r", "fullname": "r-featx", "modelset": [GPT2], "dataset": "featx-sample", "store": "s3://b/f",
+        "concurrency": 1, "attempts": 1, "extraArgs": extra_args,
+        "gpuClasses": [{"name": "cpu", "memoryMiB": 4096, "resource": ""}], "jobTemplate": {}}))
+    r = run_cli("render", "--config", str(run_yaml))
+    assert r.code == code and r.out == ""
+    assert r.err.startswith(message) and r.err.count("\n") == 1

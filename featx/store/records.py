@@ -25,6 +25,10 @@ class JsonRecord:
         return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
 
+#: Identity fields only ``featx extract`` knows (it loads the data and picks the device).
+UNKNOWABLE = ("rows_fingerprint", "num_rows", "compute_dtype")
+
+
 @dataclass(kw_only=True)
 class RunIdentity:
     """Everything that determines a feature file's bytes: a committed file is "done" for a run only
@@ -54,9 +58,6 @@ class RunIdentity:
             if want != have and not (want is None and f.name in UNKNOWABLE):
                 out.append(f"{f.name}: {_show(have)} -> {_show(want)}")
         return out
-
-
-UNKNOWABLE = ("rows_fingerprint", "num_rows", "compute_dtype")
 
 
 def _show(value: Any) -> str:
