@@ -21,8 +21,8 @@ from featx.logs import EventLog, Progress
 from featx.pipeline.identity import judge, run_identity
 from featx.pipeline.keys import artifact_key, dataset_prefix
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
-from featx.store.records import RunIdentity
 from featx.store.formats import write_tensors
+from featx.store.records import RunIdentity
 
 
 @dataclass
