@@ -250,6 +250,52 @@ def test_report_writes_png_and_html(store_dir, capsys):
     assert "featx-smoke/gpt2" in page and "mutual_knn_k5.csv" in page
 
 
+class _RunsCode:
+    """A pickle payload: unpickling it opens (creates) ``marker`` for writing."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_free_results_equal_the_reference_npy(store_dir):
+    from featx.align.results import load_results
+
+    assert _align(store_dir, "--metric", "mutual_knn", "--topk", "5", "--layers", "all") == 0
+    folder = _result_dir(store_dir)
+    npy = np.load(folder / "mutual_knn_k5.npy", allow_pickle=True).item()
+    npz = load_results(folder / "mutual_knn_k5.npz")
+    assert set(npz) == set(npy)
+    for name, value in npy.items():
+        if name == "layer_scores":
+            assert value.shape == npz[name].shape
+            for (i, j), m in np.ndenumerate(value):
+                np.testing.assert_array_equal(npz[name][i, j], m)
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(npz[name], value)
+            assert npz[name].dtype == value.dtype
+        else:
+            assert npz[name] == value, name
+
+
+def test_report_never_unpickles_what_it_finds(store_dir, tmp_path):
+    assert _align(store_dir, "--metric", "cka") == 0
+    out = store_dir / "alignment"
+    marker = tmp_path / "pwned"
+    evil = {"scores": np.zeros((1, 1)), "models_x": ["x"], "hook": _RunsCode(str(marker))}
+    np.save(out / "featx-sample" / "crafted.npy", evil, allow_pickle=True)  # a dict like featx's own
+    np.savez(out / "featx-sample" / "crafted.npz", scores=np.zeros((1, 1)),  # object arrays pickle too
+             meta=np.array([_RunsCode(str(marker))], dtype=object))
+    assert main(["report", "--out", str(out)]) == 0
+    assert not marker.exists()
+    page = (out / "report" / "index.html").read_text()
+    assert "cka.npy" in page and "crafted" not in page
+    np.load(out / "featx-sample" / "crafted.npy", allow_pickle=True)  # the payload was live all along
+    assert marker.exists()
+
+
 def test_report_without_results(tmp_path, capsys):
     assert main(["report", "--out", str(tmp_path)]) == 2
     assert "featx align" in capsys.readouterr().err

@@ -14,20 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.align.results import load_results
 from featx.errors import UsageError
 
 
 def find_results(out: Path, skip: Path | None = None) -> list[tuple[Path, dict]]:
-    """Every featx-written alignment ``.npy`` under ``out`` (reference-written ones lack model ids)."""
+    """Every ``featx align`` result under ``out``, from its pickle-free ``.npz`` (the ``.npy``
+    dicts beside them are never loaded: unpickling a file placed there could run its code)."""
     found = []
-    for path in sorted(out.rglob("*.npy")):
+    for path in sorted(out.rglob("*.npz")):
         if path.name.startswith(".") or (skip and skip in path.parents):
             continue
-        try:
-            data = np.load(path, allow_pickle=True).item()
-        except (ValueError, OSError, AttributeError):
-            continue
-        if isinstance(data, dict) and "scores" in data and "models_x" in data:
+        data = load_results(path)
+        if data is not None and "scores" in data and "models_x" in data:
             found.append((path, data))
     return found
 
@@ -262,10 +261,8 @@ def write_report(out: Path, report_dir: Path | None = None, top: int = 10) -> Pa
             f"<tr><td>{s:.4f}</td><td>{html.escape(data['models_x'][i])}</td><td>{_layer(data['layer_x'][i][j])}</td>"
             f"<td>{html.escape(data['models_y'][j])}</td><td>{_layer(data['layer_y'][i][j])}</td></tr>"
             for s, i, j in _top_rows(data, top))
-        csv_path = path.with_suffix(".csv")
-        links = [f'<a href="{html.escape(_relpath(path, report_dir))}">{html.escape(path.name)}</a>']
-        if csv_path.exists():
-            links.append(f'<a href="{html.escape(_relpath(csv_path, report_dir))}">{html.escape(csv_path.name)}</a>')
+        links = [f'<a href="{html.escape(_relpath(p, report_dir))}">{html.escape(p.name)}</a>'
+                 for p in (path.with_suffix(".npy"), path, path.with_suffix(".csv")) if p.exists()]
         meta = (f"{len(data['models_x'])} × {len(data['models_y'])} models, {data.get('num_rows')} rows, "
                 f"rows fingerprint <code>{html.escape(str(data.get('rows_fingerprint', ''))[:16])}</code>, "
                 f"revision {html.escape(str(data.get('dataset_revision') or '-'))}, layers: {data.get('layers', 'best')}")

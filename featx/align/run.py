@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from featx.align import metrics as M
+from featx.align.results import save_results
 from featx.catalog import ModelSpec
 from featx.errors import UsageError
 from featx.store import ArtifactKey, Manifest, Store
@@ -375,7 +376,8 @@ def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers
             mats[i, j] = m
         payload["layer_scores"] = mats  # [Mx, My] of [Lx, Ly] (x layer, y layer)
     res.npy = path
-    _atomic(res.npy, lambda p: np.save(p, payload, allow_pickle=True))
+    _atomic(res.npy, lambda p: np.save(p, payload, allow_pickle=True))  # the reference's form, for other tools
+    _atomic(res.npy.with_suffix(".npz"), lambda p: save_results(p, payload))  # what featx reads back: no pickle
     res.csv = path.with_suffix(".csv")
 
     def layer(value) -> str:
