@@ -154,3 +154,17 @@ def test_interruption_line():
     assert summary.exit_code == 143
     done = RunSummary([ModelOutcome("a", "committed")], interrupted=Interrupted(signal.SIGINT))
     assert done.interruption() == "interrupted by SIGINT: committed a" and done.exit_code == 130
+
+
+def test_sigterm_stops_any_command_with_143(tmp_path, monkeypatch):
+    """Every command, not only extract: as a container's PID 1 (the controller's `featx reconcile`)
+    featx would otherwise ignore SIGTERM until Kubernetes kills it after the grace period."""
+    import featx.cli.status
+
+    def open_store_from(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal must interrupt before this line")
+
+    monkeypatch.setattr(featx.cli.status, "open_store_from", open_store_from)
+    r = run_cli("status", "--models", "featx-smoke/gpt2", "--output_dir", str(tmp_path))
+    assert (r.code, r.err) == (143, "featx: interrupted by SIGTERM\n")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from featx import settings
 from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from
 from featx.cli.termination import report_termination
-from featx.signals import Interrupted, deferred, stop_on_signals
+from featx.signals import Interrupted, deferred
 
 if TYPE_CHECKING:
     from featx.catalog.spec import ModelSpec
@@ -46,17 +46,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """SIGTERM/SIGINT stop the run: a commit in progress completes first, then one line says what
-    was and was not committed and the exit status is 128 + the signal number."""
-    with stop_on_signals():
-        try:
-            runner, specs = _prepare(args)
-        except Interrupted as stop:
-            stop.detail = "before any model started; nothing was committed"
-            raise
-        summary = runner.run(specs)
-        with deferred():  # the report is printed whole; a signal now only sets the exit status
-            return _report(args, summary, runner.log)
+    """SIGTERM/SIGINT (``featx.signals``, installed by ``featx.cli.main``) stop the run: a commit in
+    progress completes first, then one line says what was and was not committed and the exit
+    status is 128 + the signal number."""
+    try:
+        runner, specs = _prepare(args)
+    except Interrupted as stop:
+        stop.detail = "before any model started; nothing was committed"
+        raise
+    summary = runner.run(specs)
+    with deferred():  # the report is printed whole; a signal now only sets the exit status
+        return _report(args, summary, runner.log)
 
 
 def _prepare(args: argparse.Namespace) -> tuple[Runner, list[ModelSpec]]:
