@@ -317,6 +317,44 @@ def test_killed_multipart_upload_leaves_nothing_visible(s3_store, seaweedfs, tmp
     s3_store.verify(key, tmp_path / "down.pt")
 
 
+TERM_SCRIPT = """
+import sys, time
+from pathlib import Path
+from featx.signals import Interrupted, stop_on_signals
+from featx.store.s3 import S3Store
+url, rel, src, sha = sys.argv[1:5]
+store = S3Store.from_url(url, part_size=5 << 20, multipart_threshold=5 << 20, max_workers=1, manifest_cache=False)
+def hold(**_):
+    print("PART", flush=True)  # one part is on the server: SIGTERM comes now
+    time.sleep(2)  # a part still in flight when the signal lands
+store.client.meta.events.register("after-call.s3.UploadPart", hold)
+with stop_on_signals():
+    try:
+        store.put_file(rel, Path(src), sha)
+    except Interrupted as stop:
+        print(stop.name, flush=True)
+        sys.exit(stop.exit_code)
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.s3
+def test_sigterm_mid_upload_aborts_it(s3_store, seaweedfs, tmp_path):
+    """SIGTERM while parts are uploading (featx.signals): the upload is aborted on the way out, so
+    nothing is left, not even an invisible unfinished upload."""
+    key = key_for("termed_model")
+    path, sha = data_file(tmp_path, 16 * MiB)
+    env = {**os.environ, **seaweedfs.env(), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", TERM_SCRIPT, s3_store.url, key.data, str(path), sha],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "PART", proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, out.strip()) == (143, "SIGTERM"), err
+    assert pending_uploads(seaweedfs, s3_store, key.data) == []
+    assert key.data not in s3_store.list("")
+
+
 @pytest.mark.s3
 def test_failed_part_aborts_multipart_upload(s3_store, seaweedfs, tmp_path, monkeypatch):
     """A part whose bytes do not match its Content-MD5 is refused by the server (BadDigest); the

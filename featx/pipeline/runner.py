@@ -4,6 +4,7 @@ Kubernetes Job runs this for one model. Turning rows into tensors is ``featx.ext
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -132,7 +133,10 @@ class Runner:
                 summary.in_progress = None
         except Interrupted as stop:  # SIGTERM/SIGINT under featx.signals.stop_on_signals
             summary.interrupted = stop
-            now = self.store.state(key) if summary.in_progress is not None else None
+            now = None
+            if summary.in_progress is not None:
+                with contextlib.suppress(FeatxError):  # unreadable now: reported as not committed
+                    now = self.store.state(key)
             if now and now.state == "done" and now.manifest != (state.manifest if state else None):
                 # the signal came during the commit, held until its new manifest was written
                 summary.outcomes.append(ModelOutcome(summary.in_progress, "committed", where=f"{self.store.url}/{key.data}"))
