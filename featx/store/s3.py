@@ -18,7 +18,7 @@ Endpoint, region and credentials come from the usual AWS variables and profiles
 ``AWS_REGION``/``AWS_DEFAULT_REGION``); an explicit ``endpoint_url`` (``--s3-endpoint``) wins.
 Nothing secret is ever put in ``url``, a message or a manifest.
 
-About 560 lines on purpose: one backend's S3 calls, its error table, its transfer paths (single
+About 610 lines on purpose: one backend's S3 calls, its error table, its transfer paths (single
 PUT, multipart upload, ranged parallel GET) and its manifest index (parallel GETs and the
 per-folder index object, verified against the listing's ETags) share the client, the key mapping
 and the error translation; the manifest cache and the commit protocol live elsewhere
