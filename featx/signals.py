@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from typing import Iterator
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -48,7 +49,12 @@ def _handle(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM/SIGINT into ``Interrupted`` for the duration of the block."""
+    """Turn SIGTERM/SIGINT into ``Interrupted`` for the duration of the block (Python lets only
+    the main thread set handlers: elsewhere, as when an application calls featx from a worker
+    thread, the block runs with the handlers it has)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {s: signal.signal(s, _handle) for s in STOP_SIGNALS}
     try:
         yield
