@@ -20,3 +20,11 @@ NUM_WORKERS = int(os.environ.get("FEATX_NUM_WORKERS", str(min(8, os.cpu_count() 
 PROGRESS_INTERVAL_S = float(os.environ.get("FEATX_PROGRESS_S", "10"))
 #: Hub token for gated models; the usual huggingface_hub variable.
 HF_TOKEN_ENV = "HF_TOKEN"
+#: Seconds after which a model's temporary files and unfinished S3 uploads count as a killed
+#: writer's leftovers that its next commit removes (local ones of a dead process on this host go at
+#: once); a live writer keeps writing to its own, so keep this above one upload's duration.
+ORPHAN_GRACE_S = float(os.environ.get("FEATX_ORPHAN_GRACE_S", "3600"))
+#: Tests only: a FIFO that a commit reads to its end after publishing the data object and before
+#: writing the manifest (inside the signal-deferred section), so that a test can signal the process
+#: at exactly that point without timing (tests/test_signals.py). Unset: no effect.
+TEST_COMMIT_BARRIER = os.environ.get("FEATX_TEST_COMMIT_BARRIER", "")

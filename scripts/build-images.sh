@@ -8,7 +8,7 @@
 # Each image carries the label featx.io/inputs = sha256 of what goes into it (Dockerfile, pins,
 # featx's sources, README, build arguments, base image id). A matching image is kept; the Docker
 # engine's layer cache (outside the checkout) makes a rebuild after a source change take about a
-# minute: the pip layer depends only on requirements.txt. The last stdout line is the featx image.
+# minute: the pip layer depends only on docker/requirements.lock. The last stdout line is the featx image.
 #
 # Settings (environment):
 #   IMAGE=featx-cpu:dev
@@ -49,7 +49,7 @@ if [[ -n "${BASE_IMAGE:-}" ]]; then
 fi
 inputs="$(
     {
-        git ls-files -z -co --exclude-standard -- docker/Dockerfile.cpu requirements.txt pyproject.toml README.md featx 2>/dev/null \
+        git ls-files -z -co --exclude-standard -- docker/Dockerfile.cpu docker/requirements.lock pyproject.toml README.md featx 2>/dev/null \
             | sort -z | xargs -0 sha256sum
         printf 'base=%s torch_index=%s ca=%s\n' "${base_id}" "${TORCH_INDEX_URL-default}" \
             "$(printf '%s' "${extra_ca}" | sha256sum | cut -c1-16)"

@@ -1,4 +1,4 @@
-"""The images: hadolint-clean, the pins of requirements.txt, non-root, ``featx`` as entrypoint, and
+"""The images: hadolint-clean, the pins of requirements.txt through a lock with hashes, non-root, ``featx`` as entrypoint, and
 every Job command the chart renders is one that entrypoint accepts.
 
 No Docker engine runs here, so the Dockerfiles are checked as text (parsed below) and the
@@ -23,9 +23,8 @@ from tests.helpers import REPO, run_cli
 GPU, CPU = REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"
 DOCKERFILES = (GPU, CPU)
 REQUIREMENTS = REPO / "requirements.txt"
+LOCK = REPO / "docker" / "requirements.lock"  # scripts/lock-requirements.sh: runtime pins + deps, with hashes
 TOOLING_MARKER = "# test and tooling"  # requirements.txt: runtime pins above this line, test tools below
-RUNTIME_SED = f"sed '/^{TOOLING_MARKER}/,$d' requirements.txt > /tmp/runtime-requirements.txt"
-RUNTIME_INSTALL = re.compile(r"/opt/venv/bin/pip install --no-cache-dir (?:\S+ )*-r /tmp/runtime-requirements\.txt")
 MUST_PIN = ("torch", "torchvision", "transformers", "timm", "bitsandbytes")  # the issue names these
 IMAGE_UID = "10001"
 PIN = re.compile(r"\b([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][^\s\"'`;&|)]*)")
@@ -110,36 +109,81 @@ def test_requirements_marker_splits_runtime_from_tooling():
         assert tool not in runtime, f"{tool} is a test tool: keep it below {TOOLING_MARKER!r}"
 
 
+def lock_entries(text: str) -> dict[str, tuple[str, list[str]]]:
+    """``name -> (version, sha256 hashes)`` of a pip requirements file with hashes."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for block in re.split(r"\n(?=\S)", text):
+        head = block.split("\\")[0].strip()
+        if not head or head.startswith("#"):
+            continue
+        m = re.fullmatch(r"([a-z0-9][a-z0-9._-]*)==(\S+)", head)
+        assert m, f"docker/requirements.lock: {head!r} is not a plain name==version pin (no markers, no URLs)"
+        assert m[1] not in entries, f"docker/requirements.lock pins {m[1]} twice"
+        entries[m[1]] = (m[2], re.findall(r"--hash=sha256:([0-9a-f]{64})\b", block))
+    return entries
+
+
+def test_lock_pins_every_runtime_pin_and_hashes_every_package():
+    text = LOCK.read_text()
+    entries = lock_entries(text)
+    for name, (version, hashes) in entries.items():
+        assert hashes, f"docker/requirements.lock: {name}=={version} has no --hash (run scripts/lock-requirements.sh)"
+    normal = {re.sub(r"[-_.]+", "-", k): v for k, (v, _) in entries.items()}
+    for name, version in runtime_pins().items():
+        assert normal.get(re.sub(r"[-_.]+", "-", name)) == version, \
+            f"requirements.txt pins {name}=={version}, the lock {normal.get(name)}: run scripts/lock-requirements.sh"
+    assert not re.search(r"^\s*--(extra-)?index-url|^\s*--find-links|^\s*-[if] ", text, re.M), "the lock names no index"
+    assert {"torch", "nvidia-cublas", "triton"} <= set(entries), "the lock is PyPI's torch build (CI's image) with its CUDA wheels"
+
+
+def _pip_installs(dockerfile: Path) -> list[str]:
+    runs = [a for stage in stages(dockerfile) for a in args_of(stage, "RUN")]
+    return [re.sub(r"\s+", " ", cmd.split("; else")[0].split("; fi")[0]).strip()
+            for r in runs for cmd in re.split(r"&&|\bthen\b", r) if re.search(r"\bpip install\b", cmd)]
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_image_installs_exactly_the_runtime_pins(dockerfile: Path, tmp_path: Path):
-    builder_runs = [a for stage in stages(dockerfile)[:-1] for a in args_of(stage, "RUN")]
+def test_image_installs_the_lock_with_hashes_from_one_index_per_package(dockerfile: Path):
+    text = dockerfile.read_text()
+    instructions = " ".join(a for stage in stages(dockerfile) for _, a in stage)
+    for risky in ("--extra-index-url", "PIP_EXTRA_INDEX_URL", "--find-links", "--trusted-host", "UV_EXTRA_INDEX_URL"):
+        assert risky not in instructions, f"{dockerfile.name} uses {risky}: one index per package, pinned by hash"
     copies = [a for stage in stages(dockerfile)[:-1] for a in args_of(stage, "COPY")]
-    assert any(re.fullmatch(r"requirements\.txt \./?", c) for c in copies), "COPY requirements.txt ./ in the builder"
-    sed = [r for r in builder_runs if RUNTIME_SED in r]
-    assert sed, f"{dockerfile.name}: the builder must derive the runtime pins with: {RUNTIME_SED}"
-    assert RUNTIME_INSTALL.search(sed[0]), f"{dockerfile.name}: pip install -r /tmp/runtime-requirements.txt"
-
-    # The sed the image runs, run here on the same file: it must yield exactly the runtime pins.
-    shutil.copy(REQUIREMENTS, tmp_path / "requirements.txt")
-    out = tmp_path / "runtime.txt"
-    subprocess.run(["sh", "-c", RUNTIME_SED.replace("/tmp/runtime-requirements.txt", str(out))],
-                   cwd=tmp_path, check=True, timeout=30)
-    installed = {m[1].lower(): m[2] for m in PIN.finditer(out.read_text())}
-    assert installed == runtime_pins()
-
-    # Every other pip install adds nothing unpinned: only featx's own wheel, without dependencies.
-    all_runs = builder_runs + args_of(final_stage(dockerfile), "RUN")
-    installs = [cmd for r in all_runs for cmd in r.split("&&") if re.search(r"\bpip install\b", cmd)]
-    for cmd in installs:
-        assert "--no-cache-dir" in cmd, f"{dockerfile.name}: pip install without --no-cache-dir: {cmd.strip()}"
-        if "-r /tmp/runtime-requirements.txt" not in cmd:
-            assert "--no-deps" in cmd and "featx-*.whl" in cmd, f"{dockerfile.name}: unexpected install: {cmd.strip()}"
+    assert "docker/requirements.lock ./" in copies, f"{dockerfile.name}: COPY docker/requirements.lock ./ in the builder"
+    locked = {k: v for k, (v, _) in lock_entries(LOCK.read_text()).items()}
+    hashed = 0
+    for cmd in _pip_installs(dockerfile):
+        assert "--no-cache-dir" in cmd and "--no-deps" in cmd, f"{dockerfile.name}: {cmd}"
+        if "--require-hashes" in cmd:
+            hashed += 1
+            assert re.search(r"-r (requirements\.lock|/tmp/pypi\.lock)$", cmd), f"{dockerfile.name}: {cmd}"
+        elif "featx-*.whl" in cmd:
+            assert "--no-index" in cmd, f"{dockerfile.name}: featx's own wheel is installed offline: {cmd}"
+        else:  # the CPU variant: torch and torchvision from TORCH_INDEX_URL alone, at the lock's versions
+            assert dockerfile == CPU and '--index-url "${TORCH_INDEX_URL}"' in cmd, f"{dockerfile.name}: {cmd}"
+            assert dict(PIN.findall(cmd)) == {"torch": locked["torch"], "torchvision": locked["torchvision"]}, cmd
+    assert hashed >= 1, f"{dockerfile.name}: install docker/requirements.lock with --require-hashes"
     # Any version written into the Dockerfile itself must agree with requirements.txt.
     pins = all_pins()
-    instructions = " ".join(a for stage in stages(dockerfile) for _, a in stage)
     for name, version in PIN.findall(instructions):
         assert pins.get(name.lower()) == version, f"{dockerfile.name} pins {name}=={version}; requirements.txt says {pins.get(name.lower())}"
-    assert any("pip check" in r for r in builder_runs), f"{dockerfile.name}: run `pip check` after installing"
+    assert "pip check" in text, f"{dockerfile.name}: run `pip check` after installing"
+
+
+def test_cpu_index_variant_takes_the_lock_less_torch_and_its_cuda_wheels(tmp_path: Path):
+    """The awk line Dockerfile.cpu runs when TORCH_INDEX_URL is set, run here on the lock: whole
+    entries (pin and hashes) of everything but torch, torchvision and PyPI torch's CUDA-only wheels."""
+    runs = " ".join(a for stage in stages(CPU) for a in args_of(stage, "RUN"))
+    m = re.search(r"(awk '[^']*') requirements\.lock > /tmp/pypi\.lock", runs)
+    assert m, "Dockerfile.cpu: awk '...' requirements.lock > /tmp/pypi.lock"
+    shutil.copy(LOCK, tmp_path / "requirements.lock")
+    subprocess.run(["sh", "-c", f"{m[1]} requirements.lock > pypi.lock"], cwd=tmp_path, check=True, timeout=30)
+    whole, kept = lock_entries(LOCK.read_text()), lock_entries((tmp_path / "pypi.lock").read_text())
+    dropped = set(whole) - set(kept)
+    assert {"torch", "torchvision", "triton"} <= dropped
+    assert all(n in ("torch", "torchvision", "triton") or n.startswith(("nvidia-", "cuda-")) for n in dropped), dropped
+    assert all(kept[n] == whole[n] for n in kept), "kept entries keep every hash"
+    assert {"numpy", "pillow", "filelock", "sympy", "networkx", "jinja2", "fsspec", "transformers"} <= set(kept)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

@@ -51,6 +51,13 @@ BAD_VALUES = {
     "no class enabled": ({"gpuClasses": _classes(c2={"enabled": False}, c3={"enabled": False}, c4={"enabled": False},
                                                  c5={"enabled": False})}, "no class is enabled"),
     "MIG split over several slices": ({"gpuClasses": _classes(c1={"maxPerNode": 2})}, "MIG slice"),
+    "plain HF_TOKEN in job.env": ({"job": {"env": [{"name": "HF_TOKEN", "value": "hf_abc"}]}}, "secretKeyRef"),
+    "plain S3 secret key in job.env": ({"job": {"env": [{"name": "FEATX_NUM_WORKERS", "value": "2"},
+                                                        {"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}},
+                                       "job.env[1] AWS_SECRET_ACCESS_KEY has a plain value"),
+    "plain password, lower case": ({"job": {"env": [{"name": "db_password", "value": ""}]}}, "secretKeyRef"),
+    "credentials in the endpoint": ({"s3": {"endpoint": "http://ak:sk@minio:9000"}}, "endpoint"),
+    "unknown networkPolicy key": ({"job": {"networkPolicy": {"egress": []}}}, "egress"),
 }
 
 
@@ -83,7 +90,8 @@ def test_lint_is_clean(helm):
 
 def test_objects_names_and_labels(helm):
     objs = docs(helm)
-    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "Role",
+                                               "RoleBinding", "ServiceAccount"]
     for o in objs:
         meta = o["metadata"]
         assert meta["namespace"] == "research" and meta["name"].startswith("rel-featx")
@@ -182,14 +190,53 @@ def test_security_policy(helm, tmp_path, name):
             assert pod["automountServiceAccountToken"] is False, where
 
 
-def test_no_secret_values_in_the_configmap(helm):
-    objs = docs(helm, "--set", "s3.credentialsSecret.name=my-keys", "--set", "hfToken.secretName=hf")
+def test_no_secret_values_in_the_configmap(helm, tmp_path):
+    extra = [{"name": "FEATX_NUM_WORKERS", "value": "8"},
+             {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}}]
+    objs = docs(helm, "--set", "s3.credentialsSecret.name=my-keys", "--set", "hfToken.secretName=hf",
+                "-f", values_file(tmp_path, {"job": {"env": extra}}))
     (cm,) = by_kind(objs, "ConfigMap")
     text = cm["data"]["run.yaml"]
     assert "secretKeyRef" in text and "my-keys" in text
     run = yaml.safe_load(text)
-    env = run["jobTemplate"]["podSpec"]["containers"][0]["env"]
-    assert all("value" not in e for e in env if e["name"] in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"))
+    env = {e["name"]: e for e in run["jobTemplate"]["podSpec"]["containers"][0]["env"]}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "WANDB_API_KEY"):
+        assert "value" not in env[name] and "secretKeyRef" in env[name]["valueFrom"], name
+    assert env["FEATX_NUM_WORKERS"] == extra[0]
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_network_policies_deny_ingress_and_select_the_controller_and_every_job(helm, tmp_path):
+    objs = docs(helm)
+    policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"] for p in by_kind(objs, "NetworkPolicy")}
+    assert set(policies) == {"controller", "extract"}
+    for spec in policies.values():
+        assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []  # default deny ingress
+        assert spec["egress"] == [{}]  # egress open by default (API server, S3, hub differ per cluster)
+    (dep,) = by_kind(objs, "Deployment")
+    assert _matches(policies["controller"]["podSelector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
+    assert not _matches(policies["extract"]["podSelector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
+    (cm,) = by_kind(objs, "ConfigMap")
+    config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
+    for d in config.desired():  # the pods of the Jobs the controller renders
+        pod_labels = render_job(config, d, choose(d.spec, config.classes, config.qlora), 1)["spec"]["template"]["metadata"]["labels"]
+        assert _matches(policies["extract"]["podSelector"]["matchLabels"], pod_labels), d.id
+        assert not _matches(policies["controller"]["podSelector"]["matchLabels"], pod_labels), d.id
+
+    s3 = {"to": [{"ipBlock": {"cidr": "10.0.5.0/24"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+    api = {"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], "ports": [{"port": 6443, "protocol": "TCP"}]}
+    values = {"job": {"networkPolicy": {"allowExternalEgress": False, "extraEgress": [s3]}},
+              "controller": {"networkPolicy": {"allowExternalEgress": False, "extraEgress": [api, s3]}}}
+    limited = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]
+               for p in by_kind(docs(helm, "-f", values_file(tmp_path, values)), "NetworkPolicy")}
+    dns = {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+    assert limited["extract"]["egress"] == [dns, s3]
+    assert limited["controller"]["egress"] == [dns, api, s3]
+    off = docs(helm, "--set", "job.networkPolicy.enabled=false", "--set", "controller.networkPolicy.enabled=false")
+    assert not by_kind(off, "NetworkPolicy")
 
 
 def test_rbac_is_minimal_and_matches_what_the_client_calls(helm):

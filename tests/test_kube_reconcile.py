@@ -48,11 +48,11 @@ BIG = want("big", params=70_000_000_000)
 
 
 def job(d: Desired, attempt: int = 1, phase: str = "failed", *, cls: str = "l4-24gb", gpus: int = 1, code=None,
-        reason: str = "", pod_reason: str = "", deleting: bool = False) -> ObservedJob:
+        reason: str = "", pod_reason: str = "", deleting: bool = False, pod_message: str = "") -> ObservedJob:
     if phase == "failed" and not reason:
         reason = "BackoffLimitExceeded"
     return ObservedJob(f"job-{d.spec.file_name}-a{attempt}", d.id, d.stem, attempt, cls, gpus, phase, reason,
-                       "", code, pod_reason, deleting)
+                       "", code, pod_reason, deleting, pod_message=pod_message)
 
 
 def done(d: Desired | None = None, **other) -> StoredState:
@@ -130,6 +130,12 @@ CASES: dict[str, Case] = {
     "PodFailurePolicy without a pod to read: permanent": Case(
         [A], [("give-up", A.id, 1, True)], observed=[job(A, 1, reason="PodFailurePolicy")]),
     "exit code 2 (usage) is permanent too": Case([A], [("give-up", A.id, 1, True)], observed=[job(A, 1, code=2)]),
+    "stopped by SIGTERM (exit 143: pod deleted or preempted): next attempt on the same class": Case(
+        [A], [("create", A.id, 2, "l4-24gb", 1)], observed=[job(A, 1, code=143)]),
+    "stopped by SIGTERM at the limit: give up with featx's own line": Case(
+        [A], [("give-up", A.id, 1, True)], attempts=1, observed=[job(
+            A, 1, code=143, pod_message="featx: interrupted by SIGTERM: committed nothing; not committed: org/a (in progress)")],
+        reason_has="exit code 143: featx: interrupted by SIGTERM"),
     "Complete without a commit counts as a failed attempt": Case(
         [A], [("create", A.id, 2, "l4-24gb", 1)], observed=[job(A, 1, "succeeded")]),
     "Complete without a commit at the limit: give up": Case(

@@ -18,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from featx import settings
 from featx.errors import FeatxError, StoreError, TransientError
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store
 from featx.store import s3 as s3mod
-from featx.store.local import LocalStore
+from featx.store import base as basemod
+from featx.store.base import CommittedByAnother
+from featx.store.local import HOST, LocalStore
 from featx.store.s3 import S3Store
 from tests.fixtures.seaweedfs import SeaweedFS, count_calls, free_ports
 
@@ -193,6 +196,80 @@ def test_verify_detects_sha_mismatch(store, tmp_path):
     assert not (tmp_path / "down.pt").exists()
 
 
+@pytest.mark.parametrize("inner", ["commits_whole", "waits_before_its_manifest"])
+def test_two_writers_end_with_one_valid_manifest(store, tmp_path, monkeypatch, inner):
+    """Writer A publishes its data; at the commit's test barrier (between data and manifest) writer
+    B, with other bytes, publishes too and either commits whole or waits at its own barrier until
+    A has written its manifest. Either way the bytes published last stand with their own manifest:
+    done, never the old protocol's false ``corrupt`` (A's manifest beside B's bytes)."""
+    key = key_for()
+    path_a, sha_a = data_file(tmp_path, seed=1)
+    path_b, sha_b = data_file(tmp_path, seed=2)
+    b_waits, b_at_barrier, release_b = inner == "waits_before_its_manifest", threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def writer(name: str, path: Path, sha: str) -> None:
+        try:
+            results[name] = store.commit(key, path, manifest_for(key, path, sha))
+        except CommittedByAnother as e:
+            results[name] = e
+
+    b = threading.Thread(target=writer, args=("B", path_b, sha_b))
+
+    def barrier() -> None:
+        if threading.current_thread() is b:
+            b_at_barrier.set()
+            if b_waits:
+                release_b.wait(60)
+            return
+        b.start()
+        if b_waits:
+            assert b_at_barrier.wait(60)
+        else:
+            b.join(60)
+
+    monkeypatch.setattr(basemod, "_barrier", barrier)
+    writer("A", path_a, sha_a)
+    release_b.set()
+    b.join(60)
+    state = store.state(key)
+    assert state.state == "done", state.reason
+    assert state.manifest.sha256 == sha_b and store.verify(key, tmp_path / "down.pt").sha256 == sha_b
+    assert isinstance(results["B"], Manifest)
+    if b_waits:  # A's manifest was in first; B replaced it, for B's bytes had replaced A's
+        assert isinstance(results["A"], Manifest)
+    else:
+        assert isinstance(results["A"], CommittedByAnother) and "another writer" in str(results["A"])
+
+
+def test_interrupted_writers_leftovers_are_removed_by_the_next_commit(tmp_path, monkeypatch):
+    """Temporaries of a dead process on this host, or untouched past the grace period, go; a
+    live writer's (this process, or another host's within the grace period) stay."""
+    store = LocalStore(tmp_path / "store")
+    key = key_for()
+    folder = tmp_path / "store" / key.stem.rsplit("/", 1)[0]
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    name = key.data.rsplit("/", 1)[1]
+    paths = {
+        "dead pid here": folder / f".{name}.tmp-{HOST}-{dead.stdout.strip()}",
+        "dead pid, manifest": folder / f".{key.manifest.rsplit('/', 1)[1]}.tmp-{HOST}-{dead.stdout.strip()}",
+        "old, other host": folder / f".{name}.tmp-other-host-1",
+        "fresh, other host": folder / f".{name}.tmp-other-host-2",
+        "other model": folder / f".{name.removesuffix('.pt')}_cid-1.pt.tmp-{HOST}-{dead.stdout.strip()}",
+    }
+    for path in paths.values():
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(paths["old, other host"], (two_hours_ago, two_hours_ago))
+    live = folder / f".{name}.tmp-{HOST}-{os.getppid()}"  # a running process's (pytest's parent)
+    live.write_bytes(b"partial")
+    commit(store, tmp_path, key)
+    left = {label for label, path in paths.items() if path.exists()} | ({"live parent"} if live.exists() else set())
+    assert left == {"fresh, other host", "other model", "live parent"}
+    assert store.state(key).state == "done"
+
+
 # -- S3 only -----------------------------------------------------------------------------------
 KILL_SCRIPT = """
 import sys, time
@@ -210,7 +287,7 @@ print("DONE", flush=True)
 
 
 @pytest.mark.s3
-def test_killed_multipart_upload_leaves_nothing_visible(s3_store, seaweedfs, tmp_path):
+def test_killed_multipart_upload_leaves_nothing_visible(s3_store, seaweedfs, tmp_path, monkeypatch):
     key = key_for("killed_model")
     path, sha = data_file(tmp_path, 16 * MiB)
     env = {**os.environ, **seaweedfs.env(), "PYTHONPATH": str(REPO)}
@@ -229,11 +306,53 @@ def test_killed_multipart_upload_leaves_nothing_visible(s3_store, seaweedfs, tmp
     assert pending_uploads(seaweedfs, s3_store, key.data), "the upload was mid-transfer when killed"
     assert key.data not in s3_store.list("")
     assert s3_store.state(key).state == "missing"
-    # the retry completes the model and cleans up the dead upload
+    # a retry within the grace period leaves the (possibly live) upload alone; past it, removes it
+    s3_store.commit(key, path, manifest_for(key, path, sha))
+    assert s3_store.state(key).state == "done"
+    assert len(pending_uploads(seaweedfs, s3_store, key.data)) == 1
+    monkeypatch.setattr(settings, "ORPHAN_GRACE_S", -1.0)
     s3_store.commit(key, path, manifest_for(key, path, sha))
     assert s3_store.state(key).state == "done"
     assert pending_uploads(seaweedfs, s3_store, key.data) == []
     s3_store.verify(key, tmp_path / "down.pt")
+
+
+TERM_SCRIPT = """
+import sys, time
+from pathlib import Path
+from featx.signals import Interrupted, stop_on_signals
+from featx.store.s3 import S3Store
+url, rel, src, sha = sys.argv[1:5]
+store = S3Store.from_url(url, part_size=5 << 20, multipart_threshold=5 << 20, max_workers=1, manifest_cache=False)
+def hold(**_):
+    print("PART", flush=True)  # one part is on the server: SIGTERM comes now
+    time.sleep(2)  # a part still in flight when the signal lands
+store.client.meta.events.register("after-call.s3.UploadPart", hold)
+with stop_on_signals():
+    try:
+        store.put_file(rel, Path(src), sha)
+    except Interrupted as stop:
+        print(stop.name, flush=True)
+        sys.exit(stop.exit_code)
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.s3
+def test_sigterm_mid_upload_aborts_it(s3_store, seaweedfs, tmp_path):
+    """SIGTERM while parts are uploading (featx.signals): the upload is aborted on the way out, so
+    nothing is left, not even an invisible unfinished upload."""
+    key = key_for("termed_model")
+    path, sha = data_file(tmp_path, 16 * MiB)
+    env = {**os.environ, **seaweedfs.env(), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", TERM_SCRIPT, s3_store.url, key.data, str(path), sha],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "PART", proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, out.strip()) == (143, "SIGTERM"), err
+    assert pending_uploads(seaweedfs, s3_store, key.data) == []
+    assert key.data not in s3_store.list("")
 
 
 @pytest.mark.s3

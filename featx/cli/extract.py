@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from featx import settings
 from featx.cli.options import add_data, add_selection, add_store, add_weights, flag, open_store_from
 from featx.cli.termination import report_termination
+from featx.signals import Interrupted, deferred
+
+if TYPE_CHECKING:
+    from featx.catalog.spec import ModelSpec
+    from featx.logs import EventLog
+    from featx.pipeline.runner import RunSummary, Runner
 
 EXAMPLES = """examples:
   featx extract --modelset smoke --dataset featx-sample
@@ -36,6 +43,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """SIGTERM/SIGINT (``featx.signals``, installed by ``featx.cli.main``) stop the run: a commit in
+    progress completes first, then one line says what was and was not committed and the exit
+    status is 128 + the signal number."""
+    try:
+        runner, specs = _prepare(args)
+    except Interrupted as stop:
+        stop.detail = "before any model started; nothing was committed"
+        raise
+    summary = runner.run(specs)
+    with deferred():  # the report is printed whole; a signal now only sets the exit status
+        return _report(args, summary, runner.log)
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Runner, list[ModelSpec]]:
     from featx.catalog import resolve
     from featx.data import load_rows
     from featx.errors import UsageError
@@ -60,10 +81,16 @@ def run(args: argparse.Namespace) -> int:
                              num_workers=args.num_workers)
     opts = RunOptions(extract, force_remake=args.force_remake, fmt=args.format, attempt=args.attempt,
                       gpu_class=args.gpu_class)
-    log = EventLog(args.log_format)
-    summary = Runner(store, rows, opts, args.caption_idx, log).run(specs)
+    return Runner(store, rows, opts, args.caption_idx, EventLog(args.log_format)), specs
+
+
+def _report(args: argparse.Namespace, summary: RunSummary, log: EventLog) -> int:
     if args.log_format == "text":
         print(summary.table(), file=sys.stdout)
+    if summary.interrupted is not None:
+        print(f"featx: {summary.interruption()}", file=sys.stderr)
+        report_termination(f"featx: {summary.interruption()}")
+        return summary.exit_code
     failed = [o for o in summary.outcomes if o.status == "failed"]
     log.event("summary", committed=sum(o.status == "committed" for o in summary.outcomes),
               skipped=sum(o.status == "skipped" for o in summary.outcomes), failed=len(failed))

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from featx import __version__, settings
 from featx.cli.termination import report_termination
 from featx.errors import EXIT_USAGE, FeatxError
+from featx.signals import Interrupted, stop_on_signals
 
 COMMANDS = ("featx.cli.extract", "featx.cli.models", "featx.cli.status", "featx.cli.kube", "featx.cli.align")
 
@@ -37,16 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with stop_on_signals():  # SIGTERM too: as a container's PID 1, featx would otherwise ignore it
+            return args.run(args)
     except FeatxError as e:
         if settings.DEBUG:
             raise
         print(f"featx: error: {e}", file=sys.stderr)
         report_termination(f"featx: error: {e}")
         return e.exit_code
-    except KeyboardInterrupt:
-        print("featx: interrupted; nothing partial was committed", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as e:
+        stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+        line = f"featx: interrupted by {stop.name}" + (f" {stop.detail}" if stop.detail else "")
+        print(line, file=sys.stderr)
+        report_termination(line)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ def classify(job: ObservedJob, state: StoredState | None) -> Failure:
     """Why a finished, uncommitted attempt failed, and whether retrying can help."""
     record = state.failure if state is not None and state.state == "failed" else None
     said = f": {record.reason}" if record is not None and record.reason else ""
+    # else the container's termination message: featx's one line (an error, or what a stop signal left)
+    told = said or (f": {job.pod_message}" if job.pod_message else "")
     if job.phase == "succeeded":
         if state is not None and state.state == "stale":
             return Failure("transient", f"the Job completed but the store holds a stale file ({state.reason})")
@@ -118,14 +120,12 @@ def classify(job: ObservedJob, state: StoredState | None) -> Failure:
     code = f"exit code {job.exit_code}" if job.exit_code is not None else "no exit code"
     where = f" ({job.pod_reason})" if job.pod_reason and job.pod_reason not in ("Error",) else ""
     if job.reason == "PodFailurePolicy" or job.exit_code in PERMANENT_EXIT_CODES:
-        # the store's failure record, else the container's termination message (featx's one line)
-        told = said or (f": {job.pod_message}" if job.pod_message else "")
         return Failure("permanent", f"cannot succeed on retry ({code}){told}")
     if job.exit_code == EXIT_OOM or job.pod_reason == "OOMKilled":
         return Failure("oom", f"out of memory on {job.gpus}x {job.gpu_class} ({code}{where}){said}")
     if job.reason == "DeadlineExceeded":
         return Failure("transient", f"ran longer than the Job's activeDeadlineSeconds{said}")
-    return Failure("transient", f"{code}{where}{said or (': ' + job.message if job.message else '')}")
+    return Failure("transient", f"{code}{where}{told or (f': {job.message}' if job.message else '')}")
 
 
 def _recorded_permanent(state: StoredState | None) -> bool:

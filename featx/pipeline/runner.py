@@ -4,6 +4,7 @@ Kubernetes Job runs this for one model. Turning rows into tensors is ``featx.ext
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -20,7 +21,9 @@ from featx.extract.runner import ExtractOptions, extract_rows, free_memory, load
 from featx.logs import EventLog, Progress
 from featx.pipeline.identity import judge, run_identity
 from featx.pipeline.keys import artifact_key, dataset_prefix
+from featx.signals import Interrupted
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
+from featx.store.base import CommittedByAnother
 from featx.store.formats import write_tensors
 from featx.store.records import RunIdentity
 
@@ -50,9 +53,14 @@ class ModelOutcome:
 @dataclass
 class RunSummary:
     outcomes: list[ModelOutcome] = field(default_factory=list)
+    interrupted: Interrupted | None = None  # the stop signal that ended the run early
+    in_progress: str | None = None  # the model being extracted or committed when it came
+    not_started: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted is not None:
+            return self.interrupted.exit_code
         kinds = {o.kind for o in self.outcomes if o.status == "failed"}
         if not kinds:
             return EXIT_OK
@@ -67,6 +75,22 @@ class RunSummary:
                          o.reason or o.where))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
+
+    def interruption(self) -> str:
+        """One line: what an interrupted run committed and what it did not."""
+        def models(status: str) -> list[str]:
+            return [o.model for o in self.outcomes if o.status == status]
+
+        committed, skipped, failed = models("committed"), models("skipped"), models("failed")
+        parts = [f"committed {', '.join(committed)}" if committed else "committed nothing"]
+        if skipped:
+            parts.append(f"{len(skipped)} already done")
+        if failed:
+            parts.append(f"failed: {', '.join(failed)}")
+        pending = ([f"{self.in_progress} (in progress)"] if self.in_progress else []) + \
+            ([f"{len(self.not_started)} not started"] if self.not_started else [])
+        line = f"interrupted by {self.interrupted.name if self.interrupted else 'a signal'}: {'; '.join(parts)}"
+        return line + (f"; not committed: {', '.join(pending)}" if pending else "")
 
 
 def _failure_kind(exc: BaseException) -> str:
@@ -104,16 +128,33 @@ class Runner:
     def run(self, specs: list[ModelSpec]) -> RunSummary:
         keys = [self.key(spec) for spec in specs]  # refuses bad pools before any work
         summary = RunSummary()
-        states = self.store.scan(dataset_prefix(self.rows.source, self.rows.subset))
-        for spec, key in zip(specs, keys):
-            state = judge(states.get(key.stem), self.identity(spec))
-            if state.state == "done" and not self.opts.force_remake:
-                self.log.event("skipped", model=spec.id, reason="already committed", where=f"{self.store.url}/{key.data}")
-                summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
-                continue
-            if state.state in ("corrupt", "stale"):
-                self.log.event("redo", model=spec.id, reason=state.reason)
-            summary.outcomes.append(self.run_one(spec, key))
+        try:
+            states = self.store.scan(dataset_prefix(self.rows.source, self.rows.subset))
+            for spec, key in zip(specs, keys):
+                state = judge(states.get(key.stem), self.identity(spec))
+                if state.state == "done" and not self.opts.force_remake:
+                    self.log.event("skipped", model=spec.id, reason="already committed", where=f"{self.store.url}/{key.data}")
+                    summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
+                    continue
+                if state.state in ("corrupt", "stale"):
+                    self.log.event("redo", model=spec.id, reason=state.reason)
+                summary.in_progress = spec.id
+                summary.outcomes.append(self.run_one(spec, key))
+                summary.in_progress = None
+        except Interrupted as stop:  # SIGTERM/SIGINT under featx.signals.stop_on_signals
+            summary.interrupted = stop
+            now = None
+            if summary.in_progress is not None:
+                with contextlib.suppress(FeatxError):  # unreadable now: reported as not committed
+                    now = self.store.state(key)
+            if now and now.state == "done" and now.manifest != state.manifest:
+                # the signal came during the commit, held until its new manifest was written
+                summary.outcomes.append(ModelOutcome(summary.in_progress, "committed", where=f"{self.store.url}/{key.data}"))
+                summary.in_progress = None
+            done = len(summary.outcomes) + (summary.in_progress is not None)
+            summary.not_started = [spec.id for spec in specs[done:]]
+            self.log.event("interrupted", signal=stop.name, in_progress=summary.in_progress,
+                           not_started=len(summary.not_started))
         return summary
 
     def run_one(self, spec: ModelSpec, key: ArtifactKey) -> ModelOutcome:
@@ -140,6 +181,9 @@ class Runner:
             self.log.event("committed", model=spec.id, where=where, seconds=round(seconds, 2),
                            shape=manifest.shape, sha256=manifest.sha256[:16])
             return ModelOutcome(spec.id, "committed", seconds, len(self.rows) / max(seconds, 1e-9), where=where)
+        except CommittedByAnother as e:  # a concurrent writer's commit stands: the model is done
+            self.log.event("skipped", model=spec.id, reason=str(e))
+            return ModelOutcome(spec.id, "skipped", time.perf_counter() - t0, reason=str(e))
         except Exception as e:  # one model failing never stops the others
             kind = _failure_kind(e)
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__

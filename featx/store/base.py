@@ -1,8 +1,13 @@
 """One store interface, the commit protocol written once over a few primitives.
 
-Commit order: (1) drop any old manifest, so nothing half-new can look done; (2) write the data
-object with its checksum; (3) write the manifest only if absent; (4) clear the failure record.
+Commit order: (0) remove killed writers' leftovers of this model; (1) drop any old manifest, so
+nothing half-new can look done; (2) stage the data object under a temporary name (or as an
+unfinished upload), its checksum verified; (3) publish it and write the manifest only if absent,
+with SIGTERM/SIGINT held (``featx.signals.deferred``), so an interrupted commit leaves either a
+temporary that is removed or a committed model; (4) clear the failure record.
 A manifest whose size/etag (and, verified, sha256) match the data object is the only "done".
+Two writers of one model: the last to publish the data object ends with its manifest in place (it
+replaces a manifest that describes bytes it overwrote); the other is told ``CommittedByAnother``.
 Backends implement the primitives: local directory (``local.py``) and S3 (``s3.py``).
 """
 
@@ -14,7 +19,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from featx.errors import TransientError
+from featx import settings, signals
+from featx.errors import FeatxError
 from featx.store.keys import FAILURE_SUFFIX, MANIFEST_SUFFIX, ArtifactKey
 from featx.store.manifest_cache import ManifestCache
 from featx.store.records import FailureRecord, Manifest, StoredState
@@ -34,6 +40,30 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
+class CommittedByAnother(FeatxError):
+    """A concurrent writer of the same model published after this one: its commit stands."""
+
+
+class Staged(ABC):
+    """A data object written under a temporary name or as an unfinished upload: invisible until
+    ``publish``, which takes one short step (a rename, a final PUT or multipart completion)."""
+
+    @abstractmethod
+    def publish(self) -> ObjectInfo:
+        """Make the object visible under its key, whole."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Remove what was staged; nothing to do once published."""
+
+
+def _barrier() -> None:
+    """Tests only (``settings.TEST_COMMIT_BARRIER``): wait for the test to close its FIFO."""
+    if settings.TEST_COMMIT_BARRIER:
+        with open(settings.TEST_COMMIT_BARRIER, "rb") as fifo:
+            fifo.read()
+
+
 class Store(ABC):
     """A place for feature files: ``url`` names it for users and manifests (never secrets)."""
 
@@ -45,8 +75,21 @@ class Store(ABC):
 
     # -- primitives -------------------------------------------------------------------------
     @abstractmethod
+    def stage_file(self, rel: str, src: Path, sha256: str) -> Staged:
+        """Copy or upload ``src`` for ``rel``, not yet visible; the backend verifies ``sha256``."""
+
+    @abstractmethod
+    def remove_orphans(self, rels: list[str], grace_s: float) -> list[str]:
+        """Remove what killed writers of ``rels`` left (temporaries, unfinished uploads): those
+        older than ``grace_s`` seconds, or whose writer is known dead; returns what went."""
+
     def put_file(self, rel: str, src: Path, sha256: str) -> ObjectInfo:
         """Write ``src`` under ``rel`` atomically; the backend verifies ``sha256`` on the way."""
+        staged = self.stage_file(rel, src, sha256)
+        try:
+            return staged.publish()
+        finally:
+            staged.discard()
 
     @abstractmethod
     def put_bytes_if_absent(self, rel: str, data: bytes) -> bool:
@@ -100,13 +143,35 @@ class Store(ABC):
 
     # -- protocol ---------------------------------------------------------------------------
     def commit(self, key: ArtifactKey, data_file: Path, manifest: Manifest) -> Manifest:
+        """The protocol of the module docstring; raises ``CommittedByAnother`` when a concurrent
+        writer's commit stands instead of this one."""
+        self.remove_orphans([key.data, key.manifest, key.failure], settings.ORPHAN_GRACE_S)
         self.delete(key.manifest)
-        info = self.put_file(key.data, data_file, manifest.sha256)
-        manifest.etag, manifest.size = info.etag, info.size
-        if not self.put_bytes_if_absent(key.manifest, manifest.to_json()):
-            raise TransientError(f"{key.manifest}: another writer committed this model at the same time; rerun to verify")
+        staged = self.stage_file(key.data, data_file, manifest.sha256)
+        try:
+            with signals.deferred():
+                info = staged.publish()
+                manifest.etag, manifest.size = info.etag, info.size
+                _barrier()
+                if not self.put_bytes_if_absent(key.manifest, manifest.to_json()):
+                    self._settle_race(key, info, manifest)
+        finally:
+            staged.discard()
         self.delete(key.failure)
         return manifest
+
+    def _settle_race(self, key: ArtifactKey, ours: ObjectInfo, manifest: Manifest) -> None:
+        """Another writer's manifest got in first. If the data object is still the one this writer
+        published, that manifest describes bytes this writer overwrote: replace it. Otherwise the
+        other writer published last and its commit stands. Should a third writer publish in
+        between, the manifest is removed: the model is redone as ``missing``, never ``corrupt``."""
+        if self.list(key.data).get(key.data) != ours:
+            raise CommittedByAnother(f"{key.stem}: another writer committed this model first; its result stands")
+        self.put_bytes(key.manifest, manifest.to_json())
+        if self.list(key.data).get(key.data) != ours:
+            self.delete(key.manifest)
+            raise CommittedByAnother(f"{key.stem}: several writers committed this model at once; "
+                                     "rerun `featx extract` to complete it")
 
     def record_failure(self, key: ArtifactKey, failure: FailureRecord) -> FailureRecord:
         old = self.get_bytes(key.failure)

@@ -1,18 +1,64 @@
-"""Local directory store: temporary name + fsync + rename, so a file is whole or absent."""
+"""Local directory store: temporary name + fsync + rename, so a file is whole or absent.
+
+Temporaries are ``.{name}.tmp-{host}-{pid}``: hidden from listings, unique per writer on a shared
+file system, and telling the next commit of the model whether their writer is gone (a dead pid on
+this host, or untouched for ``FEATX_ORPHAN_GRACE_S``), so that it removes only those.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from featx.store.base import ObjectInfo, Store, sha256_file
+from featx.store.base import ObjectInfo, Staged, Store, sha256_file
 from featx.store.manifest_cache import ManifestCache
+
+TMP_MARK = ".tmp-"
+HOST = socket.gethostname()
 
 
 def _info(path: Path) -> ObjectInfo:
     st = path.stat()
     return ObjectInfo(st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _orphaned(path: Path, grace_s: float, now: float) -> bool:
+    """A killed writer's temporary: untouched for ``grace_s``, or of a dead process on this host."""
+    host, _, pid = path.name.rpartition(TMP_MARK)[2].rpartition("-")
+    try:
+        if now - path.stat().st_mtime > grace_s:
+            return True
+    except FileNotFoundError:
+        return False  # its writer just renamed or removed it
+    return host == HOST and pid.isdigit() and not _alive(int(pid))
+
+
+@dataclass
+class _StagedFile(Staged):
+    tmp: Path
+    dest: Path
+
+    def publish(self) -> ObjectInfo:
+        info = _info(self.tmp)  # before the rename: a writer racing on ``dest`` may replace it at once
+        os.replace(self.tmp, self.dest)
+        return info
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
 
 
 class LocalStore(Store):
@@ -29,21 +75,34 @@ class LocalStore(Store):
 
     def _tmp(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        return path.with_name(f".{path.name}{TMP_MARK}{HOST}-{os.getpid()}")
 
-    def put_file(self, rel: str, src: Path, sha256: str) -> ObjectInfo:
+    def stage_file(self, rel: str, src: Path, sha256: str) -> Staged:
         dest = self._path(rel)
-        tmp = self._tmp(dest)
+        staged = _StagedFile(self._tmp(dest), dest)
         try:
-            shutil.copyfile(src, tmp)
-            with tmp.open("rb+") as f:
+            shutil.copyfile(src, staged.tmp)
+            with staged.tmp.open("rb+") as f:
                 os.fsync(f.fileno())
-            if sha256_file(tmp) != sha256:
+            if sha256_file(staged.tmp) != sha256:
                 raise OSError(f"{rel}: bytes changed while copying; retry")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return _info(dest)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
+    def remove_orphans(self, rels: list[str], grace_s: float) -> list[str]:
+        removed, now = [], time.time()
+        for rel in rels:
+            path = self._path(rel)
+            if not path.parent.is_dir():
+                continue
+            prefix = f".{path.name}{TMP_MARK}"
+            for tmp in path.parent.iterdir():
+                if tmp.name.startswith(prefix) and _orphaned(tmp, grace_s, now):
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp.relative_to(self.root).as_posix())
+        return removed
 
     def _write_tmp(self, dest: Path, data: bytes) -> Path:
         tmp = self._tmp(dest)

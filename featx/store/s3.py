@@ -5,8 +5,8 @@ The commit protocol lives in ``base.Store``; this module supplies its primitives
 * a data object becomes visible only whole and with the checksum the server verified: a single
   PUT with ``Content-MD5`` and ``x-amz-checksum-sha256`` (the sha256 the manifest will record), or
   a multipart upload whose parts each carry their ``Content-MD5`` and which is aborted on any
-  failure (a killed process leaves only an invisible, unfinished upload; the next ``put_file`` of
-  the same key aborts it);
+  failure or signal (a killed process leaves only an invisible, unfinished upload; the next
+  commit of the model aborts it once it is ``FEATX_ORPHAN_GRACE_S`` old);
 * a manifest is written only if absent (``If-None-Match: *``);
 * ``featx status`` of 1,000 models is one listing plus zero GETs once manifests are cached
   (``featx.store.manifest_cache``), and one listing plus one
@@ -18,7 +18,7 @@ Endpoint, region and credentials come from the usual AWS variables and profiles
 ``AWS_REGION``/``AWS_DEFAULT_REGION``); an explicit ``endpoint_url`` (``--s3-endpoint``) wins.
 Nothing secret is ever put in ``url``, a message or a manifest.
 
-About 560 lines on purpose: one backend's S3 calls, its error table, its transfer paths (single
+About 610 lines on purpose: one backend's S3 calls, its error table, its transfer paths (single
 PUT, multipart upload, ranged parallel GET) and its manifest index (parallel GETs and the
 per-folder index object, verified against the listing's ETags) share the client, the key mapping
 and the error translation; the manifest cache and the commit protocol live elsewhere
@@ -41,7 +41,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from featx.errors import FeatxError, StoreError, TransientError
-from featx.store.base import ObjectInfo, Store
+from featx.store.base import ObjectInfo, Staged, Store
 from featx.store.keys import MANIFEST_SUFFIX
 from featx.store.manifest_cache import ManifestCache
 
@@ -198,38 +198,38 @@ class S3Store(Store):
     def _key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
-    def put_file(self, rel: str, src: Path, sha256: str) -> ObjectInfo:
+    def stage_file(self, rel: str, src: Path, sha256: str) -> Staged:
         size = Path(src).stat().st_size
         if size < self.multipart_threshold:
-            return self._put_single(rel, Path(src), sha256)
-        return self._put_multipart(rel, Path(src), sha256, size)
+            data = Path(src).read_bytes()
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise TransientError(f"{src}: bytes changed since they were hashed; retry")
+            return _SinglePut(self, self._key(rel), data, sha256)
+        return self._stage_multipart(rel, Path(src), sha256, size)
 
-    def _put_single(self, rel: str, src: Path, sha256: str) -> ObjectInfo:
-        data = src.read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise TransientError(f"{src}: bytes changed since they were hashed; retry")
-        key = self._key(rel)
-        with self._errors(key):
-            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentMD5=_md5_b64(data),
-                                          ChecksumSHA256=_b64(bytes.fromhex(sha256)))
-        return ObjectInfo(len(data), resp["ETag"].strip('"'))
-
-    def _abort_stale_uploads(self, key: str) -> None:
-        """Abort unfinished uploads of ``key`` left by a killed writer (best effort)."""
+    def remove_orphans(self, rels: list[str], grace_s: float) -> list[str]:
+        """Abort unfinished uploads of ``rels`` started more than ``grace_s`` ago (a killed writer's;
+        a younger one may be a live writer's: it is invisible and only costs storage until then).
+        Best effort: a store that refuses the listing keeps them."""
+        removed = []
         with contextlib.suppress(Exception):
-            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-            for upload in listing.get("Uploads", []):
-                if upload.get("Key") == key:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+            for rel in rels:
+                key = self._key(rel)
+                listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+                for upload in listing.get("Uploads", []):
+                    if upload.get("Key") == key and _age_s(upload.get("Initiated")) > grace_s:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+                        removed.append(f"{rel} (upload {upload['UploadId']})")
+        return removed
 
-    def _put_multipart(self, rel: str, src: Path, sha256: str, size: int) -> ObjectInfo:
+    def _stage_multipart(self, rel: str, src: Path, sha256: str, size: int) -> Staged:
         """Parts read in order (sha256 over the whole file on the way), uploaded in parallel with
         at most ``max_workers + 1`` parts in memory; any failure (or a signal) aborts the upload."""
         key = self._key(rel)
         part_size = max(self.part_size, -(-size // 10_000))
-        self._abort_stale_uploads(key)
         with self._errors(key):
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        staged = _Multipart(self, key, upload_id, size)
         slots, failed = threading.BoundedSemaphore(self.max_workers + 1), threading.Event()
         digest = hashlib.sha256()
 
@@ -255,18 +255,15 @@ class S3Store(Store):
                     body = f.read(part_size)
                     digest.update(body)
                     futures.append(pool.submit(send, number, body))
-                parts = [fut.result() for fut in futures]
+                staged.parts = [fut.result() for fut in futures]
                 if f.read(1) or digest.hexdigest() != sha256:
                     raise TransientError(f"{src}: bytes changed since they were hashed; retry")
-                resp = self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                             MultipartUpload={"Parts": parts})
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
-            with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            staged.discard()
             raise
         pool.shutdown()
-        return ObjectInfo(size, resp["ETag"].strip('"'))
+        return staged
 
     def _put(self, rel: str, data: bytes, **extra: Any) -> dict[str, Any]:
         return self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data,
@@ -454,6 +451,58 @@ class S3Store(Store):
         if data is None and self.manifest_cache is not None:
             data = self.manifest_cache.get(rel, info.etag)
         return data if data is not None and _md5_is(data, info.etag) else None
+
+
+class _SinglePut(Staged):
+    """Bytes verified against their sha256, sent by one PUT on ``publish``."""
+
+    def __init__(self, store: S3Store, key: str, data: bytes, sha256: str):
+        self.store, self.key, self.data, self.sha256 = store, key, data, sha256
+
+    def publish(self) -> ObjectInfo:
+        with self.store._errors(self.key):
+            resp = self.store.client.put_object(Bucket=self.store.bucket, Key=self.key, Body=self.data,
+                                                ContentMD5=_md5_b64(self.data),
+                                                ChecksumSHA256=_b64(bytes.fromhex(self.sha256)))
+        return ObjectInfo(len(self.data), resp["ETag"].strip('"'))
+
+    def discard(self) -> None:
+        self.data = b""
+
+
+class _Multipart(Staged):
+    """An upload whose parts are all on the server; ``publish`` completes it, ``discard`` aborts it."""
+
+    def __init__(self, store: S3Store, key: str, upload_id: str, size: int):
+        self.store, self.key, self.upload_id, self.size = store, key, upload_id, size
+        self.parts: list[dict[str, Any]] = []
+        self.done = False
+
+    def publish(self) -> ObjectInfo:
+        with self.store._errors(self.key):
+            resp = self.store.client.complete_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+        self.done = True
+        return ObjectInfo(self.size, resp["ETag"].strip('"'))
+
+    def discard(self) -> None:
+        if not self.done:
+            with contextlib.suppress(Exception):
+                self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id)
+            self.done = True
+
+
+def _age_s(initiated: Any) -> float:
+    """Seconds since an upload's ``Initiated`` (a string: featx's clients leave timestamps unparsed)."""
+    from datetime import datetime, timezone
+
+    try:
+        when = initiated if isinstance(initiated, datetime) else datetime.fromisoformat(str(initiated).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0  # unknown age: never taken for a leftover
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - when).total_seconds()
 
 
 # -- manifest index ------------------------------------------------------------------------------

@@ -216,6 +216,12 @@ values.schema.json has already checked each value on its own.
 {{- if eq $enabled 0 }}
 {{- $errors = append $errors "gpuClasses: no class is enabled, so no model can be sized; set enabled: true on one in your -f values file" }}
 {{- end }}
+{{- range $i, $e := .Values.job.env }}
+{{- $name := upper (toString $e.name) }}
+{{- if and (hasKey $e "value") (regexMatch "TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|KEY" $name) }}
+{{- $errors = append $errors (printf "job.env[%d] %s has a plain value, which would be stored in the ConfigMap: put it in a Secret and use valueFrom.secretKeyRef (for HF_TOKEN: --set hfToken.secretName=<secret>; for S3 keys: s3.credentialsSecret)" $i $e.name) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.hfToken.secretName (not .Values.hfToken.key) }}
 {{- $errors = append $errors "hfToken.key is empty: name the Secret key holding the token (--set hfToken.key=HF_TOKEN)" }}
 {{- end }}
