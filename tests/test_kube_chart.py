@@ -51,6 +51,12 @@ BAD_VALUES = {
     "no class enabled": ({"gpuClasses": _classes(c2={"enabled": False}, c3={"enabled": False}, c4={"enabled": False},
                                                  c5={"enabled": False})}, "no class is enabled"),
     "MIG split over several slices": ({"gpuClasses": _classes(c1={"maxPerNode": 2})}, "MIG slice"),
+    # key components: the rule of featx/keyparts.py, as values.schema.json's keyPath pattern
+    "subset escapes the prefix": ({"subset": "../../x"}, "subset"),
+    "dataset with an empty part": ({"dataset": "minhuh//prh"}, "dataset"),
+    "absolute prefix": ({"s3": {"prefix": "/features"}}, "prefix"),
+    "model id with ..": ({"modelset": ["gpt2", "org/../x"]}, "modelset"),
+    "subset with a backslash": ({"subset": "a\\b"}, "subset"),
 }
 
 
@@ -248,6 +254,26 @@ def test_bad_set_values_are_refused_by_helm_and_featx_render(helm, arg, fragment
     out = template(helm, "--set", arg, check=False)
     assert out.returncode != 0 and fragment in out.stderr
     assert fragment in _refused_by_featx("--set", arg)
+
+
+def test_schema_key_pattern_is_featx_key_rule():
+    """The chart refuses exactly what featx refuses: the same pattern, and it agrees with the
+    rule's own checks on a table of values."""
+    import json
+    import re
+
+    from featx.errors import UsageError
+    from featx.keyparts import KEY_PATTERN, check_key_part
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    pattern = schema["definitions"]["keyPath"]["pattern"]
+    assert pattern == KEY_PATTERN
+    for value in ("minhuh/prh", "wit_1024", ".hidden", "..x", "a/...", "featx-sample", "org/model.v2"):
+        assert re.fullmatch(pattern, value) and check_key_part(value, "v") == value
+    for value in ("", "/abs", "a//b", "a/", "..", "a/../b", ".", "a\\b", "a\tb", "a\x7fb"):
+        assert not re.fullmatch(pattern, value)
+        with pytest.raises(UsageError):
+            check_key_part(value, "v")
 
 
 def test_render_without_helm_says_how_to_get_it(monkeypatch):

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from featx import settings
-from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from
+from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from, unique_models
 from featx.cli.termination import report_termination
 
 EXAMPLES = """examples:
@@ -27,6 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "token_budget", type=int, default=None, help="most padded tokens per batch (default: from free GPU memory; 1024 on CPU)")
     flag(g, "force_remake", action="store_true", help="re-extract models that are already committed")
     flag(g, "qlora", action="store_true", help="load language models in 4-bit NF4 (bitsandbytes)")
+    flag(g, "trust_remote_code", action="store_true",
+         help="allow models whose modelset entry sets trust_remote_code: true to run their repository's code")
     flag(g, "init", choices=["pretrained", "random"], default="pretrained", help="random: weights from the config with --seed")
     flag(g, "seed", type=int, default=0)
     flag(g, "format", choices=["pt", "safetensors"], default="pt")
@@ -45,18 +47,22 @@ def run(args: argparse.Namespace) -> int:
     from featx.extract.runner import ExtractOptions
     from featx.pipeline.runner import RunOptions, Runner
     from featx.logs import EventLog
+    from featx.pipeline.keys import artifact_key
 
     for name in ("batch_size", "token_budget", "num_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name} {value}: give a positive number")
-    specs = resolve(args.modelset, args.models, args.modality)
+    specs = resolve(args.modelset, unique_models(args), args.modality)
     if not specs:
         raise UsageError("no models selected: check --modelset/--models and --modality")
-    for spec in specs:
-        spec.pool_for(args.pool)
+    for spec in specs:  # every key part (data set, subset, model, pool) and policy, before any work
+        artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format)
+        if spec.trust_remote_code and not args.trust_remote_code:
+            raise UsageError(f"{spec.id} sets trust_remote_code (it would run code from its repository): "
+                             "pass --trust-remote-code to allow it, or remove the model")
     store = open_store_from(args)
-    store.check()
+    store.check(write=True)
     rows = load_rows(args.dataset, args.subset, args.caption_idx, args.num_samples)
     extract = ExtractOptions(pool=args.pool, batch_size=args.batch_size, token_budget=args.token_budget,
                              qlora=args.qlora, init=args.init, seed=args.seed, device=args.device,
