@@ -98,6 +98,14 @@ def _pick(all_texts: list[list[str]], caption_idx: int, where: str) -> list[str]
     return [t[caption_idx] for t in all_texts]
 
 
+def _take(num_samples: int, total: int, where: str) -> int:
+    """``--num_samples`` rows, refused when the data set has fewer (a file must hold what was asked)."""
+    if total and num_samples > total:
+        raise UsageError(f"--num_samples {num_samples} exceeds the {total} rows of {where}; give at most "
+                         f"{total}, or omit it to use every row")
+    return num_samples
+
+
 def _from_hf(ds: Any, name: str, subset: str, revision: str | None, caption_idx: int,
              num_samples: int | None, where: str) -> Rows:
     from datasets import Image
@@ -106,7 +114,7 @@ def _from_hf(ds: Any, name: str, subset: str, revision: str | None, caption_idx:
     if missing:
         raise UsageError(f"{where} lacks column(s) {sorted(missing)}; it needs 'image' and 'text'")
     if num_samples is not None:
-        ds = ds.select(range(min(num_samples, len(ds))))
+        ds = ds.select(range(_take(num_samples, len(ds), where)))
     ds = ds.cast_column("image", Image(decode=False))
     all_texts = [_as_list(t) for t in ds["text"]]
     return Rows(name, subset, revision, _pick(all_texts, caption_idx, where), ImageList(dataset=ds), all_texts)
@@ -156,7 +164,7 @@ def _read_captions(folder: Path) -> list[Caption]:
 def _from_folder(folder: Path, name: str, subset: str, caption_idx: int, num_samples: int | None) -> Rows:
     entries = _read_captions(folder)
     if num_samples is not None:
-        entries = entries[:num_samples]
+        entries = entries[:_take(num_samples, len(entries), str(folder))]
     files = [_inside(folder, c) for c in entries]
     absent = [str(f) for f in files if not f.is_file()]
     if absent:
