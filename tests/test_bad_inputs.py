@@ -312,3 +312,33 @@ def test_library_entry_point_refuses_bad_key_parts(value: str, tmp_path: Path):
     with pytest.raises(UsageError, match="cannot name a store key|no such local model directory"):
         featx.load(GPT2, str(tmp_path), dataset="featx-sample", subset=value)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_transient_exit_is_retried_and_a_usage_exit_is_not():
+    """The Job's podFailurePolicy fails at once on exit 2/3; exit 1 (unreachable store, timeouts,
+    5xx, throttling) falls to backoffLimit, so the pod is retried."""
+    from featx.kube.jobs import PERMANENT_EXIT_CODES
+
+    assert EXIT_FAILED not in PERMANENT_EXIT_CODES
+    assert {EXIT_USAGE, EXIT_PERMANENT} <= set(PERMANENT_EXIT_CODES)
+
+
+@pytest.mark.parametrize("code, status, kind", [
+    ("AccessDenied", 403, "StoreError"), ("InvalidAccessKeyId", 403, "StoreError"),
+    ("SignatureDoesNotMatch", 403, "StoreError"), ("NoSuchBucket", 404, "StoreError"),
+    ("InvalidBucketName", 400, "StoreError"), ("SlowDown", 503, "TransientError"),
+    ("InternalError", 500, "TransientError"), ("ServiceUnavailable", 503, "TransientError"),
+    ("Throttling", 400, "TransientError"),
+])
+def test_s3_errors_are_classified_by_cause(code: str, status: int, kind: str):
+    """botocore's own ClientError, as its retries leave it, translated by the store's table."""
+    import botocore.exceptions as bce
+
+    from featx.store.s3 import S3Store
+
+    store = S3Store.from_url("s3://bucket/p", endpoint_url="http://127.0.0.1:9", manifest_cache=False)
+    exc = bce.ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                          "PutObject")
+    out = store._translate(exc, "p/k")
+    assert type(out).__name__ == kind and "\n" not in str(out)
+    assert out.exit_code == (EXIT_USAGE if kind == "StoreError" else EXIT_FAILED)
