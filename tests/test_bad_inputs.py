@@ -67,6 +67,14 @@ def not_an_image(root: Path) -> None:
     (root / "data" / "1.png").write_text("this is text, not a picture\n")
 
 
+def stale_file_and_truncated_image(root: Path) -> None:
+    """A data file left by an interrupted run (no manifest), then a run whose image is bad."""
+    truncated_image(root)
+    stale = root / "cwd" / "out" / "data" / "default" / "featx-smoke_vit_pool-cls.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a file")
+
+
 def modelset(text: str) -> Callable[[Path], None]:
     def setup(root: Path) -> None:
         (root / "cwd" / "set.yaml").write_text(text)
@@ -200,6 +208,12 @@ CASES: dict[str, Case] = {
     "model missing from the offline cache among good ones": Case(
         ("--models", "someone/missing-model", GPT2, *SAMPLE), EXIT_PERMANENT, "HF_HUB_OFFLINE=1",
         committed=(GPT2,), failed=("someone/missing-model",)),
+    "stale data file stays not done after a failing image": Case(
+        ("--models", VIT, GPT2, "--dataset", "{data}", "--num_workers", "0"), EXIT_PERMANENT, "unreadable image",
+        setup=stale_file_and_truncated_image, committed=(GPT2,), failed=(VIT,)),
+    "trust_remote_code with the flag": Case(
+        ("--modelset", "set.yaml", *SAMPLE, "--trust-remote-code"), EXIT_OK, committed=(GPT2,),
+        setup=modelset("models:\n  - {id: featx-smoke/gpt2, trust_remote_code: true}\n")),
     "--models repeated: extracted once": Case(("--models", GPT2, VIT, GPT2, *SAMPLE), EXIT_OK,
                                               committed=(GPT2, VIT), stderr="names featx-smoke/gpt2 more than once"),
 }
@@ -217,16 +231,6 @@ def _fill(args: tuple[str, ...], values: dict[str, str]) -> list[str]:
 def _s3_objects(server, prefix: str) -> list[str]:
     listing = server.client().list_objects_v2(Bucket=server.bucket, Prefix=prefix)
     return [o["Key"] for o in listing.get("Contents", [])]
-
-
-def _models(args: list[str]) -> list[str]:
-    i = args.index("--models")
-    out = []
-    for a in args[i + 1:]:
-        if a.startswith("--"):
-            break
-        out.append(a)
-    return list(dict.fromkeys(out))
 
 
 def _check_stderr(case: Case, r: CliResult) -> None:
@@ -288,11 +292,11 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r
     new = sorted(set(after) - set(before))
     assert all(p == "cwd/out" or p.startswith("cwd/out/") for p in new), new
     if case.committed or case.failed:
-        status = run_cli("status", "--models", *_models(args), *args[args.index("--dataset"):args.index("--dataset") + 2],
+        dataset = args[args.index("--dataset") + 1]
+        status = run_cli("status", "--models", *case.committed, *case.failed, "--dataset", dataset,
                          "--output_dir", str(out), "--json")
         states = {row["id"]: row["state"] for row in json.loads(status.out)}
-        assert states == {m: ("done" if m in case.committed else "failed") for m in states}, states
-        assert {m for m, s in states.items() if s == "done"} == set(case.committed)
+        assert states == {**{m: "done" for m in case.committed}, **{m: "failed" for m in case.failed}}, states
         data_files = sorted(p for p in new if p.endswith((".pt", ".manifest.json")))
         assert len(data_files) == 2 * len(case.committed), data_files
 
