@@ -89,7 +89,7 @@ def _as_list(text: Any) -> list[str]:
 def _pick(all_texts: list[list[str]], caption_idx: int, where: str) -> list[str]:
     if not all_texts:
         raise UsageError(f"{where} is empty: it has no rows; give a data set with image-caption rows")
-    width = min(len(t) for t in all_texts) if all_texts else 0
+    width = min(len(t) for t in all_texts)
     if caption_idx < 0 or caption_idx >= width:
         raise UsageError(
             f"--caption_idx {caption_idx} is out of range: {where} has {width} text(s) per row; "

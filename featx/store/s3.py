@@ -33,8 +33,8 @@ import gzip
 import hashlib
 import json
 import os
-import tempfile
 import re
+import tempfile
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
