@@ -198,6 +198,13 @@ CASES: dict[str, Case] = {
                                           error="exists and is not a directory"),
     "status: store s3 with one slash": usage("--models", GPT2, *SAMPLE, "--store", "s3:/b", command="status",
                                              error="is not an S3 URL"),
+    "align: subset escapes": usage("--dataset", "featx-sample", "--subset", "../x", "--output_dir", "{out}",
+                                   "--out", "{out}/alignment", command="align", error="--subset '../x'"),
+    "align: store gs scheme": usage("--dataset", "featx-sample", "--store", "gs://b/x", "--out", "{out}/alignment",
+                                    command="align", error="storage.googleapis.com"),
+    "models: modelset entry with an unknown field": usage(
+        "--modelset", "set.yaml", command="models", error="set.yaml: unknown field(s) ['colour']",
+        setup=modelset("models:\n  - {id: my/llm, modality: language, family: llama, colour: red}\n")),
     # -- runs that go ahead: a bad model or a bad image fails alone, the others commit -----------------
     "truncated image: vision fails, language commits": Case(
         ("--models", GPT2, VIT, "--dataset", "{data}", "--num_workers", "1"), EXIT_PERMANENT,
