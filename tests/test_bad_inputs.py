@@ -353,3 +353,16 @@ def test_s3_errors_are_classified_by_cause(code: str, status: int, kind: str):
     out = store._translate(exc, "p/k")
     assert type(out).__name__ == kind and "\n" not in str(out)
     assert out.exit_code == (EXIT_USAGE if kind == "StoreError" else EXIT_FAILED)
+
+
+@pytest.mark.s3
+def test_write_probe_passes_and_leaves_nothing(seaweedfs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """With write access the probe passes and takes its object (or directories) away again."""
+    from featx.store import open_store
+
+    for k, v in seaweedfs.env().items():
+        monkeypatch.setenv(k, v)
+    open_store(seaweedfs.url("probe-run"), manifest_cache=False).check(write=True)
+    assert _s3_objects(seaweedfs, "probe-run") == []
+    open_store(output_dir=str(tmp_path / "a" / "b")).check(write=True)
+    assert list(tmp_path.iterdir()) == []

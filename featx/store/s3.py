@@ -189,23 +189,21 @@ class S3Store(Store):
         client = self._check_client()
         try:
             client.head_bucket(Bucket=self.bucket)
+            if write:
+                probe = self._key(f".featx-write-probe-{uuid.uuid4().hex}")
+                try:
+                    client.put_object(Bucket=self.bucket, Key=probe, Body=b"", ContentMD5=_md5_b64(b""))
+                except bce.ClientError as exc:
+                    if _error_code(exc) in ("AccessDenied", "403"):  # HeadBucket passed: the keys are valid
+                        raise StoreError(_READ_ONLY.format(url=self.url)) from exc
+                    raise
+                client.delete_object(Bucket=self.bucket, Key=probe)
         except bce.ClientError as exc:
             if _error_code(exc) in ("404", "NotFound", "NoSuchBucket"):
                 raise StoreError(_NO_BUCKET.format(bucket=self.bucket, endpoint=self.endpoint)) from exc
             raise self._translate(exc) from exc
         except bce.BotoCoreError as exc:
             raise self._translate(exc) from exc
-        if write:
-            probe = self._key(f".featx-write-probe-{uuid.uuid4().hex}")
-            try:
-                client.put_object(Bucket=self.bucket, Key=probe, Body=b"", ContentMD5=_md5_b64(b""))
-                client.delete_object(Bucket=self.bucket, Key=probe)
-            except bce.ClientError as exc:
-                if _error_code(exc) in ("AccessDenied", "403"):  # HeadBucket passed: the keys are valid
-                    raise StoreError(_READ_ONLY.format(url=self.url)) from exc
-                raise self._translate(exc, probe) from exc
-            except bce.BotoCoreError as exc:
-                raise self._translate(exc, probe) from exc
 
     # -- primitives --------------------------------------------------------------------------
     def _key(self, rel: str) -> str:
