@@ -2,8 +2,8 @@
 prefix): relative, '/'-separated, no empty, ``.`` or ``..`` part, no backslash or control
 character. A value that breaks it could write outside the output directory or collide with
 another key, so it is refused before any work. The Helm chart's ``values.schema.json`` carries
-``KEY_PATTERN`` verbatim (RE2 has no look-ahead, hence the spelled-out part rule); a test keeps
-the two equal.
+``KEY_PATTERN`` and ``PREFIX_PATTERN`` verbatim (RE2 has no look-ahead, hence the spelled-out part
+rule); a test keeps them equal.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from featx.errors import UsageError
 _CHAR = r"[^/\\\x00-\x1f\x7f]"  # any character but '/', '\' and control characters
 _NOT_DOT = r"[^/\\\x00-\x1f\x7f.]"
 PART_PATTERN = rf"(?:{_NOT_DOT}{_CHAR}*|\.{_NOT_DOT}{_CHAR}*|\.\.{_CHAR}+)"  # not empty, '.' or '..'
-KEY_PATTERN = rf"^{PART_PATTERN}(?:/{PART_PATTERN})*$"
+_PARTS = rf"{PART_PATTERN}(?:/{PART_PATTERN})*"
+KEY_PATTERN = rf"^{_PARTS}$"
+PREFIX_PATTERN = rf"^/*(?:{_PARTS})?/*$"  # a store prefix: surrounding '/' are trimmed (chart: trimAll)
 _KEY = re.compile(KEY_PATTERN)
 
 
@@ -41,3 +43,10 @@ def check_key_part(value: str, what: str) -> str:
         raise UsageError(f"{what} {value!r} cannot name a store key: {_why(str(value))}; use a relative "
                          "name of '/'-separated parts without '..', '\\' or control characters")
     return value
+
+
+def check_prefix(value: str, what: str) -> str:
+    """A store prefix without its surrounding '/' (empty: the bucket's or directory's root); the
+    rest must pass ``check_key_part``."""
+    prefix = value.strip("/")
+    return check_key_part(prefix, what) if prefix else prefix

@@ -54,7 +54,7 @@ BAD_VALUES = {
     # key components: the rule of featx/keyparts.py, as values.schema.json's keyPath pattern
     "subset escapes the prefix": ({"subset": "../../x"}, "subset"),
     "dataset with an empty part": ({"dataset": "minhuh//prh"}, "dataset"),
-    "absolute prefix": ({"s3": {"prefix": "/features"}}, "prefix"),
+    "prefix with ..": ({"s3": {"prefix": "/features/../x/"}}, "prefix"),
     "model id with ..": ({"modelset": ["gpt2", "org/../x"]}, "modelset"),
     "subset with a backslash": ({"subset": "a\\b"}, "subset"),
 }
@@ -263,11 +263,18 @@ def test_schema_key_pattern_is_featx_key_rule():
     import re
 
     from featx.errors import UsageError
-    from featx.keyparts import KEY_PATTERN, check_key_part
+    from featx.keyparts import KEY_PATTERN, PREFIX_PATTERN, check_key_part, check_prefix
 
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     pattern = schema["definitions"]["keyPath"]["pattern"]
     assert pattern == KEY_PATTERN
+    assert schema["properties"]["s3"]["properties"]["prefix"]["pattern"] == PREFIX_PATTERN
+    for value, trimmed in (("", ""), ("/", ""), ("/a/b/", "a/b"), ("features", "features")):
+        assert re.fullmatch(PREFIX_PATTERN, value) and check_prefix(value, "v") == trimmed
+    for value in ("a//b", "/a/../b", "a\\b"):
+        assert not re.fullmatch(PREFIX_PATTERN, value)
+        with pytest.raises(UsageError):
+            check_prefix(value, "v")
     for value in ("minhuh/prh", "wit_1024", ".hidden", "..x", "a/...", "featx-sample", "org/model.v2"):
         assert re.fullmatch(pattern, value) and check_key_part(value, "v") == value
     for value in ("", "/abs", "a//b", "a/", "..", "a/../b", ".", "a\\b", "a\tb", "a\x7fb"):

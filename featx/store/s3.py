@@ -43,7 +43,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from featx.errors import FeatxError, StoreError, TransientError
-from featx.keyparts import check_key_part
+from featx.keyparts import check_prefix
 from featx.store.base import ObjectInfo, Store
 from featx.store.keys import MANIFEST_SUFFIX
 from featx.store.manifest_cache import ManifestCache
@@ -532,12 +532,10 @@ def parse_url(url: str) -> tuple[str, str]:
     if "@" in parts.netloc:
         raise StoreError("credentials do not belong in the store URL: use AWS_ACCESS_KEY_ID/"
                          "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
-    bucket, prefix = parts.netloc, parts.path.strip("/")
+    bucket, prefix = parts.netloc, check_prefix(parts.path, "--store prefix")
     if not _BUCKET.match(bucket) or ".." in bucket or _IP_LIKE.match(bucket):
         raise StoreError(f"{bucket!r} is not a valid S3 bucket name (3-63 lower-case letters, digits, '.' "
                          "or '-'): fix --store")
-    if prefix:
-        check_key_part(prefix, "--store prefix")
     if parts.query or parts.fragment:
         raise StoreError(f"{url!r}: a store URL has no '?' or '#' part: use s3://bucket/prefix")
     return bucket, prefix
