@@ -141,6 +141,7 @@ CASES: dict[str, Case] = {
     "model id with an empty part": usage("--models", "org//x", *SAMPLE, error="empty, '.' or '..' part"),
     "model id with a backslash": usage("--models", "org\\x", *SAMPLE, error="backslash"),
     "model directory missing": usage("--models", "./no-such-model", *SAMPLE, error="no such local model directory"),
+    "two ids, one file name": usage("--models", "org/a_b", "org_a/b", *SAMPLE, error="would write the same file"),
     "no models selected": usage("--models", GPT2, "--modality", "vision", *SAMPLE, error="no models selected"),
     # -- data sets ----------------------------------------------------------------------------------
     "dataset path missing": usage("--models", GPT2, "--dataset", "/no/such/dir", error="does not exist"),

@@ -56,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
     specs = resolve(args.modelset, unique_models(args), args.modality)
     if not specs:
         raise UsageError("no models selected: check --modelset/--models and --modality")
+    owners: dict[str, str] = {}
     for spec in specs:  # every key part (data set, subset, model, pool) and policy, before any work
-        artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format)
+        stem = artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format).stem
+        if owners.setdefault(stem, spec.id) != spec.id:
+            raise UsageError(f"{owners[stem]} and {spec.id} would write the same file {stem}: extract them in separate runs")
         if spec.trust_remote_code and not args.trust_remote_code:
             raise UsageError(f"{spec.id} sets trust_remote_code (it would run code from its repository): "
                              "pass --trust-remote-code to allow it, or remove the model")
