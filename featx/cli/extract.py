@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:  # every key part (data set, subset, model, pool) and policy, before any work
         stem = artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format).stem
         if owners.setdefault(stem, spec.id) != spec.id:
-            raise UsageError(f"{owners[stem]} and {spec.id} would write the same file {stem}: extract them into separate --output_dir/--store locations")
+            raise UsageError(f"{owners[stem]} and {spec.id} would write the same file {stem}: extract them into "
+                             "separate --output_dir/--store locations")
         if spec.trust_remote_code and not args.trust_remote_code:
             raise UsageError(f"{spec.id} sets trust_remote_code (it would run code from its repository): "
                              "pass --trust-remote-code to allow it, or remove the model")
