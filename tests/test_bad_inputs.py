@@ -12,7 +12,8 @@ Each row asserts
   (exit 2) changes nothing at all, not even an empty output directory (or S3 prefix);
 - nothing partial or stale counted as done: ``featx status`` shows exactly ``committed`` done.
 
-Add a case by adding a row to ``CASES`` (a ``setup`` builds its files; ``{out}``, ``{data}``,
+Cases run in-process (``run_cli``); ``subprocess=True`` runs ``featx`` as its own process (signals,
+a Job's exit code). Add a case by adding a row to ``CASES`` (a ``setup`` builds its files; ``{out}``, ``{data}``,
 ``{cwd}``, ``{s3}``, ``{closed}`` in ``args`` are filled in); nothing else changes.
 """
 
@@ -27,7 +28,7 @@ from typing import Callable
 import pytest
 
 from featx.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
-from tests.helpers import CliResult, run_cli
+from tests.helpers import CliResult, run_cli, run_featx
 
 GPT2, VIT = "featx-smoke/gpt2", "featx-smoke/vit"
 SAMPLE = ("--dataset", "featx-sample", "--num_samples", "2")
@@ -96,6 +97,7 @@ class Case:
     failed: tuple[str, ...] = ()  # models that fail (model level) with `error`
     s3: str = ""  # identity for a SeaweedFS case: "featx", "read-only" or "wrong"
     stderr: str = ""  # a note that must appear on stderr (exit 0 cases)
+    subprocess: bool = False  # run `featx` as its own process (as a Job does), not in-process
     marks: tuple = field(default=())
 
 
@@ -183,8 +185,9 @@ CASES: dict[str, Case] = {
     "output_dir under a file": usage("--models", GPT2, *SAMPLE, "--output_dir", "file/out", setup=a_file,
                                      error="cannot write to output directory"),
     "output_dir under /proc": usage("--models", GPT2, *SAMPLE, "--output_dir", "/proc/featx-out", error="cannot write to output directory"),
-    "S3 endpoint unreachable": Case(("--models", GPT2, *SAMPLE, "--store", "s3://featx-test/x", "--s3-endpoint",
-                                     "http://127.0.0.1:{closed}"), EXIT_FAILED, "cannot reach S3 endpoint"),
+    "S3 endpoint unreachable (a Job's process)": Case(
+        ("--models", GPT2, *SAMPLE, "--store", "s3://featx-test/x", "--s3-endpoint", "http://127.0.0.1:{closed}"),
+        EXIT_FAILED, "cannot reach S3 endpoint", subprocess=True),
     "S3 wrong credentials": usage("--models", GPT2, *SAMPLE, "--store", "{s3}", s3="wrong", error="access denied"),
     "S3 missing bucket": usage("--models", GPT2, *SAMPLE, "--store", "s3://no-such-bucket-featx/x", s3="featx",
                                error="bucket no-such-bucket-featx does not exist"),
@@ -288,7 +291,7 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r
         args += ["--output_dir", str(out)]
     before = _tree(root)
 
-    r = run_cli(case.command, *args)
+    r = run_featx(case.command, *args) if case.subprocess else run_cli(case.command, *args)
 
     assert r.code == case.exit, r.err[-3000:]
     _check_stderr(case, r)
