@@ -49,13 +49,16 @@ class SeaweedFS:
     log_file: Path | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
     ports: dict[str, int] = field(default_factory=dict)
+    read_only_keys: tuple[str, str] = ("", "")  # an identity allowed only Read and List
 
-    def env(self) -> dict[str, str]:
-        """AWS_* variables that point a subprocess (``featx ...``) at this server."""
+    def env(self, read_only: bool = False) -> dict[str, str]:
+        """AWS_* variables that point a subprocess (``featx ...``) at this server (``read_only``:
+        as the identity that may only read and list)."""
+        access_key, secret_key = self.read_only_keys if read_only else (self.access_key, self.secret_key)
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
         }
@@ -177,9 +180,12 @@ def run_seaweedfs(bucket: str = "featx-test", workdir: str | Path | None = None,
     access_key = "FX" + secrets.token_hex(9).upper()
     secret_key = secrets.token_urlsafe(30)
     config = root / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "featx", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+    read_only_keys = ("FXRO" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+    config.write_text(json.dumps({"identities": [
+        {"name": "featx", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+         "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+        {"name": "featx-read-only", "credentials": [{"accessKey": read_only_keys[0], "secretKey": read_only_keys[1]}],
+         "actions": ["Read", "List"]}]}))
     config.chmod(0o600)
     server: SeaweedFS | None = None
     before = set(glob.glob("/tmp/seaweedfs-*.sock"))
@@ -199,7 +205,7 @@ def run_seaweedfs(bucket: str = "featx-test", workdir: str | Path | None = None,
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         cwd=root, start_new_session=True)
             server = SeaweedFS(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, bucket, data_dir=data,
-                               log_file=log, process=proc, ports=ports)
+                               log_file=log, process=proc, ports=ports, read_only_keys=read_only_keys)
             try:
                 _wait_ready(server, time.monotonic() + START_TIMEOUT_S)
                 break

@@ -43,7 +43,7 @@ class OutOfMemoryError(FeatxError):
     exit_code = EXIT_OOM
 
 
-class StoreError(FeatxError):
-    """Storage unreachable, wrong credentials or missing bucket; the message says which."""
-
-    exit_code = EXIT_USAGE
+class StoreError(UsageError):
+    """Store settings that no retry can fix: a malformed URL, wrong or read-only credentials, a
+    missing or invalid bucket; the message says which. An unreachable endpoint, a timeout, a 5xx
+    or throttling is a ``TransientError`` instead (exit 1: the Job retries)."""

@@ -58,6 +58,12 @@ BAD_VALUES = {
     "plain password, lower case": ({"job": {"env": [{"name": "db_password", "value": ""}]}}, "secretKeyRef"),
     "credentials in the endpoint": ({"s3": {"endpoint": "http://ak:sk@minio:9000"}}, "endpoint"),
     "unknown networkPolicy key": ({"job": {"networkPolicy": {"egress": []}}}, "egress"),
+    # key components: the rule of featx/keyparts.py, as values.schema.json's keyPath pattern
+    "subset escapes the prefix": ({"subset": "../../x"}, "subset"),
+    "dataset with an empty part": ({"dataset": "minhuh//prh"}, "dataset"),
+    "prefix with ..": ({"s3": {"prefix": "/features/../x/"}}, "prefix"),
+    "model id with ..": ({"modelset": ["gpt2", "org/../x"]}, "modelset"),
+    "subset with a backslash": ({"subset": "a\\b"}, "subset"),
 }
 
 
@@ -295,6 +301,33 @@ def test_bad_set_values_are_refused_by_helm_and_featx_render(helm, arg, fragment
     out = template(helm, "--set", arg, check=False)
     assert out.returncode != 0 and fragment in out.stderr
     assert fragment in _refused_by_featx("--set", arg)
+
+
+def test_schema_key_pattern_is_featx_key_rule():
+    """The chart refuses exactly what featx refuses: the same pattern, and it agrees with the
+    rule's own checks on a table of values."""
+    import json
+    import re
+
+    from featx.errors import UsageError
+    from featx.keyparts import KEY_PATTERN, PREFIX_PATTERN, check_key_part, check_prefix
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    pattern = schema["definitions"]["keyPath"]["pattern"]
+    assert pattern == KEY_PATTERN
+    assert schema["properties"]["s3"]["properties"]["prefix"]["pattern"] == PREFIX_PATTERN
+    for value, trimmed in (("", ""), ("/", ""), ("/a/b/", "a/b"), ("features", "features")):
+        assert re.fullmatch(PREFIX_PATTERN, value) and check_prefix(value, "v") == trimmed
+    for value in ("a//b", "/a/../b", "a\\b"):
+        assert not re.fullmatch(PREFIX_PATTERN, value)
+        with pytest.raises(UsageError):
+            check_prefix(value, "v")
+    for value in ("minhuh/prh", "wit_1024", ".hidden", "..x", "a/...", "featx-sample", "org/model.v2"):
+        assert re.fullmatch(pattern, value) and check_key_part(value, "v") == value
+    for value in ("", "/abs", "a//b", "a/", "..", "a/../b", ".", "a\\b", "a\tb", "a\x7fb"):
+        assert not re.fullmatch(pattern, value)
+        with pytest.raises(UsageError):
+            check_key_part(value, "v")
 
 
 def test_render_without_helm_says_how_to_get_it(monkeypatch):

@@ -166,7 +166,7 @@ def _check_language(spec: ModelSpec, info: Any, token: str | None) -> CheckResul
                     reason=f"model_type {model_type!r} is not supported by the installed transformers "
                     f"{_transformers_version()}",
                     fix="upgrade transformers; or, if the repo ships its own modelling code and you "
-                    "trust it, set trust_remote_code: true in its catalog entry",
+                    "trust it, set trust_remote_code: true in its modelset entry and pass --trust-remote-code",
                 )
     return CheckResult(spec.id, True, gated, reason="; ".join(notes) or "ok", fix="; ".join(fixes))
 

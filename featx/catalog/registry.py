@@ -17,6 +17,7 @@ import yaml
 
 from featx.catalog.spec import MODALITIES, ModelSpec
 from featx.errors import UsageError
+from featx.keyparts import check_key_part
 
 _HERE = Path(__file__).parent
 MODELS_DIR = _HERE / "models"
@@ -70,6 +71,7 @@ def infer_spec(model_id: str) -> ModelSpec:
             f"{model_id}: a local model must be a directory written by save_pretrained "
             "(config.json missing)"
         )
+    check_model_id(model_id)
     if "/" in model_id:
         return ModelSpec(id=model_id, modality="language", family="unknown")
     if _TIMM_NAME.match(model_id):
@@ -80,11 +82,24 @@ def infer_spec(model_id: str) -> ModelSpec:
     )
 
 
+def check_model_id(model_id: str) -> str:
+    """A model id that is not a local directory must be a relative key (an HF repo id or a timm
+    name): a path that does not exist, or one with '..', is refused before any work."""
+    if model_id.startswith(("/", "./", "../", "~")) and not Path(model_id).expanduser().is_dir():
+        raise UsageError(f"model {model_id!r}: no such local model directory; check the path")
+    return check_key_part(model_id, "model id")
+
+
 def get_spec(entry: str | dict[str, Any]) -> ModelSpec:
     if isinstance(entry, dict):
         known = catalog().get(entry.get("id", ""))
         base = known.to_dict() if known else {}
-        return ModelSpec.from_dict({**base, **entry})
+        spec = ModelSpec.from_dict({**base, **entry})
+        if not Path(spec.id).is_dir():
+            check_model_id(spec.id)
+        return spec
+    if not isinstance(entry, str):
+        raise UsageError(f"model entry {entry!r} is neither an id nor a mapping with 'id'; see README, 'Your own modelset'")
     return catalog().get(entry) or infer_spec(entry)
 
 
@@ -103,7 +118,10 @@ def load_modelset(name: str) -> Modelset:
     doc = _read_yaml(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
         raise UsageError(f"{path}: a modelset file needs a top-level 'models:' list of ids")
-    models = tuple(get_spec(e) for e in doc["models"])
+    try:
+        models = tuple(get_spec(e) for e in doc["models"])
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from e
     for m in models:
         if m.modality not in MODALITIES:
             raise UsageError(f"{path}: model {m.id!r} has modality {m.modality!r}; use one of {MODALITIES}")

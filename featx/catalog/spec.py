@@ -77,8 +77,12 @@ class ModelSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"unknown field(s) {sorted(unknown)} in model entry {data.get('id')!r}; "
                 f"allowed: {sorted(known)}"
             )
+        missing = [name for name in ("id", "modality", "family") if name not in data]
+        if missing:
+            raise UsageError(f"model entry {data.get('id')!r} lacks field(s) {missing}: a model the catalog "
+                             "does not know needs id, modality and family")
         return cls(**data)

@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from featx import settings
-from featx.cli.options import add_data, add_selection, add_store, add_weights, flag, open_store_from
+from featx.cli.options import add_data, add_selection, add_store, add_weights, flag, open_store_from, unique_models
 from featx.cli.termination import report_termination
 from featx.signals import Interrupted, deferred
 
@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "token_budget", type=int, default=None, help="most padded tokens per batch (default: from free GPU memory; 1024 on CPU)")
     flag(g, "force_remake", action="store_true", help="re-extract models that are already committed")
     add_weights(g)
+    flag(g, "trust_remote_code", action="store_true",
+         help="allow models whose modelset entry sets trust_remote_code: true to run their repository's code")
     flag(g, "device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     flag(g, "num_workers", type=int, default=settings.NUM_WORKERS, help="image decoding/transform worker processes")
     flag(g, "log_format", choices=["text", "json"], default="text")
@@ -63,18 +65,26 @@ def _prepare(args: argparse.Namespace) -> tuple[Runner, list[ModelSpec]]:
     from featx.extract.runner import ExtractOptions
     from featx.pipeline.runner import RunOptions, Runner
     from featx.logs import EventLog
+    from featx.pipeline.keys import artifact_key
 
     for name in ("batch_size", "token_budget", "num_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name} {value}: give a positive number")
-    specs = resolve(args.modelset, args.models, args.modality)
+    specs = resolve(args.modelset, unique_models(args), args.modality)
     if not specs:
         raise UsageError("no models selected: check --modelset/--models and --modality")
-    for spec in specs:
-        spec.pool_for(args.pool)
+    owners: dict[str, str] = {}
+    for spec in specs:  # every key part (data set, subset, model, pool) and policy, before any work
+        stem = artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format).stem
+        if owners.setdefault(stem, spec.id) != spec.id:
+            raise UsageError(f"{owners[stem]} and {spec.id} would write the same file {stem}: extract them into "
+                             "separate --output_dir/--store locations")
+        if spec.trust_remote_code and not args.trust_remote_code:
+            raise UsageError(f"{spec.id} sets trust_remote_code (it would run code from its repository): "
+                             "pass --trust-remote-code to allow it, or remove the model")
     store = open_store_from(args)
-    store.check()
+    store.check(write=True)
     rows = load_rows(args.dataset, args.subset, args.caption_idx, args.num_samples)
     extract = ExtractOptions(pool=args.pool, batch_size=args.batch_size, token_budget=args.token_budget,
                              qlora=args.qlora, init=args.init, seed=args.seed, device=args.device,

@@ -4,6 +4,7 @@ spelling (``--output_dir``) and accept the dashed one too (``--output-dir``)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from featx import settings
 
@@ -18,6 +19,17 @@ def add_selection(p: argparse.ArgumentParser, default: str = "custom") -> None:
     flag(g, "modelset", help=f"built-in modelset (custom, val, test, exhaustive, smoke) or a YAML file (default: {default})")
     flag(g, "models", nargs="+", metavar="ID", help="model ids instead of a modelset (HF id, timm name, local dir)")
     flag(g, "modality", default="all", choices=["all", "language", "vision"])
+
+
+def unique_models(args: argparse.Namespace) -> list[str] | None:
+    """``--models`` without repeats, first occurrence order kept; says so in one line when it drops any."""
+    if not args.models:
+        return args.models
+    unique = list(dict.fromkeys(args.models))
+    if len(unique) < len(args.models):
+        repeated = [m for m in unique if args.models.count(m) > 1]
+        print(f"featx: --models names {', '.join(repeated)} more than once; each model runs once", file=sys.stderr)
+    return unique
 
 
 def add_data(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from featx.cli.options import add_data, add_selection, add_store, add_weights, flag, open_store_from
+from featx.cli.options import add_data, add_selection, add_store, add_weights, flag, open_store_from, unique_models
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def model_states(args: argparse.Namespace) -> list[dict]:
     store.check()
     states = store.scan(dataset_prefix(args.dataset, args.subset))
     if args.modelset or args.models:
-        specs = resolve(args.modelset, args.models, args.modality)
+        specs = resolve(args.modelset, unique_models(args), args.modality)
     else:
         specs = stored_models(states, args.dataset, args.subset, args.modality, args.pool, args.caption_idx, args.format)
         print(f"featx status: {describe(specs, args.dataset, args.subset)}", file=sys.stderr)

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from featx import settings
 from featx.data.sample import SAMPLE_NAME, sample_path
-from featx.errors import TransientError, UsageError
+from featx.errors import PermanentError, TransientError, UsageError
+from featx.keyparts import check_key_part
 
 HUB_ALIASES = {"prh": "minhuh/prh"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -37,10 +38,23 @@ class ImageList:
         item = self._dataset[i]["image"]
         return item["bytes"] if item.get("bytes") else Path(item["path"]).read_bytes()
 
+    def describe(self, i: int) -> str:
+        """Row ``i`` for messages: its file when it has one."""
+        path = self._files[i] if self._files is not None else (self._dataset[i]["image"] or {}).get("path")
+        return f"row {i} ({path})" if path else f"row {i}"
+
     def __getitem__(self, i: int):
+        """Row ``i`` decoded; a truncated or non-image file is a permanent error naming it (no
+        retry can fix the data, and other models of the run are unaffected)."""
         from PIL import Image
 
-        return Image.open(io.BytesIO(self.raw(i))).convert("RGB")
+        try:
+            with Image.open(io.BytesIO(self.raw(i))) as image:
+                return image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated, bad header
+            detail = "not an image format PIL reads" if isinstance(e, Image.UnidentifiedImageError) else str(e)
+            raise PermanentError(f"{self.describe(i)}: unreadable image ({detail}); replace or remove it "
+                                 "from the data set") from None
 
 
 @dataclass
@@ -74,13 +88,23 @@ def _as_list(text: Any) -> list[str]:
 
 
 def _pick(all_texts: list[list[str]], caption_idx: int, where: str) -> list[str]:
-    width = min(len(t) for t in all_texts) if all_texts else 0
+    if not all_texts:
+        raise UsageError(f"{where} is empty: it has no rows; give a data set with image-caption rows")
+    width = min(len(t) for t in all_texts)
     if caption_idx < 0 or caption_idx >= width:
         raise UsageError(
             f"--caption_idx {caption_idx} is out of range: {where} has {width} text(s) per row; "
             f"use 0..{width - 1}"
         )
     return [t[caption_idx] for t in all_texts]
+
+
+def _take(num_samples: int, total: int, where: str) -> int:
+    """``--num_samples`` rows, refused when the data set has fewer (a file must hold what was asked)."""
+    if total and num_samples > total:
+        raise UsageError(f"--num_samples {num_samples} exceeds the {total} rows of {where}; give at most "
+                         f"{total}, or omit it to use every row")
+    return num_samples
 
 
 def _from_hf(ds: Any, name: str, subset: str, revision: str | None, caption_idx: int,
@@ -91,28 +115,47 @@ def _from_hf(ds: Any, name: str, subset: str, revision: str | None, caption_idx:
     if missing:
         raise UsageError(f"{where} lacks column(s) {sorted(missing)}; it needs 'image' and 'text'")
     if num_samples is not None:
-        ds = ds.select(range(min(num_samples, len(ds))))
+        ds = ds.select(range(_take(num_samples, len(ds), where)))
     ds = ds.cast_column("image", Image(decode=False))
     all_texts = [_as_list(t) for t in ds["text"]]
     return Rows(name, subset, revision, _pick(all_texts, caption_idx, where), ImageList(dataset=ds), all_texts)
 
 
-def _read_captions(folder: Path) -> list[tuple[str, list[str]]]:
+@dataclass(frozen=True)
+class Caption:
+    """One line of a captions file: where it is (for messages), the image it names, its texts."""
+
+    where: str  # "captions.jsonl:12"
+    file: str
+    texts: list[str]
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; undecodable bytes are refused naming the line they are on."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text; save the captions file as UTF-8") from None
+
+
+def _read_captions(folder: Path) -> list[Caption]:
     jsonl, tsv, csv_path = folder / "captions.jsonl", folder / "captions.tsv", folder / "captions.csv"
     if jsonl.exists():
         out = []
-        for n, line in enumerate(jsonl.read_text().splitlines(), 1):
+        for n, line in enumerate(_read_text(jsonl).splitlines(), 1):
             if line.strip():
                 try:
                     rec = json.loads(line)
-                    out.append((rec["file"], _as_list(rec["text"])))
-                except (ValueError, KeyError) as e:
+                    out.append(Caption(f"{jsonl}:{n}", rec["file"], _as_list(rec["text"])))
+                except (ValueError, KeyError, TypeError) as e:
                     raise UsageError(f"{jsonl}:{n}: each line must be JSON with 'file' and 'text'") from e
         return out
     for path, delim in ((tsv, "\t"), (csv_path, ",")):
         if path.exists():
-            with path.open(newline="") as f:
-                return [(r[0], r[1:]) for r in csv.reader(f, delimiter=delim) if r]
+            reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delim)
+            return [Caption(f"{path}:{reader.line_num}", r[0], r[1:]) for r in reader if r]
     raise UsageError(
         f"{folder} is neither a save_to_disk data set nor an image folder with captions.jsonl "
         "(lines of {\"file\": ..., \"text\": ...}), captions.tsv or captions.csv"
@@ -122,12 +165,12 @@ def _read_captions(folder: Path) -> list[tuple[str, list[str]]]:
 def _from_folder(folder: Path, name: str, subset: str, caption_idx: int, num_samples: int | None) -> Rows:
     entries = _read_captions(folder)
     if num_samples is not None:
-        entries = entries[:num_samples]
-    files = [folder / f for f, _ in entries]
+        entries = entries[:_take(num_samples, len(entries), str(folder))]
+    files = [_inside(folder, c) for c in entries]
     absent = [str(f) for f in files if not f.is_file()]
     if absent:
         raise UsageError(f"{folder}: {len(absent)} image(s) named in the captions file do not exist, e.g. {absent[0]}")
-    all_texts = [t for _, t in entries]
+    all_texts = [c.texts for c in entries]
     return Rows(name, subset, None, _pick(all_texts, caption_idx, str(folder)), ImageList(files=files), all_texts)
 
 
@@ -138,6 +181,17 @@ def local_name(path: Path) -> str:
     return f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
 
 
+def _inside(folder: Path, caption: Caption) -> Path:
+    """The image a caption line names, refused unless it is a relative path inside ``folder``
+    (checked on the names; a symbolic link placed in the folder is the owner's choice)."""
+    name = caption.file
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or "\\" in name \
+            or ".." in Path(name).parts:
+        raise UsageError(f"{caption.where}: image {name!r} is not a relative path inside {folder}; "
+                         "name images relative to the data set's folder, without '..'")
+    return folder / name
+
+
 def dataset_naming(dataset: str, subset: str | None) -> tuple[str, str]:
     """(name, subset) of a data set id as they appear in artifact paths: the HF id (``prh``
     resolved) with its revision, or a local directory's ``local_name`` with ``default``. Pure:
@@ -145,11 +199,12 @@ def dataset_naming(dataset: str, subset: str | None) -> tuple[str, str]:
     if not dataset:
         raise UsageError("--dataset is empty: give an HF id (minhuh/prh), prh, featx-sample or a local path")
     if dataset == SAMPLE_NAME:
-        return SAMPLE_NAME, subset or "default"
-    path = Path(dataset).expanduser()
-    if path.exists() or dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
-        return local_name(path), subset or "default"
-    return HUB_ALIASES.get(dataset, dataset), subset or settings.DEFAULT_SUBSET
+        name, subset = SAMPLE_NAME, subset or "default"
+    elif (path := Path(dataset).expanduser()).exists() or dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
+        name, subset = local_name(path), subset or "default"
+    else:
+        name, subset = HUB_ALIASES.get(dataset, dataset), subset or settings.DEFAULT_SUBSET
+    return check_key_part(name, "--dataset name"), check_key_part(subset, "--subset")
 
 
 def load_rows(dataset: str, subset: str | None = None, caption_idx: int = 0,

@@ -15,9 +15,9 @@ import time
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from featx.errors import OutOfMemoryError, UsageError
+from featx.errors import OutOfMemoryError, PermanentError, UsageError
 from featx.extract.loading import Loaded
 from featx.extract.pooling import pool_vision
 from featx.extract.result import Extraction
@@ -25,14 +25,33 @@ from featx.extract.transfer import finish, to_host
 
 
 class _Transformed(Dataset):
+    """Decoded, transformed images; an unreadable one travels back from the worker as its
+    message (a worker's exception would reach the main process as a multi-line traceback)."""
+
     def __init__(self, images: Any, transform: Callable):
         self.images, self.transform = images, transform
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(self.images[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str]:
+        try:
+            image = self.images[i]
+        except PermanentError as e:
+            return None, str(e)
+        return self.transform(image), ""
+
+
+def _collate(items: list[tuple[torch.Tensor | None, str]]) -> torch.Tensor | str:
+    """A batch tensor, or the first unreadable image's message."""
+    errors = [error for _, error in items if error]
+    return errors[0] if errors else default_collate([x for x, _ in items])
+
+
+def _batch(item: torch.Tensor | str) -> torch.Tensor:
+    if isinstance(item, str):
+        raise PermanentError(item)
+    return item
 
 
 def block_tokens(model: Any, x: torch.Tensor) -> list[torch.Tensor]:
@@ -127,12 +146,13 @@ class VisionExtractor:
                 progress: Callable[[int], None] | None = None) -> Extraction:
         t0 = time.perf_counter()
         dataset = _Transformed(images, self.loaded.transform)
-        notes = self.self_check(dataset[0][None])
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+        notes = self.self_check(_batch(_collate([dataset[0]])))
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate,
                             num_workers=num_workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if num_workers else None)
         parts, input_size = [], []
-        for x in loader:  # results stay in flight; the device never waits for the host
+        for item in loader:  # results stay in flight; the device never waits for the host
+            x = _batch(item)
             input_size = list(x.shape[1:])
             parts.append(to_host(self._run(x), torch.float32))
             if progress:

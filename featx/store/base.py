@@ -70,8 +70,10 @@ class Store(ABC):
     url: str
     manifest_cache: ManifestCache | None = None  # backends set it from their ``manifest_cache`` option
 
-    def check(self) -> None:
-        """Fail fast, before any work, when the store cannot be reached or written (S3 overrides)."""
+    @abstractmethod
+    def check(self, write: bool = False) -> None:
+        """Fail fast, before any work, when the store cannot be reached (or, with ``write``,
+        written: a probe object is put and deleted), so no model is extracted for nothing."""
 
     # -- primitives -------------------------------------------------------------------------
     @abstractmethod

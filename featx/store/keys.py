@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from featx.keyparts import check_key_part
+
 FORMATS = ("pt", "safetensors")
 MANIFEST_SUFFIX = ".manifest.json"
 FAILURE_SUFFIX = ".failure.json"
@@ -20,6 +22,11 @@ class ArtifactKey:
     pool: str
     caption_idx: int = 0
     fmt: str = "pt"
+
+    def __post_init__(self) -> None:
+        for what, value in (("--dataset name", self.dataset), ("--subset", self.subset),
+                            ("model file name", self.model), ("--pool", self.pool)):
+            check_key_part(value, what)
 
     @property
     def stem(self) -> str:

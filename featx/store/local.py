@@ -7,13 +7,16 @@ this host, or untouched for ``FEATX_ORPHAN_GRACE_S``), so that it removes only t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from featx.errors import StoreError
 from featx.store.base import ObjectInfo, Staged, Store, sha256_file
 from featx.store.manifest_cache import ManifestCache
 
@@ -69,6 +72,28 @@ class LocalStore(Store):
         self.root = Path(root).expanduser()
         self.url = str(self.root)
         self.manifest_cache = ManifestCache.from_setting(manifest_cache, str(self.root.resolve()))
+
+    def check(self, write: bool = False) -> None:
+        """With ``write``: create the directory if needed and write a probe file into it, then
+        remove what the probe created, so a file in the way, a read-only or pseudo file system
+        (``/proc``) fails in one line before any model is loaded."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"output directory {self.root} exists and is not a directory: choose another --output_dir")
+        if not write:
+            return
+        created = [p for p in (self.root, *self.root.parents) if not p.exists()]
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".featx-write-probe-", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise StoreError(f"cannot write to output directory {self.root} ({e.strerror or type(e).__name__}): "
+                             "choose a writable --output_dir") from None
+        finally:
+            for path in created:  # innermost first
+                with contextlib.suppress(OSError):
+                    path.rmdir()
 
     def _path(self, rel: str) -> Path:
         return self.root / rel

@@ -33,14 +33,17 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from featx.errors import FeatxError, StoreError, TransientError
+from featx.keyparts import check_prefix
 from featx.store.base import ObjectInfo, Staged, Store
 from featx.store.keys import MANIFEST_SUFFIX
 from featx.store.manifest_cache import ManifestCache
@@ -61,12 +64,19 @@ MAX_ATTEMPTS = 5  # botocore "standard" retry mode: throttling, 5xx, connection 
 _ACCESS_DENIED = ("{url}: access denied: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                   "(or AWS_PROFILE) for this endpoint")
 _NO_BUCKET = "bucket {bucket} does not exist at {endpoint}: create it or fix --store"
-_UNREACHABLE = "cannot reach S3 endpoint {endpoint} for {url}: check --s3-endpoint / AWS_ENDPOINT_URL"
+_UNREACHABLE = ("cannot reach S3 endpoint {endpoint} for {url}: retry later, or check --s3-endpoint / "
+                "AWS_ENDPOINT_URL")
+_READ_ONLY = ("{url}: these credentials may read but not write (a probe PutObject was denied): use an "
+              "identity with write access to the bucket and prefix")
+# S3's rules for bucket names (3-63 lower-case letters, digits, '.', '-'; not an IP address)
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_LIKE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 _ERROR_CODES: dict[str, tuple[type[FeatxError], str]] = {
     **{code: (StoreError, _ACCESS_DENIED) for code in (
         "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
         "ExpiredToken", "InvalidClientTokenId", "AllAccessDisabled")},
     "NoSuchBucket": (StoreError, _NO_BUCKET),
+    "InvalidBucketName": (StoreError, "{url}: {bucket} is not a valid bucket name: fix --store"),
     "BadDigest": (TransientError, "{url}: {key}: the server rejected the upload's checksum "
                                   "(bytes changed in transit); retry"),
     "InvalidDigest": (TransientError, "{url}: {key}: the server rejected the upload's checksum; retry"),
@@ -117,7 +127,6 @@ class S3Store(Store):
         self.part_size, self.multipart_threshold = max(part_size, 5 * MiB), multipart_threshold
         self.max_workers = max(1, max_workers)
         self.manifest_cache = ManifestCache.from_setting(manifest_cache, f"{self.endpoint}\n{self.url}")
-        self._reached = False  # after one successful request, connection errors are transient
         self._prefetched: dict[tuple[str, str], tuple[bytes, str]] = {}
 
     # -- construction ------------------------------------------------------------------------
@@ -129,13 +138,7 @@ class S3Store(Store):
         ``endpoint_url`` (``--s3-endpoint``) and ``region`` override it. Timeouts and retries
         bound every request (the controller, which moves no large objects, uses tighter ones).
         ``options`` go to the constructor (``part_size``, ``max_workers``, ``manifest_cache``...)."""
-        parts = urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc:
-            raise StoreError(f"{url!r} is not an S3 URL: use s3://bucket/prefix")
-        if "@" in parts.netloc:
-            raise StoreError("credentials do not belong in the store URL: use AWS_ACCESS_KEY_ID/"
-                             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
-        bucket, prefix = parts.netloc, parts.path.strip("/")
+        bucket, prefix = parse_url(url)
         workers = max(1, int(options.get("max_workers", MAX_WORKERS)))
         client = _make_client(endpoint_url, region, pool=max(workers, SCAN_WORKERS) + 4, attempts=attempts,
                               connect_timeout=connect_timeout, read_timeout=read_timeout)
@@ -154,12 +157,11 @@ class S3Store(Store):
 
         fill = {"url": self.url, "endpoint": self.endpoint, "bucket": self.bucket, "key": key}
         if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ProxyConnectionError)):
-            kind = TransientError if self._reached else StoreError
-            return kind(_UNREACHABLE.format(**fill))
+            return TransientError(_UNREACHABLE.format(**fill))
         if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
             return StoreError(f"{self.url}: no AWS credentials found: set AWS_ACCESS_KEY_ID/"
                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
-        if isinstance(exc, bce.BotoCoreError):  # timeouts, closed connections, SSL...
+        if isinstance(exc, bce.BotoCoreError):  # timeouts, closed connections, SSL...: may pass on retry
             return TransientError(f"{self.url}: {key or self.endpoint}: {type(exc).__name__}; retry")
         code = _error_code(exc)
         kind, text = _ERROR_CODES.get(code, (None, ""))
@@ -177,22 +179,31 @@ class S3Store(Store):
             yield
         except (bce.BotoCoreError, bce.ClientError) as exc:
             raise self._translate(exc, key) from exc
-        self._reached = True
 
-    def check(self) -> None:
+    def check(self, write: bool = False) -> None:
         """HeadBucket: fail fast (one line, no retries to speak of) on wrong credentials, a
-        missing bucket or an unreachable endpoint, before any extraction starts."""
+        missing bucket or an unreachable endpoint, before any extraction starts; with ``write``,
+        put and delete a probe object, so read-only credentials fail before any model loads."""
         import botocore.exceptions as bce
 
+        client = self._check_client()
         try:
-            self._check_client().head_bucket(Bucket=self.bucket)
+            client.head_bucket(Bucket=self.bucket)
+            if write:
+                probe = self._key(f".featx-write-probe-{uuid.uuid4().hex}")
+                try:
+                    client.put_object(Bucket=self.bucket, Key=probe, Body=b"", ContentMD5=_md5_b64(b""))
+                except bce.ClientError as exc:
+                    if _error_code(exc) in ("AccessDenied", "403"):  # HeadBucket passed: the keys are valid
+                        raise StoreError(_READ_ONLY.format(url=self.url)) from exc
+                    raise
+                client.delete_object(Bucket=self.bucket, Key=probe)
         except bce.ClientError as exc:
             if _error_code(exc) in ("404", "NotFound", "NoSuchBucket"):
                 raise StoreError(_NO_BUCKET.format(bucket=self.bucket, endpoint=self.endpoint)) from exc
             raise self._translate(exc) from exc
         except bce.BotoCoreError as exc:
             raise self._translate(exc) from exc
-        self._reached = True
 
     # -- primitives --------------------------------------------------------------------------
     def _key(self, rel: str) -> str:
@@ -559,6 +570,24 @@ def _whole_folders(prefix: str, manifests: dict[str, ObjectInfo]) -> dict[str, d
         if folder.startswith(prefix):
             out.setdefault(folder, {})[rel] = info
     return out
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of ``s3://bucket[/prefix]``; a malformed URL, an invalid bucket name or a
+    prefix that breaks the key rule (``featx.keyparts``) is refused before any request."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not url.startswith("s3://") or not parts.netloc:
+        raise StoreError(f"{url!r} is not an S3 URL: use s3://bucket/prefix")
+    if "@" in parts.netloc:
+        raise StoreError("credentials do not belong in the store URL: use AWS_ACCESS_KEY_ID/"
+                         "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+    bucket, prefix = parts.netloc, check_prefix(parts.path, "--store prefix")
+    if not _BUCKET.match(bucket) or ".." in bucket or _IP_LIKE.match(bucket):
+        raise StoreError(f"{bucket!r} is not a valid S3 bucket name (3-63 lower-case letters, digits, '.' "
+                         "or '-'): fix --store")
+    if parts.query or parts.fragment:
+        raise StoreError(f"{url!r}: a store URL has no '?' or '#' part: use s3://bucket/prefix")
+    return bucket, prefix
 
 
 _LOADER: Any = None

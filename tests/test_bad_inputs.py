@@ -1,0 +1,372 @@
+"""The bad-input matrix: every way a user's input can be wrong, one table row each, run through
+the real CLI (in-process) against real smoke models, a real local directory and a real SeaweedFS.
+
+Each row asserts
+- the exit status (README, "Exit status": 0 ok, 1 retry, 2 bad input, 3 permanent, 4 OOM);
+- the error line: a run-level error is exactly one stderr line starting ``featx: error:`` that
+  holds ``error`` (nothing started: no ``start`` event); a model-level failure is one ``failed``
+  event per failing model that holds ``error``, and no ``featx: error:`` line. Other stderr lines
+  are featx's own log events or notes; never a traceback;
+- nothing written outside the output location: the test's whole tree (data set, working
+  directory, output directory inside it) is snapshotted before and after; a refused run
+  (exit 2) changes nothing at all, not even an empty output directory (or S3 prefix);
+- nothing partial or stale counted as done: ``featx status`` shows exactly ``committed`` done.
+
+Cases run in-process (``run_cli``); ``subprocess=True`` runs ``featx`` as its own process (signals,
+a Job's exit code). Add a case by adding a row to ``CASES`` (a ``setup`` builds its files; ``{out}``, ``{data}``,
+``{cwd}``, ``{s3}``, ``{closed}`` in ``args`` are filled in); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from featx.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
+from tests.helpers import CliResult, run_cli, run_featx
+
+GPT2, VIT = "featx-smoke/gpt2", "featx-smoke/vit"
+SAMPLE = ("--dataset", "featx-sample", "--num_samples", "2")
+TEXTS = ["a red circle on a café table", "a blue square next to a river", "a green stripe in a quiet library"]
+
+
+# -- files a case needs (under the test's root; the working directory is root/cwd) ----------------
+def _png(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), colour).save(path)
+    return path.read_bytes()
+
+
+def image_folder(root: Path, files: list[str] | None = None, captions: bytes | None = None) -> Path:
+    """root/data: three PNGs and a captions.jsonl naming ``files`` (default: the three PNGs)."""
+    data = root / "data"
+    for i in range(3):
+        _png(data / f"{i}.png", (60 * i, 30, 200 - 60 * i))
+    names = files or [f"{i}.png" for i in range(3)]
+    if captions is None:
+        captions = "".join(json.dumps({"file": f, "text": [TEXTS[i % 3], "page", "section"]}) + "\n"
+                           for i, f in enumerate(names)).encode()
+    (data / "captions.jsonl").write_bytes(captions)
+    return data
+
+
+def truncated_image(root: Path) -> None:
+    data = image_folder(root)
+    png = (data / "1.png").read_bytes()
+    (data / "1.png").write_bytes(png[: len(png) // 2])
+
+
+def not_an_image(root: Path) -> None:
+    image_folder(root)
+    (root / "data" / "1.png").write_text("this is text, not a picture\n")
+
+
+def stale_file_and_truncated_image(root: Path) -> None:
+    """A data file left by an interrupted run (no manifest), then a run whose image is bad."""
+    truncated_image(root)
+    stale = root / "cwd" / "out" / "data" / "default" / "featx-smoke_vit_pool-cls.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a file")
+
+
+def modelset(text: str) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        (root / "cwd" / "set.yaml").write_text(text)
+    return setup
+
+
+def a_file(root: Path) -> None:
+    (root / "cwd" / "file").write_text("in the way\n")
+
+
+@dataclass(frozen=True)
+class Case:
+    args: tuple[str, ...]
+    exit: int
+    error: str = ""  # in the error line (run level) or in each failing model's `failed` event
+    command: str = "extract"
+    setup: Callable[[Path], None] | None = None
+    committed: tuple[str, ...] = ()  # models `featx status` must show done afterwards
+    failed: tuple[str, ...] = ()  # models that fail (model level) with `error`
+    s3: str = ""  # identity for a SeaweedFS case: "featx", "read-only" or "wrong"
+    stderr: str = ""  # a note that must appear on stderr (exit 0 cases)
+    subprocess: bool = False  # run `featx` as its own process (as a Job does), not in-process
+    marks: tuple = field(default=())
+
+
+def usage(*args: str, error: str, command: str = "extract", setup: Callable[[Path], None] | None = None,
+          s3: str = "") -> Case:
+    return Case(tuple(args), EXIT_USAGE, error, command, setup, s3=s3, marks=(pytest.mark.s3,) if s3 else ())
+
+
+CASES: dict[str, Case] = {
+    # -- flags ------------------------------------------------------------------------------------
+    "unknown flag": usage("--models", GPT2, "--no_such_flag", error="unrecognized arguments"),
+    "pool not a pool": usage("--models", GPT2, "--pool", "mean", error="invalid choice"),
+    "unknown modality": usage("--models", GPT2, "--modality", "audio", error="invalid choice"),
+    "pool the modality lacks": usage("--models", VIT, "--pool", "last", *SAMPLE, error="--pool last is not defined for vision"),
+    "num_samples 0": usage("--models", GPT2, "--dataset", "featx-sample", "--num_samples", "0", error="positive"),
+    "num_samples negative": usage("--models", GPT2, "--dataset", "featx-sample", "--num_samples", "-3", error="positive"),
+    "num_samples too large": usage("--models", GPT2, "--dataset", "featx-sample", "--num_samples", "65",
+                                   error="--num_samples 65 exceeds the 64 rows"),
+    "batch_size negative": usage("--models", GPT2, *SAMPLE, "--batch_size", "-1", error="positive"),
+    "token_budget 0": usage("--models", GPT2, *SAMPLE, "--token_budget", "0", error="positive"),
+    "caption_idx too large": usage("--models", GPT2, *SAMPLE, "--caption_idx", "7", error="out of range"),
+    "caption_idx negative": usage("--models", GPT2, *SAMPLE, "--caption_idx", "-1", error="out of range"),
+    # -- models and modelsets -----------------------------------------------------------------------
+    "unknown modelset": usage("--modelset", "nope", *SAMPLE, error="unknown modelset 'nope'"),
+    "modelset file missing": usage("--modelset", "missing.yaml", *SAMPLE, error="missing.yaml does not exist"),
+    "modelset not YAML": usage("--modelset", "set.yaml", *SAMPLE, setup=modelset("models: [gpt2\n"), error="not valid YAML"),
+    "modelset without a models list": usage("--modelset", "set.yaml", *SAMPLE, setup=modelset("name: x\n"),
+                                            error="needs a top-level 'models:' list"),
+    "modelset entry with an unknown field": usage(
+        "--modelset", "set.yaml", *SAMPLE, error="set.yaml: unknown field(s) ['colour'] in model entry 'my/llm'",
+        setup=modelset("models:\n  - {id: my/llm, modality: language, family: llama, colour: red}\n")),
+    "modelset entry without modality": usage("--modelset", "set.yaml", *SAMPLE, error="set.yaml: model entry 'my/llm' lacks field(s) ['modality']",
+                                             setup=modelset("models:\n  - {id: my/llm, family: llama}\n")),
+    "modelset entry neither id nor mapping": usage("--modelset", "set.yaml", *SAMPLE, error="neither an id nor a mapping",
+                                                   setup=modelset("models:\n  - [gpt2]\n")),
+    "modelset entry with a bad modality": usage("--modelset", "set.yaml", *SAMPLE, error="modality 'audio'",
+                                                setup=modelset("models:\n  - {id: my/llm, modality: audio, family: x}\n")),
+    "trust_remote_code without the flag": usage(
+        "--modelset", "set.yaml", *SAMPLE, error="featx-smoke/gpt2 sets trust_remote_code",
+        setup=modelset("models:\n  - {id: featx-smoke/gpt2, trust_remote_code: true}\n")),
+    "model id not an id": usage("--models", "Bad Name!", *SAMPLE, error="neither an HF repo id"),
+    "model id with ..": usage("--models", "org/../x", *SAMPLE, error="model id 'org/../x'"),
+    "model id with an empty part": usage("--models", "org//x", *SAMPLE, error="empty, '.' or '..' part"),
+    "model id with a backslash": usage("--models", "org\\x", *SAMPLE, error="backslash"),
+    "model directory missing": usage("--models", "./no-such-model", *SAMPLE, error="no such local model directory"),
+    "two ids, one file name": usage("--models", "org/a_b", "org_a/b", *SAMPLE, error="would write the same file"),
+    "no models selected": usage("--models", GPT2, "--modality", "vision", *SAMPLE, error="no models selected"),
+    # -- data sets ----------------------------------------------------------------------------------
+    "dataset path missing": usage("--models", GPT2, "--dataset", "/no/such/dir", error="does not exist"),
+    "dataset is a file": usage("--models", GPT2, "--dataset", "file", setup=a_file, error="is a file"),
+    "dataset empty string": usage("--models", GPT2, "--dataset", "", error="--dataset is empty"),
+    "dataset id with ..": usage("--models", GPT2, "--dataset", "org/..", error="--dataset name 'org/..'"),
+    "subset escapes the output directory": usage("--models", GPT2, *SAMPLE, "--subset", "../../x", error="--subset '../../x'"),
+    "subset absolute": usage("--models", GPT2, *SAMPLE, "--subset", "/tmp/x", error="absolute path"),
+    "subset with a control character": usage("--models", GPT2, *SAMPLE, "--subset", "a\tb", error="control character"),
+    "subset with an empty part": usage("--models", GPT2, *SAMPLE, "--subset", "a//b", error="empty, '.' or '..' part"),
+    "folder without a captions file": usage("--models", GPT2, "--dataset", "{cwd}", error="neither a save_to_disk data set"),
+    "captions not UTF-8": usage("--models", GPT2, "--dataset", "{data}", error="captions.jsonl:2: not UTF-8",
+                                setup=lambda root: image_folder(root, captions=b'{"file": "0.png", "text": "ok"}\n'
+                                                                b'{"file": "1.png", "text": "caf\xe9"}\n')),
+    "captions line not JSON": usage("--models", GPT2, "--dataset", "{data}", error="captions.jsonl:1: each line must be JSON",
+                                    setup=lambda root: image_folder(root, captions=b"0.png a caption\n")),
+    "image outside the data set": usage("--models", GPT2, "--dataset", "{data}", error="'../secret.png' is not a relative path inside",
+                                        setup=lambda root: (image_folder(root, ["0.png", "../secret.png"]),
+                                                            _png(root / "secret.png"))),
+    "image by absolute path": usage("--models", GPT2, "--dataset", "{data}", error="is not a relative path inside",
+                                    setup=lambda root: image_folder(root, ["0.png", "/etc/hostname"])),
+    "image missing": usage("--models", GPT2, "--dataset", "{data}", error="do not exist",
+                           setup=lambda root: image_folder(root, ["0.png", "nope.png"])),
+    "empty data set": usage("--models", GPT2, "--dataset", "{data}", error="is empty: it has no rows",
+                            setup=lambda root: image_folder(root, captions=b"")),
+    "hub unreachable (offline)": Case(("--models", GPT2, "--dataset", "prh"), EXIT_FAILED, "cannot reach the Hugging Face hub"),
+    # -- where features go --------------------------------------------------------------------------
+    "store and output_dir both": usage("--models", GPT2, *SAMPLE, "--store", "x", "--output_dir", "{out}",
+                                       error="either --store or --output_dir"),
+    "store s3 with one slash": usage("--models", GPT2, *SAMPLE, "--store", "s3:/bucket/x", error="'s3:/bucket/x' is not an S3 URL"),
+    "store s3 without a bucket": usage("--models", GPT2, *SAMPLE, "--store", "s3://", error="is not an S3 URL"),
+    "store upper-case scheme": usage("--models", GPT2, *SAMPLE, "--store", "S3://bucket", error="lower-case s3"),
+    "store invalid bucket name": usage("--models", GPT2, *SAMPLE, "--store", "s3://Bad_Bucket/x", error="not a valid S3 bucket name"),
+    "store prefix with ..": usage("--models", GPT2, *SAMPLE, "--store", "s3://bucket/a/../b", error="--store prefix 'a/../b'"),
+    "store gs scheme": usage("--models", GPT2, *SAMPLE, "--store", "gs://bucket/x", error="storage.googleapis.com"),
+    "output_dir that looks like a URL": usage("--models", GPT2, *SAMPLE, "--output_dir", "s3:out", error="is not an S3 URL"),
+    "output_dir is a file": usage("--models", GPT2, *SAMPLE, "--output_dir", "file", setup=a_file,
+                                  error="exists and is not a directory"),
+    "output_dir under a file": usage("--models", GPT2, *SAMPLE, "--output_dir", "file/out", setup=a_file,
+                                     error="cannot write to output directory"),
+    "output_dir under /proc": usage("--models", GPT2, *SAMPLE, "--output_dir", "/proc/featx-out", error="cannot write to output directory"),
+    "S3 endpoint unreachable (a Job's process)": Case(
+        ("--models", GPT2, *SAMPLE, "--store", "s3://featx-test/x", "--s3-endpoint", "http://127.0.0.1:{closed}"),
+        EXIT_FAILED, "cannot reach S3 endpoint", subprocess=True),
+    "S3 wrong credentials": usage("--models", GPT2, *SAMPLE, "--store", "{s3}", s3="wrong", error="access denied"),
+    "S3 missing bucket": usage("--models", GPT2, *SAMPLE, "--store", "s3://no-such-bucket-featx/x", s3="featx",
+                               error="bucket no-such-bucket-featx does not exist"),
+    "S3 read-only credentials": usage("--models", GPT2, *SAMPLE, "--store", "{s3}", s3="read-only",
+                                      error="may read but not write"),
+    "S3 read-only credentials may run status": Case(("--models", GPT2, *SAMPLE, "--store", "{s3}"), EXIT_OK,
+                                                    command="status", s3="read-only", marks=(pytest.mark.s3,)),
+    # -- other commands -------------------------------------------------------------------------------
+    "status: subset escapes": usage("--models", GPT2, *SAMPLE, "--subset", "../x", "--output_dir", "{out}", command="status",
+                                    error="--subset '../x'"),
+    "status: output_dir is a file": usage("--models", GPT2, *SAMPLE, "--output_dir", "file", setup=a_file, command="status",
+                                          error="exists and is not a directory"),
+    "status: store s3 with one slash": usage("--models", GPT2, *SAMPLE, "--store", "s3:/b", command="status",
+                                             error="is not an S3 URL"),
+    "align: subset escapes": usage("--dataset", "featx-sample", "--subset", "../x", "--output_dir", "{out}",
+                                   "--out", "{out}/alignment", command="align", error="--subset '../x'"),
+    "align: store gs scheme": usage("--dataset", "featx-sample", "--store", "gs://b/x", "--out", "{out}/alignment",
+                                    command="align", error="storage.googleapis.com"),
+    "models: modelset entry with an unknown field": usage(
+        "--modelset", "set.yaml", command="models", error="set.yaml: unknown field(s) ['colour']",
+        setup=modelset("models:\n  - {id: my/llm, modality: language, family: llama, colour: red}\n")),
+    # -- runs that go ahead: a bad model or a bad image fails alone, the others commit -----------------
+    "truncated image: vision fails, language commits": Case(
+        ("--models", GPT2, VIT, "--dataset", "{data}", "--num_workers", "1"), EXIT_PERMANENT,
+        "row 1 (", setup=truncated_image, committed=(GPT2,), failed=(VIT,)),
+    "not an image: vision fails, language commits": Case(
+        ("--models", VIT, GPT2, "--dataset", "{data}", "--num_workers", "0"), EXIT_PERMANENT,
+        "1.png): unreadable image", setup=not_an_image, committed=(GPT2,), failed=(VIT,)),
+    "model missing from the offline cache among good ones": Case(
+        ("--models", "someone/missing-model", GPT2, *SAMPLE), EXIT_PERMANENT, "HF_HUB_OFFLINE=1",
+        committed=(GPT2,), failed=("someone/missing-model",)),
+    "stale data file stays not done after a failing image": Case(
+        ("--models", VIT, GPT2, "--dataset", "{data}", "--num_workers", "0"), EXIT_PERMANENT, "unreadable image",
+        setup=stale_file_and_truncated_image, committed=(GPT2,), failed=(VIT,)),
+    "trust_remote_code with the flag": Case(
+        ("--modelset", "set.yaml", *SAMPLE, "--trust-remote-code"), EXIT_OK, committed=(GPT2,),
+        setup=modelset("models:\n  - {id: featx-smoke/gpt2, trust_remote_code: true}\n")),
+    "--models repeated: extracted once": Case(("--models", GPT2, VIT, GPT2, *SAMPLE), EXIT_OK,
+                                              committed=(GPT2, VIT), stderr="names featx-smoke/gpt2 more than once"),
+}
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_size if p.is_file() else -1)
+            for p in root.rglob("*") if not p.is_symlink()}
+
+
+def _fill(args: tuple[str, ...], values: dict[str, str]) -> list[str]:
+    return [a.format(**values) if "{" in a else a for a in args]
+
+
+def _s3_objects(server, prefix: str) -> list[str]:
+    listing = server.client().list_objects_v2(Bucket=server.bucket, Prefix=prefix)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def _check_stderr(case: Case, r: CliResult) -> None:
+    lines = r.err.splitlines()
+    assert "Traceback" not in r.err, r.err
+    errors = [line for line in lines if line.startswith("featx: error:")]
+    failed = [line for line in lines if " featx failed " in line]
+    if case.exit != EXIT_OK and not case.failed:  # a run-level error: one line, nothing started
+        assert len(errors) == 1 and case.error in errors[0], r.err
+        assert not any(" featx start " in line for line in lines), r.err
+    else:
+        assert errors == [], r.err
+        assert len(failed) == len(case.failed), r.err
+        for model, line in zip(case.failed, failed):
+            assert f"model={model} " in line and case.error in line, line
+    if case.stderr:
+        assert case.stderr in r.err, r.err
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=c.marks) for n, c in CASES.items()])
+def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
+    case = CASES[name]
+    root, cwd = tmp_path, tmp_path / "cwd"
+    cwd.mkdir()
+    out = cwd / "out"
+    values = {"out": str(out), "data": str(root / "data"), "cwd": str(cwd), "s3": "", "closed": "1"}
+    server, prefix = None, f"bad-inputs/{tmp_path.name}"
+    if case.s3:
+        server = request.getfixturevalue("seaweedfs")
+        env = server.env(read_only=case.s3 == "read-only")
+        if case.s3 == "wrong":
+            env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        values["s3"] = server.url(prefix)
+    if "{closed}" in " ".join(case.args):
+        from bench.seaweedfs import free_ports
+
+        values["closed"] = str(free_ports(1)[0])  # nothing listens there
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(k, "unused")
+    if case.setup:
+        case.setup(root)
+    monkeypatch.chdir(cwd)
+    args = _fill(case.args, values)
+    if case.command in ("extract", "status") and "--output_dir" not in args and "--store" not in args:
+        args += ["--output_dir", str(out)]
+    before = _tree(root)
+
+    r = run_featx(case.command, *args) if case.subprocess else run_cli(case.command, *args)
+
+    assert r.code == case.exit, r.err[-3000:]
+    _check_stderr(case, r)
+    after = _tree(root)
+    if case.exit == EXIT_USAGE:  # refused before any work: nothing written anywhere
+        assert after == before
+        if server is not None:
+            assert _s3_objects(server, prefix) == []
+    new = sorted(set(after) - set(before))
+    assert all(p == "cwd/out" or p.startswith("cwd/out/") for p in new), new
+    if case.committed or case.failed:
+        dataset = args[args.index("--dataset") + 1]
+        status = run_cli("status", "--models", *case.committed, *case.failed, "--dataset", dataset,
+                         "--output_dir", str(out), "--json")
+        states = {row["id"]: row["state"] for row in json.loads(status.out)}
+        assert states == {**{m: "done" for m in case.committed}, **{m: "failed" for m in case.failed}}, states
+        data_files = sorted(p for p in new if p.endswith((".pt", ".manifest.json")))
+        assert len(data_files) == 2 * len(case.committed), data_files
+
+
+def test_the_matrix_is_wide():
+    """The matrix covers at least 40 cases and every exit status a bad input can cause."""
+    assert len(CASES) >= 40
+    assert {c.exit for c in CASES.values()} >= {EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PERMANENT}
+
+
+@pytest.mark.parametrize("value", ["../x", "/abs", "a//b", "a\\b"])
+def test_library_entry_point_refuses_bad_key_parts(value: str, tmp_path: Path):
+    """``featx.load`` applies the same rule as the CLI."""
+    import featx
+    from featx.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot name a store key|no such local model directory"):
+        featx.load(GPT2, str(tmp_path), dataset="featx-sample", subset=value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_transient_exit_is_retried_and_a_usage_exit_is_not():
+    """The Job's podFailurePolicy fails at once on exit 2/3; exit 1 (unreachable store, timeouts,
+    5xx, throttling) falls to backoffLimit, so the pod is retried."""
+    from featx.kube.jobs import PERMANENT_EXIT_CODES
+
+    assert EXIT_FAILED not in PERMANENT_EXIT_CODES
+    assert {EXIT_USAGE, EXIT_PERMANENT} <= set(PERMANENT_EXIT_CODES)
+
+
+@pytest.mark.parametrize("code, status, kind", [
+    ("AccessDenied", 403, "StoreError"), ("InvalidAccessKeyId", 403, "StoreError"),
+    ("SignatureDoesNotMatch", 403, "StoreError"), ("NoSuchBucket", 404, "StoreError"),
+    ("InvalidBucketName", 400, "StoreError"), ("SlowDown", 503, "TransientError"),
+    ("InternalError", 500, "TransientError"), ("ServiceUnavailable", 503, "TransientError"),
+    ("Throttling", 400, "TransientError"),
+])
+def test_s3_errors_are_classified_by_cause(code: str, status: int, kind: str):
+    """botocore's own ClientError, as its retries leave it, translated by the store's table."""
+    import botocore.exceptions as bce
+
+    from featx.store.s3 import S3Store
+
+    store = S3Store.from_url("s3://bucket/p", endpoint_url="http://127.0.0.1:9", manifest_cache=False)
+    exc = bce.ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                          "PutObject")
+    out = store._translate(exc, "p/k")
+    assert type(out).__name__ == kind and "\n" not in str(out)
+    assert out.exit_code == (EXIT_USAGE if kind == "StoreError" else EXIT_FAILED)
+
+
+@pytest.mark.s3
+def test_write_probe_passes_and_leaves_nothing(seaweedfs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """With write access the probe passes and takes its object (or directories) away again."""
+    from featx.store import open_store
+
+    for k, v in seaweedfs.env().items():
+        monkeypatch.setenv(k, v)
+    open_store(seaweedfs.url("probe-run"), manifest_cache=False).check(write=True)
+    assert _s3_objects(seaweedfs, "probe-run") == []
+    open_store(output_dir=str(tmp_path / "a" / "b")).check(write=True)
+    assert list(tmp_path.iterdir()) == []
