@@ -32,6 +32,7 @@ from tests.helpers import CliResult, run_cli, run_featx
 
 GPT2, VIT = "featx-smoke/gpt2", "featx-smoke/vit"
 SAMPLE = ("--dataset", "featx-sample", "--num_samples", "2")
+IDENTITY_FLAGS = ("--dataset", "--subset", "--num_samples", "--caption_idx", "--pool", "--init", "--seed", "--format")
 TEXTS = ["a red circle on a café table", "a blue square next to a river", "a green stripe in a quiet library"]
 
 
@@ -303,8 +304,9 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r
     new = sorted(set(after) - set(before))
     assert all(p == "cwd/out" or p.startswith("cwd/out/") for p in new), new
     if case.committed or case.failed:
-        dataset = args[args.index("--dataset") + 1]
-        status = run_cli("status", "--models", *case.committed, *case.failed, "--dataset", dataset,
+        # status is asked about the run extract made: the same data set and identity options
+        same_run = [a for flag in IDENTITY_FLAGS if flag in args for a in (flag, args[args.index(flag) + 1])]
+        status = run_cli("status", "--models", *case.committed, *case.failed, *same_run,
                          "--output_dir", str(out), "--json")
         states = {row["id"]: row["state"] for row in json.loads(status.out)}
         assert states == {**{m: "done" for m in case.committed}, **{m: "failed" for m in case.failed}}, states
