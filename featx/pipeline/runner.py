@@ -20,7 +20,7 @@ from featx.extract.runner import ExtractOptions, extract_rows, free_memory, load
 from featx.logs import EventLog, Progress
 from featx.pipeline.keys import artifact_key, dataset_prefix
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
-from featx.store.formats import write_tensors
+from featx.store.formats import feats_dtype, feats_shape, feature_layers, layer_shapes, write_tensors
 
 
 @dataclass
@@ -142,8 +142,9 @@ class Runner:
 
     def _commit(self, spec: ModelSpec, key: ArtifactKey, loaded: Loaded, result: Extraction) -> Manifest:
         feats = result.feats
-        if feats is None or feats.shape[0] != len(self.rows):
-            raise RuntimeError(f"internal: {spec.id} produced {0 if feats is None else feats.shape[0]} rows, expected {len(self.rows)}")
+        rows = {len(t) for t in feature_layers(feats)} if feats is not None else {0}
+        if rows != {len(self.rows)}:
+            raise RuntimeError(f"internal: {spec.id} produced {sorted(rows)} rows, expected {len(self.rows)}")
         ex = self.opts.extract
         with tempfile.TemporaryDirectory(prefix="featx-") as tmp:
             path = Path(tmp) / f"features.{self.opts.fmt}"
@@ -152,8 +153,8 @@ class Runner:
                 model_id=spec.id, modality=spec.modality, dataset=self.rows.name, subset=self.rows.subset,
                 rows_fingerprint=self.fingerprint, num_rows=len(self.rows), pool=key.pool,
                 caption_idx=key.caption_idx, format=self.opts.fmt,
-                data_key=key.data, sha256=sha256_file(path), size=path.stat().st_size, shape=list(feats.shape),
-                dtype=str(feats.dtype).removeprefix("torch."), featx_version=__version__,
+                data_key=key.data, sha256=sha256_file(path), size=path.stat().st_size, shape=feats_shape(feats),
+                layer_shapes=layer_shapes(feats), dtype=feats_dtype(feats), featx_version=__version__,
                 model_revision=loaded.revision, dataset_revision=self.rows.revision,
                 init="random" if (spec.init == "random" or ex.init == "random") else "pretrained",
                 seed=ex.seed, qlora=ex.qlora, device=loaded.device, compute_dtype=loaded.dtype,
