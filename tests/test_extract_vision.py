@@ -153,3 +153,16 @@ def test_image_tokens_price_the_largest_feature_map(model_id):
     largest = max(t.numel() for t in hooked_stage_outputs(model, x))
     assert image_tokens(model) == -(-largest // model.num_features) == spec.image_tokens
     assert (spec.hidden, spec.layers) == (model.num_features, len(model.feature_info))
+
+
+def test_feature_maps_of_one_width_are_stacked_like_vit_features(sample_rows):
+    from featx.catalog.spec import ModelSpec
+
+    spec = ModelSpec(id="convnext_base.fb_in22k", modality="vision", family="convnext", init="random", class_token=False,
+                     config={"depths": [1, 1, 1, 1], "dims": [16, 16, 16, 16]})
+    loaded = load_vision(spec, "random", "cpu")
+    result = VisionExtractor(loaded, "avg", spec.id).extract(sample_rows.images, 32, num_workers=0)
+    assert isinstance(result.feats, torch.Tensor) and result.feats.shape == (len(sample_rows), 4, 16)
+    x = loaded.transform(sample_rows.images[0])[None]
+    expected = torch.stack([s.mean((2, 3)) for s in hooked_stage_outputs(loaded.model, x)], 1)
+    torch.testing.assert_close(result.feats[:1], expected, rtol=1e-4, atol=1e-5)
