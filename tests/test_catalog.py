@@ -508,3 +508,17 @@ def test_check_models_knows_the_issue_14_families():
     assert image_text == {"google/gemma-3-4b-pt", "google/gemma-3-12b-pt", "google/gemma-3-27b-pt"}
     anonymous = check_models([CATALOG["meta-llama/Llama-3.2-1B"], CATALOG["Qwen/Qwen3-0.6B-Base"]], EveryRepo({}), token=None)
     assert [(r.ok, r.gated) for r in anonymous] == [(False, True), (True, False)]
+
+
+def test_models_cli_shows_each_models_default_pool():
+    import json
+
+    from tests.helpers import run_cli
+
+    r = run_cli("models", "--modelset", "smoke", "--json")
+    pools = {m["id"]: m["default_pool"] for m in json.loads(r.out)}
+    assert r.code == 0 and pools["featx-smoke/gpt2"] == "avg" and pools["featx-smoke/vit"] == "cls"
+    assert pools["featx-smoke/resnet"] == pools["featx-smoke/swin"] == pools["featx-smoke/siglip"] == "avg"
+    text = run_cli("models", "--modelset", "smoke").out.splitlines()
+    assert [line.split()[0] for line in text if line.endswith("no class token: pool avg")] == [
+        i for i, p in pools.items() if p == "avg" and CATALOG[i].modality == "vision"]
