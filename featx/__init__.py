@@ -8,3 +8,13 @@ def load(*args, **kwargs):
     from featx.features import load as _load
 
     return _load(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    """``featx.Alignment`` (see :class:`featx.align.alignment.Alignment`), imported on first use so
+    that ``import featx`` stays light."""
+    if name == "Alignment":
+        from featx.align.alignment import Alignment
+
+        return Alignment
+    raise AttributeError(f"module 'featx' has no attribute {name!r}")

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,9 @@ class CountingKube:
 def fake_commit(store: Store, d, tmp: Path) -> None:
     data = tmp / "f.pt"
     data.write_bytes(d.id.encode())
-    m = Manifest(model_id=d.id, modality=d.spec.modality, dataset=d.key.dataset, subset=d.key.subset,
-                 rows_fingerprint="bench", num_rows=1, pool=d.pool, caption_idx=0, format="pt", data_key=d.key.data,
-                 sha256=hashlib.sha256(d.id.encode()).hexdigest(), size=len(d.id.encode()), shape=[1, 1, 1],
-                 dtype="float32", featx_version="bench")
+    m = Manifest(**{**asdict(d.identity), "rows_fingerprint": "bench", "num_rows": 1}, model_id=d.id,
+                 modality=d.spec.modality, data_key=d.key.data, sha256=hashlib.sha256(d.id.encode()).hexdigest(),
+                 size=len(d.id.encode()), shape=[1, 1, 1], dtype="float32", featx_version="bench")
     store.commit(d.key, data, m)
 
 

@@ -120,18 +120,21 @@ def test_topk_must_leave_room():
 MODELS = {"featx-smoke/gpt2": "a", "featx-smoke/llama": "c", "featx-smoke/vit": "b", "featx-smoke/dinov2": "c"}
 
 
-def commit(store: LocalStore, model: str, x: torch.Tensor, fingerprint: str = "f" * 64, num_rows: int | None = None):
+def commit(store: LocalStore, model: str, x: M.Features, fingerprint: str = "f" * 64, num_rows: int | None = None,
+           bpb: float | None = None):
     spec = get_spec(model)
     pool = "avg" if spec.modality == "language" else "cls"
     key = ArtifactKey("featx-sample", "default", spec.file_name, pool, 0, "pt")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.pt"
-        torch.save({"feats": x, "num_params": 1000 + 10 * len(model)}, path)
+        extra = {} if bpb is None else {"bpb": torch.tensor(bpb)}
+        torch.save({"feats": x, "num_params": 1000 + 10 * len(model), **extra}, path)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         manifest = Manifest(model_id=model, modality=spec.modality, dataset="featx-sample", subset="default",
-                            rows_fingerprint=fingerprint, num_rows=num_rows or x.shape[0], pool=pool, caption_idx=0,
+                            rows_fingerprint=fingerprint, num_rows=num_rows or M.num_rows(x), pool=pool, caption_idx=0,
                             format="pt", data_key=key.data, sha256=sha, size=path.stat().st_size,
-                            shape=list(x.shape), dtype=str(x.dtype), featx_version="test")
+                            shape=list(x.shape) if isinstance(x, torch.Tensor) else [M.num_rows(x), len(x)],
+                            dtype=str(x.dtype if isinstance(x, torch.Tensor) else x[0].dtype), featx_version="test")
         store.commit(key, path, manifest)
 
 
@@ -245,6 +248,52 @@ def test_report_writes_png_and_html(store_dir, capsys):
     for p in pngs:
         assert f'src="{p.name}"' in page
     assert "featx-smoke/gpt2" in page and "mutual_knn_k5.csv" in page
+
+
+class _RunsCode:
+    """A pickle payload: unpickling it opens (creates) ``marker`` for writing."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_free_results_equal_the_reference_npy(store_dir):
+    from featx.align.results import load_results
+
+    assert _align(store_dir, "--metric", "mutual_knn", "--topk", "5", "--layers", "all") == 0
+    folder = _result_dir(store_dir)
+    npy = np.load(folder / "mutual_knn_k5.npy", allow_pickle=True).item()
+    npz = load_results(folder / "mutual_knn_k5.npz")
+    assert set(npz) == set(npy)
+    for name, value in npy.items():
+        if name == "layer_scores":
+            assert value.shape == npz[name].shape
+            for (i, j), m in np.ndenumerate(value):
+                np.testing.assert_array_equal(npz[name][i, j], m)
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(npz[name], value)
+            assert npz[name].dtype == value.dtype
+        else:
+            assert npz[name] == value, name
+
+
+def test_report_never_unpickles_what_it_finds(store_dir, tmp_path):
+    assert _align(store_dir, "--metric", "cka") == 0
+    out = store_dir / "alignment"
+    marker = tmp_path / "pwned"
+    evil = {"scores": np.zeros((1, 1)), "models_x": ["x"], "hook": _RunsCode(str(marker))}
+    np.save(out / "featx-sample" / "crafted.npy", evil, allow_pickle=True)  # a dict like featx's own
+    np.savez(out / "featx-sample" / "crafted.npz", scores=np.zeros((1, 1)),  # object arrays pickle too
+             meta=np.array([_RunsCode(str(marker))], dtype=object))
+    assert main(["report", "--out", str(out)]) == 0
+    assert not marker.exists()
+    page = (out / "report" / "index.html").read_text()
+    assert "cka.npy" in page and "crafted" not in page
+    np.load(out / "featx-sample" / "crafted.npy", allow_pickle=True)  # the payload was live all along
+    assert marker.exists()
 
 
 def test_report_without_results(tmp_path, capsys):

@@ -3,6 +3,7 @@ and the controller look for, for a hub id, its alias (``prh``) and a local data 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def test_load_reads_what_extract_wrote_for_a_local_path(tmp_path, local_set):
     r = run_cli("extract", "--models", GPT2, VIT, "--dataset", str(local_set), "--caption_idx", "1",
                 "--output_dir", str(tmp_path), "--num_workers", "0")
     assert r.code == 0, r.err
-    assert (tmp_path / "my-set" / "default" / "featx-smoke_gpt2_pool-avg_cid-1.pt").is_file()
+    name = f"my-set-{hashlib.sha256(str(local_set.resolve()).encode()).hexdigest()[:8]}"  # folder name + path hash
+    assert (tmp_path / name / "default" / "featx-smoke_gpt2_pool-avg_cid-1.pt").is_file()
     assert featx.load(GPT2, str(tmp_path), dataset=str(local_set), caption_idx=1).feats.shape[0] == 6
     # vision files carry no caption index, whichever caption the run named
     assert featx.load(VIT, str(tmp_path), dataset=str(local_set), caption_idx=1).manifest.caption_idx == 0
@@ -71,7 +73,8 @@ def test_load_reads_what_extract_wrote_for_a_local_path(tmp_path, local_set):
     ("prh", None, "minhuh/prh/wit_1024/featx-smoke_gpt2_pool-avg"),
     ("minhuh/prh", "wit_2048", "minhuh/prh/wit_2048/featx-smoke_gpt2_pool-avg"),
     ("featx-sample", None, "featx-sample/default/featx-smoke_gpt2_pool-avg"),
-    ("/data/sets/my-set", "v1", "my-set/v1/featx-smoke_gpt2_pool-avg"),
+    ("/data/sets/my-set", "v1",
+     f"my-set-{hashlib.sha256(b'/data/sets/my-set').hexdigest()[:8]}/v1/featx-smoke_gpt2_pool-avg"),
 ])
 def test_the_controller_names_artifacts_with_the_same_rule(dataset, subset, stem):
     key = artifact_key(get_spec(GPT2), dataset, subset)

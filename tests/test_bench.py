@@ -54,7 +54,7 @@ def _featx(loaded, texts):
 
 def test_texts_have_the_requested_token_lengths(llama):
     texts = inputs.make_texts(llama.tokenizer, LENGTHS)
-    assert [len(t) for t in tokenize(llama.tokenizer, texts, None)] == LENGTHS
+    assert [len(t) for t in tokenize(llama.tokenizer, texts, None).ids] == LENGTHS
 
 
 def test_length_distributions():

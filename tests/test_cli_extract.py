@@ -172,7 +172,7 @@ def test_failing_model_among_good_ones(tmp_path):
     assert failure["kind"] == "permanent" and failure["attempt"] == 1 and "not supported" in failure["reason"]
     assert "failed" in r.out and "not-a-model" in r.out  # summary table
     status = run_cli("status", "--models", "featx-smoke/gpt2", str(bad), "--dataset", "featx-sample",
-                     "--output_dir", str(tmp_path / "out"), "--json")
+                     "--num_samples", "4", "--output_dir", str(tmp_path / "out"), "--json")
     assert [s["state"] for s in json.loads(status.out)] == ["done", "failed"]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from featx.kube.observe import ObservedJob, observe, observe_job
 from featx.kube.reconcile import Create, Delete, GiveUp, Settings, Skip, classify, decide
 from featx.kube.helm import render_run_config
 from featx.logs import EventLog
+from featx.pipeline.identity import run_identity
 from featx.plan.sizing import GpuClass, load_classes
 from featx.store import FailureRecord, Manifest
 from featx.store.keys import ArtifactKey
@@ -39,7 +40,7 @@ def spec(name: str, params: int = 124_000_000) -> ModelSpec:
 
 def want(name: str, params: int = 124_000_000) -> Desired:
     s = spec(name, params)
-    return Desired(s, "avg", ArtifactKey("minhuh/prh", "wit_1024", s.file_name, "avg"))
+    return Desired(s, "avg", ArtifactKey("minhuh/prh", "wit_1024", s.file_name, "avg"), run_identity(s, "minhuh/prh"))
 
 
 A, B, C = want("a"), want("b"), want("c")
@@ -54,8 +55,14 @@ def job(d: Desired, attempt: int = 1, phase: str = "failed", *, cls: str = "l4-2
                        "", code, pod_reason, deleting)
 
 
-def done() -> StoredState:
-    return StoredState("done")
+def done(d: Desired | None = None, **other) -> StoredState:
+    """Committed; with ``d``, a manifest of ``d``'s identity changed by ``other`` (stale if any)."""
+    if d is None:
+        return StoredState("done")
+    identity = {**asdict(d.identity), "rows_fingerprint": "f" * 64, "num_rows": 1024, **other}
+    return StoredState("done", Manifest(**identity, model_id=d.id, modality="language", data_key=d.key.data,
+                                        sha256="0" * 64, size=1, shape=[1024, 13, 768], dtype="bfloat16",
+                                        featx_version="test"))
 
 
 def failed(kind: str = "transient", reason: str = "boom", attempt: int = 1) -> StoredState:
@@ -89,6 +96,18 @@ CASES: dict[str, Case] = {
         [A, B], [("create", A.id, 1, "l4-24gb", 1), ("create", B.id, 1, "l4-24gb", 1)]),
     "a 70B model asks for two 80 GB devices": Case([BIG], [("create", BIG.id, 1, "h100-80gb", 2)]),
     "committed: nothing to do": Case([A], [("skip", A.id, "done")], committed={A.stem: done()}),
+    "committed with the run's identity (rows and device known only to the Job): done": Case(
+        [A], [("skip", A.id, "done")], committed={A.stem: done(A, compute_dtype="bfloat16")}),
+    "committed on the first 8 rows, the run wants all: stale, extracted again": Case(
+        [A], [("create", A.id, 1, "l4-24gb", 1)], committed={A.stem: done(A, num_samples=8, num_rows=8)}),
+    "committed from random weights, the run wants pretrained: stale": Case(
+        [A], [("create", A.id, 1, "l4-24gb", 1)], committed={A.stem: done(A, init="random", seed=1)}),
+    "stale: its finished Jobs are not cleaned up as done, the Job that left it counts as an attempt": Case(
+        [A], [("create", A.id, 2, "l4-24gb", 1)], committed={A.stem: done(A, format="safetensors")},
+        observed=[job(A, 1, "succeeded")]),
+    "stale after the last attempt: give up with the difference": Case(
+        [A], [("give-up", A.id, 1, True)], committed={A.stem: done(A, caption_idx=2)},
+        observed=[job(A, 1, "succeeded")], attempts=1, reason_has="caption_idx: 2 -> 0"),
     "committed: its finished Jobs are cleaned up": Case(
         [A], [("delete", "job-org_a-a1"), ("delete", "job-org_a-a2"), ("skip", A.id, "done")],
         committed={A.stem: done()}, observed=[job(A, 1, "failed"), job(A, 2, "succeeded")]),
@@ -278,9 +297,9 @@ def commit(store: LocalStore, d: Desired, tmp: Path) -> None:
     data = tmp / "f.pt"
     data.write_bytes(b"features")
     sha = hashlib.sha256(b"features").hexdigest()
-    m = Manifest(model_id=d.id, modality=d.spec.modality, dataset=d.key.dataset, subset=d.key.subset,
-                 rows_fingerprint="x", num_rows=1, pool=d.pool, caption_idx=0, format="pt", data_key=d.key.data,
-                 sha256=sha, size=8, shape=[1, 1, 1], dtype="float32", featx_version="test")
+    m = Manifest(**{**asdict(d.identity), "rows_fingerprint": "x", "num_rows": 1}, model_id=d.id,
+                 modality=d.spec.modality, data_key=d.key.data, sha256=sha, size=8, shape=[1, 1, 1], dtype="float32",
+                 featx_version="test")
     store.commit(d.key, data, m)
 
 

@@ -22,13 +22,13 @@ def store(tmp_path_factory):
 
 
 def test_status_without_a_modelset_lists_what_the_store_holds(store):
-    r = run_cli("status", "--dataset", "featx-sample", "--output_dir", str(store), "--json")
+    r = run_cli("status", "--dataset", "featx-sample", "--num_samples", "12", "--output_dir", str(store), "--json")
     assert r.code == 0, r.err
     assert {(row["id"], row["state"]) for row in json.loads(r.out)} == {(m, "done") for m in MODELS}
     assert r.err.strip() == ("featx status: no --modelset/--models: using the 3 models (2 language, 1 vision) "
                              "the store holds under featx-sample/default/")
-    vision = run_cli("status", "--dataset", "featx-sample", "--modality", "vision", "--output_dir", str(store),
-                     "--json")
+    vision = run_cli("status", "--dataset", "featx-sample", "--num_samples", "12", "--modality", "vision",
+                     "--output_dir", str(store), "--json")
     assert [row["id"] for row in json.loads(vision.out)] == ["featx-smoke/vit"]
 
 
@@ -39,7 +39,7 @@ def test_status_lists_failed_models_the_store_holds(store, tmp_path):
     r = run_cli("extract", "--models", str(bad), "--dataset", "featx-sample", "--num_samples", "12",
                 "--output_dir", str(store))
     assert r.code == 3
-    status = run_cli("status", "--dataset", "featx-sample", "--output_dir", str(store), "--json")
+    status = run_cli("status", "--dataset", "featx-sample", "--num_samples", "12", "--output_dir", str(store), "--json")
     states = {row["id"]: row["state"] for row in json.loads(status.out)}
     assert states == {**{m: "done" for m in MODELS}, str(bad): "failed"}
     (store / "featx-sample" / "default" / "broken-model_pool-avg.failure.json").unlink()  # leave the store as built

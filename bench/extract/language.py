@@ -51,7 +51,7 @@ def bench_language(case: LanguageCase, loaded: Any, device: str, dist: LengthDis
     lengths_all = dist.sample(dataset_size, seed=seed)
     texts = make_texts(tok, lengths_all[:n], seed=seed)
     pad_to = max(lengths_all)
-    lengths = [len(t) for t in tokenize(tok, texts, None)]
+    lengths = [len(t) for t in tokenize(tok, texts, None).ids]
     real = sum(lengths)
     rec: dict[str, Any] = {
         "model": case.name, "arch": case.arch, "positions": case.positions, "note": case.note,

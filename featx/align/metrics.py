@@ -19,6 +19,12 @@ centred kernels, SVD bases) and a model pair is scored for all its layer pairs a
 * ``svcca``: canonical correlations of the two top-``cca_dim`` SVD subspaces = singular values of
   ``U_Aᵀ U_B``.
 
+A model's features are ``[N, L, D]`` or a list of ``[N, D_l]`` layers whose widths may differ (the
+reference's list input, e.g. a convnet's stages); every structure above is per layer, so every
+metric takes layer pairs of any widths (svcca: at least ``cca_dim`` wide, as the reference's CCA).
+Neighbours are ordered as the reference's ``argsort`` orders them (ties between duplicate rows in
+index order); cknna's are taken with ``torch.topk`` as the reference's cknna takes them.
+
 ``layer_scores(metric, A, B)[i, j]`` equals ``AlignmentMetrics.measure(metric, A_i, B_j, topk)``
 of the reference (argument order as there; it matters only for ``cycle_knn``). The one deliberate
 difference: ``svcca`` uses the exact top-``cca_dim`` singular subspace where the reference draws a
@@ -43,6 +49,14 @@ KERNEL_METRICS = ("cka", "unbiased_cka", "cknna")
 DEFAULT_Q = 0.95
 DEFAULT_CCA_DIM = 10
 
+OUTLIER_MODES = ("exact", "quantile")
+
+#: A model's features as stored: ``[N, L, D]`` (one width) or a list of ``[N, D_l]`` layers (any widths).
+Features = torch.Tensor | list[torch.Tensor]
+#: Prepared layers: ``[L, N, D]``, or a list of ``[N, D_l]``.
+Prepared = torch.Tensor | list[torch.Tensor]
+
+_QUANTILE_BUDGET = 1 << 24  # elements per torch.quantile call
 _GATHER_BUDGET = 1 << 22  # elements per intermediate [layers_a, layers_b, N, k] chunk
 _KERNEL_BUDGET = 1 << 25  # elements per [layers, N, N] chunk while building states
 
@@ -59,9 +73,17 @@ def result_name(metric: str, topk: int) -> str:
 
 # -- preparation ------------------------------------------------------------------------------------
 
-def outlier_threshold(feats: torch.Tensor, q: float = DEFAULT_Q) -> torch.Tensor:
-    """The reference's exact ``remove_outliers`` threshold: sort |x| over the whole tensor and take
-    index ``int(q * numel)`` (found with ``kthvalue``: the same value without the full sort)."""
+def outlier_threshold(feats: torch.Tensor, q: float = DEFAULT_Q, outliers: str = "exact") -> torch.Tensor:
+    """The clamp threshold of the reference's ``remove_outliers``. ``exact`` (its ``--precise`` and
+    ``platonic.Alignment``): sort |x| over the whole tensor and take index ``int(q * numel)`` (found
+    with ``kthvalue``: the same value without the full sort). ``quantile`` (``measure_alignment.py``
+    without ``--precise``): ``torch.quantile`` of |x| per row (sample), averaged over rows."""
+    if outliers == "quantile":
+        flat = feats.abs().flatten(start_dim=1)
+        step = max(1, _QUANTILE_BUDGET // max(1, flat.shape[1]))  # torch.quantile refuses huge inputs
+        return torch.cat([torch.quantile(flat[s:s + step], q, dim=1) for s in range(0, flat.shape[0], step)]).mean()
+    if outliers != "exact":
+        raise ValueError(f"unknown outlier mode {outliers!r}; choose one of {', '.join(OUTLIER_MODES)}")
     flat = feats.reshape(-1).abs()
     idx = int(q * feats.numel())
     try:
@@ -70,25 +92,50 @@ def outlier_threshold(feats: torch.Tensor, q: float = DEFAULT_Q) -> torch.Tensor
         return flat.sort().values[idx]
 
 
-def prepare_features(feats: torch.Tensor, q: float = DEFAULT_Q, device: torch.device | str | None = None,
-                     layers: list[int] | None = None) -> torch.Tensor:
-    """``feats [N, L, D]`` (or ``[N, D]``) → float32 ``[L, N, D]``: clamped at the 0.95 quantile of
-    |x| over the whole model tensor (``remove_outliers(exact=True)``), then each layer L2-normalised
-    (``F.normalize``), as ``measure_alignment.py`` prepares them. ``layers`` selects layers after
-    the clamp (the threshold always comes from the whole tensor)."""
+def _clamp(x: torch.Tensor, q: float, outliers: str) -> torch.Tensor:
+    if q == 1:
+        return x
+    t = outlier_threshold(x, q, outliers)
+    return x.clamp(-t, t)
+
+
+def prepare_features(feats: Features, q: float = DEFAULT_Q, device: torch.device | str | None = None,
+                     layers: list[int] | None = None, outliers: str = "exact") -> Prepared:
+    """Features → float32 layers, clamped and L2-normalised as the reference's ``prepare_features``
+    + ``compute_score`` do. ``feats [N, L, D]`` (or ``[N, D]``) → ``[L, N, D]``, one threshold over the
+    model's whole tensor; a list of ``[N, D_l]`` layers (widths may differ) → a list of ``[N, D_l]``,
+    one threshold per layer (the reference prepares a list layer by layer). ``layers`` selects layers
+    after the clamp (the threshold never depends on the selection)."""
+    if isinstance(feats, (list, tuple)):
+        xs = [f.to(device=device).float() if device is not None else f.float() for f in feats]
+        if not xs or any(x.dim() != 2 for x in xs) or len({x.shape[0] for x in xs}) != 1:
+            shapes = ", ".join(str(tuple(x.shape)) for x in xs) or "none"
+            raise ValueError(f"a feature list must hold [N, D] layers with one N, got {shapes}")
+        xs = [_clamp(x, q, outliers) for x in xs]
+        picked = layers if layers is not None else range(len(xs))
+        return [F.normalize(xs[i], p=2, dim=-1).contiguous() for i in picked]
     x = feats.to(device=device) if device is not None else feats
     x = x.float()
     if x.dim() == 2:
         x = x[:, None, :]
     if x.dim() != 3:
-        raise ValueError(f"features must be [N, L, D] or [N, D], got shape {tuple(feats.shape)}")
-    if q != 1:
-        t = outlier_threshold(x, q)
-        x = x.clamp(-t, t)
-    x = x.transpose(0, 1)
+        raise ValueError(f"features must be [N, L, D], [N, D] or a list of [N, D] layers, "
+                         f"got shape {tuple(feats.shape)}")
+    x = _clamp(x, q, outliers).transpose(0, 1)
     if layers is not None:
         x = x[layers]
     return F.normalize(x, p=2, dim=-1).contiguous()
+
+
+def num_layers(feats: Features) -> int:
+    """Layers of a feature file's ``feats``: a list's length, ``L`` of ``[N, L, D]``, 1 for ``[N, D]``."""
+    if isinstance(feats, (list, tuple)):
+        return len(feats)
+    return feats.shape[1] if feats.dim() == 3 else 1
+
+
+def num_rows(feats: Features) -> int:
+    return feats[0].shape[0] if isinstance(feats, (list, tuple)) else feats.shape[0]
 
 
 # -- per-model state --------------------------------------------------------------------------------
@@ -109,10 +156,17 @@ class ModelState:
     kernels: dict[str, torch.Tensor] = field(default_factory=dict)  # 'centered'/'ucentered' [L, N*N]; 'raw' [N*N, L]
     self_sim: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> [L] float64
     basis: torch.Tensor | None = None  # [L, N, cca_dim] float64 (svcca)
+    # cknna's neighbours as the reference picks them (torch.topk): the same tensors as knn/knn_vals/
+    # mask unless duplicate rows tie at the k-th place and topk keeps another one of them
+    cknna_knn: torch.Tensor | None = None
+    cknna_vals: torch.Tensor | None = None
+    cknna_mask: torch.Tensor | None = None
 
     def nbytes(self) -> int:
-        tensors = [self.knn, self.knn_vals, self.mask, self.basis, *self.kernels.values(), *self.self_sim.values()]
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        tensors = [self.knn, self.knn_vals, self.mask, self.basis, self.cknna_knn, self.cknna_vals, self.cknna_mask,
+                   *self.kernels.values(), *self.self_sim.values()]
+        unique = {id(t): t for t in tensors if t is not None}
+        return sum(t.numel() * t.element_size() for t in unique.values())
 
 
 def _needs(metrics) -> set[str]:
@@ -121,8 +175,8 @@ def _needs(metrics) -> set[str]:
         if m not in METRICS:
             raise ValueError(f"unknown metric {m!r}; choose one of {', '.join(METRICS)}")
         if uses_topk(m):
-            need.add("knn")
-        if m in ("mutual_knn", "cycle_knn", "cknna"):
+            need.add("cknna_knn" if m == "cknna" else "knn")
+        if m in ("mutual_knn", "cycle_knn"):
             need.add("mask")
         if m == "cka":
             need.add("centered")
@@ -139,25 +193,51 @@ def _layer_chunk(n: int, budget: int = _KERNEL_BUDGET) -> int:
     return max(1, budget // max(1, n * n))
 
 
-def build_state(prepared: torch.Tensor, metrics, topk: int = 10, cca_dim: int = DEFAULT_CCA_DIM) -> ModelState:
-    """Everything ``metrics`` need of one model, from its prepared ``[L, N, D]`` layers."""
-    L, n, _ = prepared.shape
+def _grams(layers: Prepared) -> torch.Tensor:
+    """``[c, N, N]`` inner products of each layer (a stacked chunk, or a list of any widths)."""
+    if isinstance(layers, torch.Tensor):
+        return torch.bmm(layers, layers.transpose(1, 2))
+    return torch.stack([x @ x.T for x in layers])
+
+
+def nearest_neighbors(hat: torch.Tensor, topk: int) -> torch.Tensor:
+    """The reference's ``compute_nearest_neighbors`` order on similarities with self excluded:
+    ``argsort(descending=True)`` — ties (duplicate rows) in index order, as torch's CPU sort leaves
+    them; a stable sort makes that the rule on every device. ``topk`` (fast, tie order unspecified)
+    serves every row whose first k+1 similarities are distinct; only rows with a tie are sorted."""
+    vals, idx = hat.topk(topk + 1, dim=-1)  # topk < N: the (k+1)-th exists (at worst the -inf self)
+    idx = idx[..., :topk]
+    tied = (vals[..., 1:] == vals[..., :-1]).any(dim=-1)
+    if tied.any():
+        idx[tied] = hat[tied].argsort(dim=-1, descending=True, stable=True)[..., :topk]
+    return idx
+
+
+def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFAULT_CCA_DIM) -> ModelState:
+    """Everything ``metrics`` need of one model, from its prepared layers (``[L, N, D]`` or a list of
+    ``[N, D_l]``: every structure below is per layer, so widths may differ)."""
+    L, n = len(prepared), prepared[0].shape[0]
     need = _needs(metrics)
-    if "knn" in need and not 1 <= topk < n:
+    if need & {"knn", "cknna_knn"} and not 1 <= topk < n:
         raise ValueError(f"topk {topk} must be between 1 and N-1 = {n - 1}")
     st = ModelState(n=n, num_layers=L, topk=topk)
-    knn, vals, kernels = [], [], {k: [] for k in ("raw", "centered", "ucentered") if k in need}
-    if need & {"knn", "raw", "centered", "ucentered"}:
+    knn, vals, cknn, cvals = [], [], [], []
+    kernels = {k: [] for k in ("raw", "centered", "ucentered") if k in need}
+    if need & {"knn", "cknna_knn", "raw", "centered", "ucentered"}:
         step = _layer_chunk(n)
         for s in range(0, L, step):
-            x = prepared[s:s + step]
-            gram = torch.bmm(x, x.transpose(1, 2))  # [c, N, N] inner products
-            if "knn" in need:
+            gram = _grams(prepared[s:s + step])  # [c, N, N] inner products
+            if need & {"knn", "cknna_knn"}:
                 hat = gram.clone() if kernels else gram
                 hat.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # self excluded
-                v, i = hat.topk(topk, dim=-1, largest=True, sorted=True)
-                knn.append(i)
-                vals.append(v)
+                if "knn" in need:
+                    i = nearest_neighbors(hat, topk)
+                    knn.append(i)
+                    vals.append(hat.gather(-1, i))
+                if "cknna_knn" in need:  # the reference's cknna: torch.topk on the same matrix
+                    v, i = hat.topk(topk, dim=-1)
+                    cvals.append(v)
+                    cknn.append(i)
                 del hat
             if not kernels:
                 continue
@@ -176,18 +256,30 @@ def build_state(prepared: torch.Tensor, metrics, topk: int = 10, cca_dim: int = 
         st.kernels["raw"] = st.kernels["raw"].T.contiguous()
     if "mask" in need:
         st.mask = knn_masks(st.knn)
+    if cknn:
+        _set_cknna_neighbours(st, torch.cat(cknn), torch.cat(cvals))
     if "centered" in need:
         st.self_sim["cka"] = _rowwise_sq(st.kernels["centered"])
     if "ucentered" in need:
         st.self_sim["unbiased_cka"] = _rowwise_sq(st.kernels["ucentered"]) / (n * (n - 3))
     if "cknna" in metrics:
         st.self_sim["cknna"] = torch.cat([
-            _cknna_hsic(st.knn[l:l + 1], st.knn_vals[l:l + 1], st.mask, torch.tensor([l], device=st.knn.device),
-                        st.mask[:, l:l + 1], st.kernels["raw"][:, l:l + 1]).reshape(1)
+            _cknna_hsic(st.cknna_knn[l:l + 1], st.cknna_vals[l:l + 1], st.cknna_mask,
+                        torch.tensor([l], device=st.cknna_knn.device), st.cknna_mask[:, l:l + 1],
+                        st.kernels["raw"][:, l:l + 1]).reshape(1)
             for l in range(L)])
     if "basis" in need:
         st.basis = svcca_basis(prepared, cca_dim)
     return st
+
+
+def _set_cknna_neighbours(st: ModelState, knn: torch.Tensor, vals: torch.Tensor) -> None:
+    """cknna uses only the neighbour *set*; share the other metrics' tensors where the sets agree."""
+    if st.knn is not None and torch.equal(st.knn.sort(dim=-1).values, knn.sort(dim=-1).values):
+        st.cknna_knn, st.cknna_vals = st.knn, st.knn_vals
+        st.cknna_mask = st.mask if st.mask is not None else knn_masks(st.knn)
+    else:
+        st.cknna_knn, st.cknna_vals, st.cknna_mask = knn, vals, knn_masks(knn)
 
 
 def knn_masks(knn: torch.Tensor) -> torch.Tensor:
@@ -224,11 +316,15 @@ def _rowwise_sq(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([(row.double() ** 2).sum() for row in x])
 
 
-def svcca_basis(prepared: torch.Tensor, cca_dim: int = DEFAULT_CCA_DIM) -> torch.Tensor:
+def svcca_basis(prepared: Prepared, cca_dim: int = DEFAULT_CCA_DIM) -> torch.Tensor:
     """Top-``cca_dim`` left singular vectors of each layer after the reference's standardisation
-    (centre, divide by unbiased std + 1e-8), float64 ``[L, N, cca_dim]``."""
+    (centre, divide by unbiased std + 1e-8), float64 ``[L, N, cca_dim]``. Every layer must have at
+    least ``cca_dim`` rows and columns (the reference's ``svd_lowrank``/CCA fail on narrower ones)."""
     out = []
     for x in prepared:
+        if min(x.shape) < cca_dim:
+            raise ValueError(f"svcca needs layers of at least {cca_dim} rows and {cca_dim} features; "
+                             f"one layer is {tuple(x.shape)}: drop svcca for these features")
         act = x.double()
         act = act - act.mean(dim=0)
         act = act / (act.std(dim=0) + 1e-8)
@@ -360,9 +456,10 @@ def _cknna_hsic(knn_a, vals_a, mask_a, la_idx, mask_b, kern_b) -> torch.Tensor:
 def _cknna(a: ModelState, b: ModelState) -> torch.Tensor:
     n, k = a.n, a.topk
     parts = []
-    layers = torch.arange(a.num_layers, device=a.knn.device)
+    layers = torch.arange(a.num_layers, device=a.cknna_knn.device)
     for sl in _chunks(a.num_layers, b.num_layers * n * k * 6):
-        parts.append(_cknna_hsic(a.knn[sl], a.knn_vals[sl], a.mask, layers[sl], b.mask, b.kernels["raw"]))
+        parts.append(_cknna_hsic(a.cknna_knn[sl], a.cknna_vals[sl], a.cknna_mask, layers[sl], b.cknna_mask,
+                                 b.kernels["raw"]))
     sim = torch.cat(parts)
     return sim / (torch.sqrt(a.self_sim["cknna"][:, None] * b.self_sim["cknna"][None, :]) + 1e-6)
 
@@ -379,13 +476,17 @@ _PAIR = {"mutual_knn": _mutual_knn, "cycle_knn": _cycle_knn, "lcs_knn": _lcs_knn
          "unbiased_cka": _unbiased_cka, "cknna": _cknna, "svcca": _svcca, "edit_distance_knn": _edit_distance_knn}
 
 
-def best_layer_pair(scores_ab: torch.Tensor) -> tuple[float, tuple[int, int]]:
+def best_layer_pair(scores_ab: torch.Tensor, zero_floor: bool = True) -> tuple[float, tuple[int, int]]:
     """Best score of an ``[La, Lb]`` matrix and its ``(i, j)``, ties and NaNs as the reference's
-    loop (outer over A's layers, first strictly greater score wins, NaN never wins). Where every
-    score is NaN the result is (nan, (-1, -1))."""
+    loop (outer over A's layers, first strictly greater score wins, NaN never wins). With
+    ``zero_floor`` (the reference: its best starts at 0) a pair wins only above 0: where none does
+    the result is (0.0, (-1, -1)) (the reference's score 0, indices None). Without it the maximum is
+    kept even when negative; where every score is NaN the result is (nan, (-1, -1))."""
     flat = scores_ab.reshape(-1)
     clean = torch.where(torch.isnan(flat), torch.full_like(flat, float("-inf")), flat)
     idx = int(torch.argmax(clean))  # first maximal value
+    if zero_floor and not clean[idx] > 0:
+        return 0.0, (-1, -1)
     if torch.isinf(clean[idx]) and clean[idx] < 0:
         return float("nan"), (-1, -1)
     return float(flat[idx]), divmod(idx, scores_ab.shape[1])

@@ -1,29 +1,32 @@
 """``featx report``: for every ``featx align`` result under a directory, a heat map (models ordered
-by family, then size), an alignment-vs-model-size plot, the best pair's layer×layer map when the
-run kept them (``--layers all``), and one ``index.html`` that ties them together."""
+by family, then size), an alignment-vs-model-size plot, the paper's view (alignment against language
+models' 1 − bits per byte, where the language side's files carry ``bpb``), the best pair's
+layer×layer map when the run kept them (``--layers all``), and one ``index.html`` that ties them
+together."""
 
 from __future__ import annotations
 
 import html
 import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from featx.align.results import load_results
 from featx.errors import UsageError
 
 
 def find_results(out: Path, skip: Path | None = None) -> list[tuple[Path, dict]]:
-    """Every featx-written alignment ``.npy`` under ``out`` (reference-written ones lack model ids)."""
+    """Every ``featx align`` result under ``out``, from its pickle-free ``.npz`` (the ``.npy``
+    dicts beside them are never loaded: unpickling a file placed there could run its code)."""
     found = []
-    for path in sorted(out.rglob("*.npy")):
+    for path in sorted(out.rglob("*.npz")):
         if path.name.startswith(".") or (skip and skip in path.parents):
             continue
-        try:
-            data = np.load(path, allow_pickle=True).item()
-        except (ValueError, OSError, AttributeError):
-            continue
-        if isinstance(data, dict) and "scores" in data and "models_x" in data:
+        data = load_results(path)
+        if data is not None and "scores" in data and "models_x" in data:
             found.append((path, data))
     return found
 
@@ -46,7 +49,9 @@ def _self_mask(data: dict) -> np.ndarray:
 
 def _title(data: dict) -> str:
     k = f" (k={data['topk']})" if data.get("topk") else ""
-    return f"{data['metric']}{k} on {data['dataset']}/{data['subset']}\n{data.get('label_x', 'x')} vs {data.get('label_y', 'y')}"
+    floor = ", best floored at 0" if data.get("zero_floor") else ""
+    return (f"{data['metric']}{k} on {data['dataset']}/{data['subset']}{floor}\n"
+            f"{data.get('label_x', 'x')} vs {data.get('label_y', 'y')}")
 
 
 def heatmap(data: dict, dest: Path) -> None:
@@ -114,6 +119,74 @@ def size_plot(data: dict, dest: Path) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class QualityPoint:
+    """One language model in the paper's view: its quality (1 − bpb) and its alignment."""
+
+    model: str
+    family: str
+    quality: float
+    score: float
+
+
+MAX_QUALITY_PANELS = 4  # the mean, then up to three models of the other side one by one
+
+
+def quality_points(data: dict) -> dict[str, list[QualityPoint]] | None:
+    """The paper's view (Huh et al. 2024, Fig. 3: alignment to vision models against language
+    models' performance): per panel — the mean over the other side's models, then each of its first
+    models — every language model with a known ``bpb`` as (1 − bpb, its score). None when neither
+    side's files carry ``bpb`` (results written before featx recorded it, or no language side)."""
+    side = next((s for s in ("x", "y") if any(b is not None for b in data.get(f"bpb_{s}") or [])), None)
+    if side is None:
+        return None
+    other = "y" if side == "x" else "x"
+    scores = np.asarray(data["scores"], dtype=float).copy()
+    scores[_self_mask(data)] = np.nan
+    if side == "y":
+        scores = scores.T  # rows: the language side
+    bpb, fams, ids = data[f"bpb_{side}"], data[f"family_{side}"], data[f"models_{side}"]
+    langs = [i for i, b in enumerate(bpb) if b is not None]
+    others = data[f"models_{other}"]
+    if len(others) == 1:
+        panels = {others[0]: scores[:, 0]}
+    else:
+        with warnings.catch_warnings():  # a row of NaNs (only itself on the other side) has no mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            panels = {f"mean over {len(others)} {data.get('label_' + other, other)} models": np.nanmean(scores, axis=1)}
+        panels.update({others[j]: scores[:, j] for j in range(min(len(others), MAX_QUALITY_PANELS - 1))})
+    return {name: [QualityPoint(ids[i], str(fams[i]), 1 - float(bpb[i]), float(ys[i])) for i in langs]
+            for name, ys in panels.items()}
+
+
+def quality_plot(data: dict, dest: Path) -> bool:
+    """Draw :func:`quality_points`: one panel per entry, one line per family (labelled legend)."""
+    panels = quality_points(data)
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.2), squeeze=False)
+    metric = data["metric"] + (f" (k={data['topk']})" if data.get("topk") else "")
+    for ax, (name, points) in zip(axes[0], panels.items()):
+        for fam in sorted({p.family for p in points}):
+            line = sorted((p for p in points if p.family == fam), key=lambda p: p.quality)
+            ax.plot([p.quality for p in line], [p.score for p in line], "o-", label=fam, markersize=5)
+        ax.set_xlabel("language model performance: 1 − bits per byte")
+        ax.set_ylabel(f"{metric} alignment")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(title="language family", fontsize=7, title_fontsize=7)
+    fig.suptitle(_title(data), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def best_pair(data: dict) -> tuple[int, int] | None:
     scores = np.asarray(data["scores"], dtype=float).copy()
     scores[_self_mask(data)] = np.nan
@@ -150,6 +223,11 @@ def layer_plot(data: dict, i: int, j: int, dest: Path) -> bool:
     return True
 
 
+def _layer(value) -> str:
+    """A best layer, or a dash where no layer pair scored above the zero floor (stored as -1)."""
+    return str(int(value)) if value >= 0 else "—"
+
+
 def _top_rows(data: dict, top: int) -> list[tuple]:
     scores = np.asarray(data["scores"], dtype=float)
     mask = _self_mask(data)
@@ -168,19 +246,23 @@ def write_report(out: Path, report_dir: Path | None = None, top: int = 10) -> Pa
     for path, data in results:
         rel = path.relative_to(out)
         slug = "__".join(rel.with_suffix("").parts).replace(" ", "_")
-        files = {"heat": f"{slug}_heatmap.png", "size": f"{slug}_size.png", "layers": f"{slug}_layers.png"}
+        files = {"heat": f"{slug}_heatmap.png", "size": f"{slug}_size.png", "layers": f"{slug}_layers.png",
+                 "quality": f"{slug}_quality.png"}
         heatmap(data, report_dir / files["heat"])
         size_plot(data, report_dir / files["size"])
+        quality_img = (f'<figure><img src="{files["quality"]}" alt="alignment vs language model performance">'
+                       "<figcaption>The paper's view: each language model's alignment (the mean over the other "
+                       "side, then model by model) against its performance on the data set's texts, 1 − bits per "
+                       "byte.</figcaption></figure>"
+                       if quality_plot(data, report_dir / files["quality"]) else "")
         bp = best_pair(data)
         has_layers = bool(bp) and layer_plot(data, *bp, report_dir / files["layers"])
         rows = "".join(
-            f"<tr><td>{s:.4f}</td><td>{html.escape(data['models_x'][i])}</td><td>{int(data['layer_x'][i][j])}</td>"
-            f"<td>{html.escape(data['models_y'][j])}</td><td>{int(data['layer_y'][i][j])}</td></tr>"
+            f"<tr><td>{s:.4f}</td><td>{html.escape(data['models_x'][i])}</td><td>{_layer(data['layer_x'][i][j])}</td>"
+            f"<td>{html.escape(data['models_y'][j])}</td><td>{_layer(data['layer_y'][i][j])}</td></tr>"
             for s, i, j in _top_rows(data, top))
-        csv_path = path.with_suffix(".csv")
-        links = [f'<a href="{html.escape(_relpath(path, report_dir))}">{html.escape(path.name)}</a>']
-        if csv_path.exists():
-            links.append(f'<a href="{html.escape(_relpath(csv_path, report_dir))}">{html.escape(csv_path.name)}</a>')
+        links = [f'<a href="{html.escape(_relpath(p, report_dir))}">{html.escape(p.name)}</a>'
+                 for p in (path.with_suffix(".npy"), path, path.with_suffix(".csv")) if p.exists()]
         meta = (f"{len(data['models_x'])} × {len(data['models_y'])} models, {data.get('num_rows')} rows, "
                 f"rows fingerprint <code>{html.escape(str(data.get('rows_fingerprint', ''))[:16])}</code>, "
                 f"revision {html.escape(str(data.get('dataset_revision') or '-'))}, layers: {data.get('layers', 'best')}")
@@ -195,6 +277,7 @@ def write_report(out: Path, report_dir: Path | None = None, top: int = 10) -> Pa
 model pair; rows and columns ordered by family, then size.</figcaption></figure>
 <figure><img src="{files['size']}" alt="alignment vs model size"><figcaption>Each model's mean alignment to the
 other side against its parameter count.</figcaption></figure>
+{quality_img}
 {layers_img}
 <table><tr><th>score</th><th>model x</th><th>layer</th><th>model y</th><th>layer</th></tr>{rows}</table>
 </section>""")
@@ -209,7 +292,8 @@ table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ padding: 2px 
 </style></head><body>
 <h1>featx alignment report</h1>
 <p>{len(results)} result(s) from <code>{html.escape(str(out))}</code>. Scores follow the reference's definitions
-(platonic-rep): features clamped at the 0.95 quantile of |x|, each layer L2-normalised, every layer pair scored, best kept.</p>
+(platonic-rep): features clamped at the 0.95 quantile of |x|, each layer L2-normalised, every layer pair scored, best kept
+(floored at 0 as the reference unless the run said --no-zero-floor; a pair with no layer above 0 scores 0).</p>
 {''.join(sections)}
 </body></html>
 """)

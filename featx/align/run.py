@@ -7,10 +7,13 @@ for all its layer pairs at once. Symmetric metrics are computed once per unorder
 
 Outputs follow the reference's ``measure_alignment.py``:
 ``{out}/{dataset}/{subset}/{x}_pool-{pool_x}_{y}_pool-{pool_y}/{metric}_k{topk}.npy`` (``{metric}.npy``
-for metrics without k) holding a dict with ``scores [Mx, My]`` and ``indices [Mx, My, 2]`` (the
-reference's order: (layer of the y model, layer of the x model)), plus featx's own keys (model
-ids, explicit ``layer_x``/``layer_y``, manifests' data identity, optionally every layer×layer
-matrix), and a CSV table beside it.
+for metrics without k; ``layout="reference"``: the reference's own ``to_alignment_filename`` path)
+holding a dict with ``scores [Mx, My]`` and ``indices [Mx, My, 2]`` (the reference's order: (layer of
+the y model, layer of the x model); NaN where no layer pair scored above the zero floor), plus
+featx's own keys (model ids, explicit ``layer_x``/``layer_y``, manifests' data identity, optionally
+every layer×layer matrix), and a CSV table beside it.
+
+A side may also be feature files of one's own (``Entry.path``): read as they are, no manifest.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 
 from featx.align import metrics as M
+from featx.align.results import save_results
 from featx.catalog import ModelSpec
 from featx.errors import UsageError
 from featx.store import ArtifactKey, Manifest, Store
@@ -33,26 +37,62 @@ from featx.store import ArtifactKey, Manifest, Store
 LAYER_MODES = ("best", "all", "last")
 CSV_COLUMNS = ("model_x", "model_y", "metric", "topk", "score", "layer_x", "layer_y", "num_layers_x", "num_layers_y",
                "num_rows", "dataset", "subset", "dataset_revision", "rows_fingerprint", "pool_x", "pool_y",
-               "modality_x", "modality_y", "family_x", "family_y", "params_x", "params_y")
+               "modality_x", "modality_y", "family_x", "family_y", "params_x", "params_y", "bpb_x", "bpb_y")
+FILE_FAMILY = "file"  # the family of features given as files
+#: Per-model lists a result holds for each side (``models_x``, ``models_y``, ...): key -> Entry attribute.
+PER_MODEL_KEYS = {"models": "model_id", "num_layers": "num_layers", "family": "family", "params": "num_params",
+                  "bpb": "bpb", "modality": "modality", "pool": "pool"}
 
 
 @dataclass
 class Entry:
-    """One model on one side: what to read and, once read, what it is."""
+    """One model on one side: what to read and, once read, what it is. A stored model has a spec
+    and a key; features given as a file have only ``path``."""
 
-    spec: ModelSpec
-    key: ArtifactKey
+    spec: ModelSpec | None
+    key: ArtifactKey | None
+    path: Path | None = None
     manifest: Manifest | None = None
     num_layers: int = 0
+    num_rows: int = 0
     num_params: int = 0
+    bpb: float | None = None  # language models' bits per byte on the data set (the reference's file)
     layer_offset: int = 0  # first stored layer's index (--layers last keeps only the last)
+
+    @property
+    def source(self) -> ArtifactKey | Path:
+        """What is read: one state per source, however many sides name it."""
+        return self.path if self.path is not None else self.key
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.id if self.spec else str(self.path)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family if self.spec else FILE_FAMILY
+
+    @property
+    def modality(self) -> str:
+        return self.spec.modality if self.spec else ""
+
+    @property
+    def pool(self) -> str:
+        return self.key.pool if self.key else ""
 
 
 @dataclass
 class Side:
     label: str  # its part of the output directory name
-    pool: str  # its pool label in the directory name
+    pool: str | None  # its pool label in the directory name (None: files, no pool part)
     entries: list[Entry]
+    modelset: str | None = None  # for the reference's layout: its modelset and modality
+    modality: str = "all"
+
+    @property
+    def stored(self) -> list[Entry]:
+        """The entries read from the store (not files)."""
+        return [e for e in self.entries if e.key is not None]
 
 
 @dataclass
@@ -63,7 +103,8 @@ class AlignResult:
     y: Side
     scores: np.ndarray  # [Mx, My]
     layer_x: np.ndarray  # [Mx, My] int
-    layer_y: np.ndarray
+    layer_y: np.ndarray  # -1 where no layer pair scored above the zero floor
+    zero_floor: bool = True
     matrices: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (i, j) -> [Lx, Ly]
     seconds: float = 0.0
     pairs_computed: int = 0
@@ -72,8 +113,11 @@ class AlignResult:
 
     @property
     def indices(self) -> np.ndarray:
-        """The reference's ``indices``: ``[Mx, My, 2]`` of (y layer, x layer), float."""
-        return np.stack([self.layer_y, self.layer_x], axis=-1).astype(np.float64)
+        """The reference's ``indices``: ``[Mx, My, 2]`` of (y layer, x layer), float; NaN where the
+        reference's are None (no layer pair above 0)."""
+        idx = np.stack([self.layer_y, self.layer_x], axis=-1).astype(np.float64)
+        idx[idx < 0] = np.nan
+        return idx
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -90,6 +134,13 @@ def check_options(metrics: list[str], topk: int) -> None:
         raise UsageError(f"--topk {topk}: give a positive number (the reference uses 10)")
     if "cknna" in metrics and topk < 2:
         raise UsageError("cknna needs --topk 2 or more (as the reference)")
+
+
+def check_enough_rows(metrics: list[str], topk: int, n: int) -> None:
+    if any(M.uses_topk(m) for m in metrics) and not topk < n:
+        raise UsageError(f"--topk {topk} needs more rows than that; the features have {n}")
+    if any(m in ("unbiased_cka", "cknna") for m in metrics) and n < 4:
+        raise UsageError(f"unbiased_cka/cknna need at least 4 rows; the features have {n}")
 
 
 def check_committed(store: Store, entries: list[Entry], extract_hint: str) -> None:
@@ -115,9 +166,12 @@ def check_committed(store: Store, entries: list[Entry], extract_hint: str) -> No
 
 
 def check_same_rows(entries: list[Entry]) -> None:
-    """Every model must have been fed the same rows in the same order: one fingerprint, one N."""
+    """Every model must have been fed the same rows in the same order: one fingerprint, one N
+    (files carry no fingerprint: their N is checked once read)."""
     groups: dict[tuple[str, int], list[str]] = {}
     for e in entries:
+        if e.manifest is None:
+            continue
         groups.setdefault((e.manifest.rows_fingerprint, e.manifest.num_rows), []).append(e.spec.id)
     if len(groups) > 1:
         parts = "; ".join(f"rows_fingerprint {fp[:12]} with {n} rows for {', '.join(dict.fromkeys(ids))}"
@@ -128,76 +182,133 @@ def check_same_rows(entries: list[Entry]) -> None:
 
 # -- reading and preparing ------------------------------------------------------------------------------
 
-def load_states(store: Store, entries: list[Entry], metrics, topk: int, layers: str, device: torch.device,
-                log: Callable[[str], None] = print) -> dict[ArtifactKey, M.ModelState]:
-    """Read each distinct feature file once (sha256 verified), prepare it, keep only its state."""
+def read_file(path: Path) -> tuple[M.Features, dict]:
+    """Features of one's own: a ``.pt`` holding the reference's dict (``feats``: ``[N, L, D]`` or a
+    list of ``[N, D_l]``) or the bare tensor/list, loaded without executing pickled code."""
+    from featx.store.formats import read_tensors
+
+    try:
+        data = read_tensors(path, "pt")
+    except Exception as err:  # torch raises many kinds for a file that is not a weights-only .pt
+        raise UsageError(f"{path}: not a readable .pt feature file (torch.load with weights_only=True: "
+                         f"{type(err).__name__}); save it with torch.save({{'feats': feats}}, path)") from err
+    tensors = data if isinstance(data, dict) else {"feats": data}
+    feats = tensors.get("feats")
+    if not (isinstance(feats, torch.Tensor) or (isinstance(feats, (list, tuple)) and feats
+                                                and all(isinstance(f, torch.Tensor) for f in feats))):
+        raise UsageError(f"{path}: no features in it; save a [N, L, D] tensor or a list of [N, D] "
+                         "tensors, alone or as {'feats': ...}")
+    return feats, tensors
+
+
+def _scalar(value) -> float | None:
+    if value is None:
+        return None
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def read_prepared(store: Store | None, entries: list[Entry], layers: str, device: torch.device,
+                  outliers: str = "exact", log: Callable[[str], None] = print
+                  ) -> Iterator[tuple[ArtifactKey | Path, M.Prepared]]:
+    """Read each distinct source once (stored ones sha256 verified), fill in what its entries are
+    (layers, rows, parameters, bpb) and yield it prepared as the reference prepares features."""
     from featx.features import load_key
 
-    states: dict[ArtifactKey, M.ModelState] = {}
-    by_key: dict[ArtifactKey, list[Entry]] = {}
+    by_source: dict[ArtifactKey | Path, list[Entry]] = {}
     for e in entries:
-        by_key.setdefault(e.key, []).append(e)
-    for n, (key, group) in enumerate(by_key.items(), 1):
+        by_source.setdefault(e.source, []).append(e)
+    for n, (source, group) in enumerate(by_source.items(), 1):
         t0 = time.perf_counter()
-        try:
-            feats = load_key(store, key)
-        except (ValueError, FileNotFoundError) as err:
-            raise UsageError(str(err).splitlines()[0]) from err
-        x = feats.feats
+        if isinstance(source, Path):
+            x, tensors = read_file(source)
+        else:
+            try:
+                loaded = load_key(store, source)
+            except (ValueError, FileNotFoundError) as err:
+                raise UsageError(str(err).splitlines()[0]) from err
+            x, tensors = loaded.feats, loaded.tensors
+        rows, depth = M.num_rows(x), M.num_layers(x)
         manifest = group[0].manifest
-        if x.shape[0] != manifest.num_rows:
-            raise UsageError(f"{key.data}: {x.shape[0]} rows but its manifest says {manifest.num_rows}; "
+        if manifest is not None and rows != manifest.num_rows:
+            raise UsageError(f"{source.data}: {rows} rows but its manifest says {manifest.num_rows}; "
                              "re-extract it with `featx extract --force_remake`")
-        num_layers = x.shape[1] if x.dim() == 3 else 1
-        num_params = feats.tensors.get("num_params", 0)
-        num_params = int(num_params.item() if isinstance(num_params, torch.Tensor) else num_params or 0)
+        num_params = int(_scalar(tensors.get("num_params")) or 0)
         for e in group:
-            e.num_layers, e.num_params = num_layers, num_params or e.spec.params
-            e.layer_offset = num_layers - 1 if layers == "last" else 0
+            e.num_layers, e.num_rows, e.bpb = depth, rows, _scalar(tensors.get("bpb"))
+            e.num_params = num_params or (e.spec.params if e.spec else 0)
+            e.layer_offset = depth - 1 if layers == "last" else 0
         try:
-            prepared = M.prepare_features(x, device=device, layers=[num_layers - 1] if layers == "last" else None)
-            del x, feats
-            states[key] = M.build_state(prepared, metrics, topk)
+            prepared = M.prepare_features(x, device=device, layers=[depth - 1] if layers == "last" else None,
+                                          outliers=outliers)
         except ValueError as err:
-            raise UsageError(f"{key.model}: {err}") from err
+            raise UsageError(f"{group[0].model_id}: {err}") from err
+        del x, tensors
+        log(f"read {n}/{len(by_source)} {group[0].model_id}: {depth} layers, {rows} rows "
+            f"({time.perf_counter() - t0:.1f}s)")
+        yield source, prepared
+
+
+def check_rows(entries: list[Entry]) -> None:
+    """One N for everything read (files have no fingerprint to compare, but their N must match)."""
+    counts: dict[int, list[str]] = {}
+    for e in entries:
+        counts.setdefault(e.num_rows, []).append(e.model_id)
+    if len(counts) > 1:
+        parts = "; ".join(f"{n} rows in {', '.join(dict.fromkeys(ids))}" for n, ids in sorted(counts.items()))
+        raise UsageError(f"features have different row counts ({parts}); compute them all on the same data set rows")
+
+
+def load_states(store: Store | None, entries: list[Entry], metrics, topk: int, layers: str, device: torch.device,
+                outliers: str = "exact", log: Callable[[str], None] = print) -> dict[ArtifactKey | Path, M.ModelState]:
+    """Read each distinct source once, prepare it, keep only what ``metrics`` need of it."""
+    states: dict[ArtifactKey | Path, M.ModelState] = {}
+    names = {e.source: e.model_id for e in entries}
+    for source, prepared in read_prepared(store, entries, layers, device, outliers, log):
+        check_enough_rows(metrics, topk, prepared[0].shape[0])
+        try:
+            states[source] = M.build_state(prepared, metrics, topk)
+        except ValueError as err:
+            raise UsageError(f"{names[source]}: {err}") from err
         del prepared
         gc.collect()
-        log(f"read {n}/{len(by_key)} {group[0].spec.id}: {num_layers} layers, {manifest.num_rows} rows, "
-            f"state {states[key].nbytes() / 2**20:.0f} MiB ({time.perf_counter() - t0:.1f}s)")
+        log(f"{names[source]}: state {states[source].nbytes() / 2**20:.0f} MiB")
+    check_rows(entries)
     return states
 
 
 # -- scoring ----------------------------------------------------------------------------------------------
 
-def score_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey, M.ModelState], topk: int,
-                keep_matrices: bool, log: Callable[[str], None] = print) -> AlignResult:
+def score_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey | Path, M.ModelState], topk: int,
+                keep_matrices: bool, log: Callable[[str], None] = print, zero_floor: bool = True) -> AlignResult:
     """For every (x model, y model): the reference's ``compute_score(y_feats, x_feats)`` — every layer
-    pair, best kept — with symmetric metrics computed once per unordered pair."""
+    pair, best kept (above 0 with ``zero_floor``, as the reference) — with symmetric metrics computed
+    once per unordered pair."""
     t0 = time.perf_counter()
     mx, my = len(x.entries), len(y.entries)
     res = AlignResult(metric, topk, x, y, np.zeros((mx, my)), np.zeros((mx, my), dtype=np.int64),
-                      np.zeros((mx, my), dtype=np.int64))
-    done: dict[tuple[ArtifactKey, ArtifactKey], tuple[torch.Tensor, tuple[int, int]]] = {}
-    same_lists = [e.key for e in x.entries] == [e.key for e in y.entries]
+                      np.zeros((mx, my), dtype=np.int64), zero_floor)
+    done: dict[tuple, tuple[torch.Tensor, float, tuple[int, int]]] = {}
+    same_lists = [e.source for e in x.entries] == [e.source for e in y.entries]
     # reuse the other orientation where the metric is symmetric; cknna only in the reference's own
     # symmetric mode (x list == y list), where the reference itself reuses it
     reuse = metric in M.EXACTLY_SYMMETRIC or (metric in M.SYMMETRIC and same_lists)
     for i, ex in enumerate(x.entries):
         for j, ey in enumerate(y.entries):
-            if (ey.key, ex.key) in done:
-                mat, best = done[(ey.key, ex.key)]
-            elif reuse and (ex.key, ey.key) in done:
+            if (ey.source, ex.source) in done:
+                mat, score, best = done[(ey.source, ex.source)]
+            elif reuse and (ex.source, ey.source) in done:
                 # as the reference's symmetric mode: the other orientation, transposed, indices reversed
-                mat_t, best_t = done[(ex.key, ey.key)]
+                mat_t, score, best_t = done[(ex.source, ey.source)]
                 mat, best = mat_t.T, best_t[::-1]
             else:
-                mat = M.layer_scores(metric, states[ey.key], states[ex.key])  # [Ly, Lx], A = y as the reference
-                best = M.best_layer_pair(mat)[1]
-                done[(ey.key, ex.key)] = (mat, best)
+                mat = M.layer_scores(metric, states[ey.source], states[ex.source])  # [Ly, Lx], A = y as the reference
+                score, best = M.best_layer_pair(mat, zero_floor)
+                done[(ey.source, ex.source)] = (mat, score, best)
                 res.pairs_computed += 1
             ly, lx = best
-            res.scores[i, j] = float(mat[ly, lx]) if ly >= 0 else float("nan")
-            res.layer_x[i, j], res.layer_y[i, j] = lx + ex.layer_offset, ly + ey.layer_offset
+            res.scores[i, j] = score
+            res.layer_x[i, j] = lx + ex.layer_offset if lx >= 0 else -1
+            res.layer_y[i, j] = ly + ey.layer_offset if ly >= 0 else -1
             if keep_matrices:
                 res.matrices[(i, j)] = mat.T.cpu().numpy()
     res.seconds = time.perf_counter() - t0
@@ -207,40 +318,55 @@ def score_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey, M.Model
 
 # -- writing ----------------------------------------------------------------------------------------------
 
+def _side_dir(side: Side) -> str:
+    return side.label if side.pool is None else f"{side.label}_pool-{side.pool}"
+
+
 def result_dir(out: Path, dataset: str, subset: str, x: Side, y: Side) -> Path:
-    return out / dataset / subset / f"{x.label}_pool-{x.pool}_{y.label}_pool-{y.pool}"
+    return out / dataset / subset / f"{_side_dir(x)}_{_side_dir(y)}"
 
 
-def write_result(res: AlignResult, out: Path, dataset: str, subset: str, layers: str) -> AlignResult:
-    folder = result_dir(out, dataset, subset, res.x, res.y)
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = M.result_name(res.metric, res.topk) + ("_layers-last" if layers == "last" else "")
-    ref = res.x.entries[0].manifest if res.x.entries else res.y.entries[0].manifest
+def reference_path(out: Path, dataset: str, x: Side, y: Side, metric: str, topk: int) -> Path:
+    """The reference's ``to_alignment_filename(out, dataset, modelset, modality_x, pool_x, prompt_x,
+    modality_y, pool_y, prompt_y, metric, topk)``: the modelset where featx puts the subset, the
+    sides by modality, prompts always False (featx extracts without the reference's prompt)."""
+    sets = {s.modelset for s in (x, y) if s.modelset}
+    if len(sets) != 1:
+        named = " and ".join(sorted(sets)) or "none"
+        raise UsageError(f"--layout reference needs both sides from one modelset (got {named}); "
+                         "use --modelset NAME with --x/--y MODALITY, or the default --layout featx")
+    sides = "_".join(f"{s.modality}_pool-{s.pool}_prompt-False" for s in (x, y))
+    return out / dataset / sets.pop() / sides / f"{M.result_name(metric, topk)}.npy"
+
+
+def result_path(out: Path, dataset: str, subset: str, x: Side, y: Side, metric: str, topk: int, layers: str,
+                layout: str = "featx") -> Path:
+    if layout == "reference":
+        return reference_path(out, dataset, x, y, metric, topk)
+    stem = M.result_name(metric, topk) + ("_layers-last" if layers == "last" else "")
+    return result_dir(out, dataset, subset, x, y) / f"{stem}.npy"
+
+
+def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers: str) -> AlignResult:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    everything = res.x.entries + res.y.entries
+    ref = next((e.manifest for e in everything if e.manifest is not None), None)
     payload = {
         "scores": res.scores,
         "indices": res.indices,
-        "models_x": [e.spec.id for e in res.x.entries],
-        "models_y": [e.spec.id for e in res.y.entries],
         "layer_x": res.layer_x,
         "layer_y": res.layer_y,
-        "num_layers_x": [e.num_layers for e in res.x.entries],
-        "num_layers_y": [e.num_layers for e in res.y.entries],
-        "family_x": [e.spec.family for e in res.x.entries],
-        "family_y": [e.spec.family for e in res.y.entries],
-        "params_x": [e.num_params for e in res.x.entries],
-        "params_y": [e.num_params for e in res.y.entries],
-        "modality_x": [e.spec.modality for e in res.x.entries],
-        "modality_y": [e.spec.modality for e in res.y.entries],
-        "pool_x": [e.key.pool for e in res.x.entries],
-        "pool_y": [e.key.pool for e in res.y.entries],
+        **{f"{name}_{tag}": [getattr(e, attr) for e in side.entries]
+           for name, attr in PER_MODEL_KEYS.items() for tag, side in (("x", res.x), ("y", res.y))},
         "metric": res.metric,
         "topk": res.topk if M.uses_topk(res.metric) else None,
+        "zero_floor": res.zero_floor,
         "layers": layers,
         "dataset": dataset,
         "subset": subset,
-        "dataset_revision": ref.dataset_revision,
-        "rows_fingerprint": ref.rows_fingerprint,
-        "num_rows": ref.num_rows,
+        "dataset_revision": ref.dataset_revision if ref else None,
+        "rows_fingerprint": ref.rows_fingerprint if ref else None,
+        "num_rows": everything[0].num_rows,
         "label_x": res.x.label,
         "label_y": res.y.label,
     }
@@ -249,9 +375,13 @@ def write_result(res: AlignResult, out: Path, dataset: str, subset: str, layers:
         for (i, j), m in res.matrices.items():
             mats[i, j] = m
         payload["layer_scores"] = mats  # [Mx, My] of [Lx, Ly] (x layer, y layer)
-    res.npy = folder / f"{stem}.npy"
-    _atomic(res.npy, lambda p: np.save(p, payload, allow_pickle=True))
-    res.csv = folder / f"{stem}.csv"
+    res.npy = path
+    _atomic(res.npy, lambda p: np.save(p, payload, allow_pickle=True))  # the reference's form, for other tools
+    _atomic(res.npy.with_suffix(".npz"), lambda p: save_results(p, payload))  # what featx reads back: no pickle
+    res.csv = path.with_suffix(".csv")
+
+    def layer(value) -> str:
+        return str(int(value)) if value >= 0 else ""
 
     def write_csv(p: Path) -> None:
         with open(p, "w", newline="") as f:
@@ -259,12 +389,13 @@ def write_result(res: AlignResult, out: Path, dataset: str, subset: str, layers:
             w.writerow(CSV_COLUMNS)
             for i, ex in enumerate(res.x.entries):
                 for j, ey in enumerate(res.y.entries):
-                    w.writerow([ex.spec.id, ey.spec.id, res.metric, payload["topk"] if payload["topk"] else "",
-                                f"{res.scores[i, j]:.8g}", int(res.layer_x[i, j]), int(res.layer_y[i, j]),
-                                ex.num_layers, ey.num_layers, ex.manifest.num_rows, dataset, subset,
-                                ex.manifest.dataset_revision or "", ex.manifest.rows_fingerprint, ex.key.pool,
-                                ey.key.pool, ex.spec.modality, ey.spec.modality, ex.spec.family, ey.spec.family,
-                                ex.num_params, ey.num_params])
+                    w.writerow([ex.model_id, ey.model_id, res.metric, payload["topk"] if payload["topk"] else "",
+                                f"{res.scores[i, j]:.8g}", layer(res.layer_x[i, j]), layer(res.layer_y[i, j]),
+                                ex.num_layers, ey.num_layers, ex.num_rows, dataset, subset,
+                                payload["dataset_revision"] or "", payload["rows_fingerprint"] or "", ex.pool,
+                                ey.pool, ex.modality, ey.modality, ex.family, ey.family,
+                                ex.num_params, ey.num_params, "" if ex.bpb is None else f"{ex.bpb:.6g}",
+                                "" if ey.bpb is None else f"{ey.bpb:.6g}"])
 
     _atomic(res.csv, write_csv)
     return res
@@ -278,23 +409,40 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp.replace(path)
 
 
-def align(store: Store, x: Side, y: Side, metrics: list[str], topk: int, layers: str, device: str | None,
-          out: Path, extract_hint: str, log: Callable[[str], None] = print) -> Iterator[AlignResult]:
+@dataclass(frozen=True)
+class Options:
+    """How scores are computed and written (the CLI's alignment flags)."""
+
+    metrics: tuple[str, ...] = ("mutual_knn",)
+    topk: int = 10
+    layers: str = "best"
+    device: str | None = None
+    outliers: str = "exact"  # the reference's remove_outliers(exact=True); "quantile": its default CLI
+    zero_floor: bool = True  # the reference keeps a best layer pair only above 0
+    layout: str = "featx"
+
+
+def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint: str,
+          log: Callable[[str], None] = print) -> Iterator[AlignResult]:
     """Every model of ``x`` against every model of ``y`` for each metric; yields each result once
     written. ``extract_hint`` completes the `featx extract` command a refusal suggests."""
-    check_options(metrics, topk)
+    metrics = list(opts.metrics)
+    check_options(metrics, opts.topk)
     everything = x.entries + y.entries
-    check_committed(store, everything, extract_hint)
-    check_same_rows(everything)
-    n = everything[0].manifest.num_rows
-    if any(M.uses_topk(m) for m in metrics) and not topk < n:
-        raise UsageError(f"--topk {topk} needs more rows than that; the features have {n}")
-    if any(m in ("unbiased_cka", "cknna") for m in metrics) and n < 4:
-        raise UsageError(f"unbiased_cka/cknna need at least 4 rows; the features have {n}")
-    dev = pick_device(device)
-    log(f"{len(x.entries)} x {len(y.entries)} models, metrics {', '.join(metrics)}, {n} rows, device {dev}")
-    states = load_states(store, everything, metrics, topk, layers, dev, log)
-    key = everything[0].key
+    stored = x.stored + y.stored
+    if opts.layout == "reference" and opts.layers == "last":
+        raise UsageError("--layout reference holds the reference's best-layer results; drop --layers last")
+    key = stored[0].key if stored else None
+    dataset, subset = (key.dataset, key.subset) if key else ("files", "default")
+    paths = {m: result_path(out, dataset, subset, x, y, m, opts.topk, opts.layers, opts.layout) for m in metrics}
+    check_committed(store, stored, extract_hint)
+    check_same_rows(stored)
+    if stored:
+        check_enough_rows(metrics, opts.topk, stored[0].manifest.num_rows)
+    dev = pick_device(opts.device)
+    log(f"{len(x.entries)} x {len(y.entries)} models, metrics {', '.join(metrics)}, device {dev}, outliers "
+        f"{opts.outliers}, {'best score floored at 0 (reference)' if opts.zero_floor else 'no zero floor'}")
+    states = load_states(store, everything, metrics, opts.topk, opts.layers, dev, opts.outliers, log)
     for metric in metrics:
-        res = score_pairs(metric, x, y, states, topk, layers == "all", log)
-        yield write_result(res, out, key.dataset, key.subset, layers)
+        res = score_pairs(metric, x, y, states, opts.topk, opts.layers == "all", log, opts.zero_floor)
+        yield write_result(res, paths[metric], dataset, subset, opts.layers)

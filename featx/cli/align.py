@@ -11,6 +11,7 @@ from pathlib import Path
 from featx import settings
 from featx.cli.options import add_store, flag
 
+OUTLIER_MODES = ("exact", "quantile")
 METRIC_CHOICES = ("mutual_knn", "cycle_knn", "lcs_knn", "cka", "unbiased_cka", "cknna", "svcca", "edit_distance_knn")
 DEFAULT_OUT = "results/alignment"
 
@@ -18,6 +19,8 @@ ALIGN_EXAMPLES = """examples:
   featx align --modelset val --x language --y vision --metric mutual_knn --topk 10
   featx align --x val:language --y val:vision --metric cka --layers all --store s3://bucket/features
   featx align --modelset smoke --dataset featx-sample --x language --y vision --metric mutual_knn cknna
+  featx align --modelset val --x language --y vision --metric cka --layout reference --outliers quantile
+  featx align --x vision --modelset val --y ./my_feats.pt --metric mutual_knn   # your features vs stored models
   featx report                       # heat maps + index.html for everything under results/alignment
 
 --x/--y: a modality (language, vision, all) of --modelset/--models, a modelset name or YAML file
@@ -25,6 +28,8 @@ ALIGN_EXAMPLES = """examples:
 (just MODELSET for all), e.g. results/alignment/minhuh/prh/wit_1024/val-language_pool-avg_val-vision_pool-cls/mutual_knn_k10.npy
 With a bare modality and no --modelset/--models, a side is the models of that modality the store
 holds for --dataset/--subset, named "stored" (stored-language, stored-vision).
+A .pt file (or a directory of .pt files) is a side of your own features: torch.save({'feats': f}, path)
+with f a [N, L, D] tensor or a list of [N, D] layers, rows in the data set's order.
 """
 
 
@@ -32,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("align", help="cross-model alignment (mutual k-NN, CKA, ...) of stored features",
                        epilog=ALIGN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("which models")
-    flag(g, "x", default="language", metavar="SPEC", help="first side: MODALITY | MODELSET | MODELSET:MODALITY (default language)")
+    flag(g, "x", default="language", metavar="SPEC",
+         help="first side: MODALITY | MODELSET | MODELSET:MODALITY | FILE.pt | DIR of .pt files (default language)")
     flag(g, "y", default="vision", metavar="SPEC", help="second side (default vision)")
     flag(g, "modelset", default=None,
          help="modelset for bare modalities in --x/--y (default: the models the store holds for --dataset/--subset)")
@@ -51,6 +57,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "topk", type=int, default=10, help="k of the k-NN metrics (and cknna), as the reference (default 10)")
     flag(g, "layers", choices=["best", "all", "last"], default="best",
          help="best: every layer pair, best kept (reference); all: also save every layer×layer matrix; last: last layers only")
+    flag(g, "outliers", choices=OUTLIER_MODES, default="exact",
+         help="clamp threshold: exact 0.95 quantile of |x| over a model's whole tensor (default; the reference's "
+              "--precise and platonic.Alignment), or quantile: per-row quantiles averaged (its CLI default)")
+    flag(g, "no_zero_floor", action="store_true",
+         help="keep the best layer pair even when its score is <= 0 (the reference floors the best score at 0)")
+    flag(g, "layout", choices=["featx", "reference"], default="featx",
+         help="featx: OUT/DATASET/SUBSET/X_pool-P_Y_pool-P/; reference: the reference's to_alignment_filename "
+              "(OUT/DATASET/MODELSET/MODALITY_pool-P_prompt-False_.../)")
     flag(g, "out", default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
     flag(g, "device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     flag(g, "quiet", action="store_true", help="no progress lines")
@@ -64,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    from featx.align.run import align, check_options
+    from featx.align.run import Options, align, check_options
     from featx.align.sides import build_side
     from featx.cli.options import open_store_from
     from featx.pipeline.keys import dataset_prefix
@@ -85,7 +99,9 @@ def run_align(args: argparse.Namespace) -> int:
                        args.format) for value, pool in ((args.x, args.pool_x), (args.y, args.pool_y)))
     where = f" --store {args.store}" if args.store else (f" --output_dir {args.output_dir}" if args.output_dir else "")
     hint = f" --dataset {args.dataset}" + (f" --subset {args.subset}" if args.subset else "") + where
-    for res in align(store, x, y, metrics, args.topk, args.layers, args.device, Path(args.out), hint, log):
+    opts = Options(tuple(metrics), args.topk, args.layers, args.device, args.outliers, not args.no_zero_floor,
+                   args.layout)
+    for res in align(store, x, y, opts, Path(args.out), hint, log):
         print(res.npy)
         print(res.csv)
         if not args.quiet:
@@ -97,10 +113,13 @@ def _print_best(res, limit: int = 5) -> None:
     import numpy as np
 
     flat = [(res.scores[i, j], i, j) for i in range(res.scores.shape[0]) for j in range(res.scores.shape[1])
-            if res.x.entries[i].key != res.y.entries[j].key and not np.isnan(res.scores[i, j])]
+            if res.x.entries[i].source != res.y.entries[j].source and not np.isnan(res.scores[i, j])]
     for score, i, j in sorted(flat, reverse=True)[:limit]:
-        print(f"  {score:.4f}  {res.x.entries[i].spec.id} (layer {res.layer_x[i, j]}) ~ "
-              f"{res.y.entries[j].spec.id} (layer {res.layer_y[i, j]})", file=sys.stderr)
+        print(f"  {score:.4f}  {res.x.entries[i].model_id} (layer {res.layer_x[i, j]}) ~ "
+              f"{res.y.entries[j].model_id} (layer {res.layer_y[i, j]})", file=sys.stderr)
+    if res.zero_floor and (res.layer_x < 0).any():
+        print(f"  {int((res.layer_x < 0).sum())} pair(s) scored 0 with no layer: no layer pair above 0 "
+              "(the reference's floor; --no-zero-floor keeps the negative best)", file=sys.stderr)
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from featx import settings
-from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from
+from featx.cli.options import add_data, add_selection, add_store, add_weights, flag, open_store_from
 from featx.cli.termination import report_termination
 
 EXAMPLES = """examples:
@@ -26,10 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "batch_size", type=int, default=None, help="most rows (texts or images) per batch (default: as many as the token budget allows)")
     flag(g, "token_budget", type=int, default=None, help="most padded tokens per batch (default: from free GPU memory; 1024 on CPU)")
     flag(g, "force_remake", action="store_true", help="re-extract models that are already committed")
-    flag(g, "qlora", action="store_true", help="load language models in 4-bit NF4 (bitsandbytes)")
-    flag(g, "init", choices=["pretrained", "random"], default="pretrained", help="random: weights from the config with --seed")
-    flag(g, "seed", type=int, default=0)
-    flag(g, "format", choices=["pt", "safetensors"], default="pt")
+    add_weights(g)
     flag(g, "device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     flag(g, "num_workers", type=int, default=settings.NUM_WORKERS, help="image decoding/transform worker processes")
     flag(g, "log_format", choices=["text", "json"], default="text")

@@ -1,4 +1,5 @@
-"""``featx status``: per model done / failed / missing / corrupt, from one store listing."""
+"""``featx status``: per model done / stale / failed / missing / corrupt, from one store listing.
+``stale``: committed, but with other inputs than these options name (``featx extract`` redoes it)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 import sys
 
-from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from
+from featx.cli.options import add_data, add_selection, add_store, add_weights, flag, open_store_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_selection(p, default="the models the store holds for --dataset/--subset")
     add_data(p)
     add_store(p)
-    flag(p, "format", choices=["pt", "safetensors"], default="pt")
+    add_weights(p.add_argument_group("what extract was (or will be) run with"))
     flag(p, "json", action="store_true")
     k = p.add_argument_group("cluster (adds each model's Job, attempt and phase)")
     flag(k, "namespace", default=None, help="namespace of the release's Jobs")
@@ -26,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def model_states(args: argparse.Namespace) -> list[dict]:
     """One row per selected model: id, key, state, reason, attempts (pure over a store scan)."""
     from featx.catalog import resolve
+    from featx.pipeline.identity import judge, run_identity
     from featx.pipeline.keys import artifact_key, dataset_prefix
     from featx.pipeline.stored import describe, stored_models
 
@@ -40,10 +42,12 @@ def model_states(args: argparse.Namespace) -> list[dict]:
     rows = []
     for spec in specs:
         key = artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format)
-        st = states.get(key.stem)
-        rows.append({"id": spec.id, "modality": spec.modality, "state": st.state if st else "missing",
-                     "reason": (st.reason if st else ""), "attempts": st.failure.attempt if st and st.failure else 0,
-                     "key": key.data, "stem": key.stem})
+        wanted = run_identity(spec, args.dataset, args.subset, pool=args.pool, caption_idx=args.caption_idx,
+                              num_samples=args.num_samples, init=args.init, seed=args.seed, qlora=args.qlora,
+                              fmt=args.format)
+        st = judge(states.get(key.stem), wanted)
+        rows.append({"id": spec.id, "modality": spec.modality, "state": st.state, "reason": st.reason,
+                     "attempts": st.failure.attempt if st.failure else 0, "key": key.data, "stem": key.stem})
     if getattr(args, "release", None) or getattr(args, "namespace", None):
         from featx.kube.status import job_rows
 
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             if r.get("job"):
                 extra += f"  job={r['job']} ({r['phase']})"
             print(f"{r['id'].ljust(width)}  {r['state']:<8}{extra}  {r['reason']}".rstrip())
-        states = ("done", "failed", "missing", "corrupt") + (("running", "pending") if any("job" in r for r in rows) else ())
+        states = ("done", "stale", "failed", "missing", "corrupt") + (("running", "pending") if any("job" in r for r in rows) else ())
         counts = {s: sum(r["state"] == s for r in rows) for s in states}
         print("  ".join(f"{k}={v}" for k, v in counts.items()))
     return 0

@@ -54,6 +54,7 @@ class Rows:
     images: ImageList
     all_texts: list[list[str]] = field(repr=False, default_factory=list)
     source: str = ""  # the data set id as given (HF id, alias or path): what artifact keys are named from
+    num_samples: int | None = None  # the rows asked for (None: all): part of a run's identity
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -130,17 +131,24 @@ def _from_folder(folder: Path, name: str, subset: str, caption_idx: int, num_sam
     return Rows(name, subset, None, _pick(all_texts, caption_idx, str(folder)), ImageList(files=files), all_texts)
 
 
+def local_name(path: Path) -> str:
+    """A local data set's name in paths: its folder's base name plus a short hash of its absolute
+    path, so that two folders of the same name (``a/images``, ``b/images``) never share files."""
+    resolved = path.resolve()
+    return f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+
+
 def dataset_naming(dataset: str, subset: str | None) -> tuple[str, str]:
     """(name, subset) of a data set id as they appear in artifact paths: the HF id (``prh``
-    resolved) with its revision, or a local directory's base name with ``default``. Pure: the
-    controller and ``featx status`` name a run's files without loading its data."""
+    resolved) with its revision, or a local directory's ``local_name`` with ``default``. Pure:
+    the controller and ``featx status`` name a run's files without loading its data."""
     if not dataset:
         raise UsageError("--dataset is empty: give an HF id (minhuh/prh), prh, featx-sample or a local path")
     if dataset == SAMPLE_NAME:
         return SAMPLE_NAME, subset or "default"
     path = Path(dataset).expanduser()
     if path.exists() or dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
-        return path.resolve().name, subset or "default"
+        return local_name(path), subset or "default"
     return HUB_ALIASES.get(dataset, dataset), subset or settings.DEFAULT_SUBSET
 
 
@@ -157,7 +165,7 @@ def load_rows(dataset: str, subset: str | None = None, caption_idx: int = 0,
         raise UsageError(f"data set path {dataset} does not exist; check the path")
     else:
         rows = _load_hub(name, subset, caption_idx, num_samples)
-    return replace(rows, source=dataset)
+    return replace(rows, source=dataset, num_samples=num_samples)
 
 
 def _load_local(path: Path, name: str, subset: str, caption_idx: int, num_samples: int | None) -> Rows:

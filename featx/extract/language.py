@@ -28,12 +28,41 @@ from featx.plan.memory import loss_chunk_tokens
 LOG2E = math.log2(math.e)
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int | None) -> list[list[int]]:
-    """Token ids per text, unpadded, with the tokenizer's own special tokens (as the reference)."""
+@dataclass
+class Tokenized:
+    """Token ids per text, unpadded, and what the model reads of each text: ``read_bytes`` are
+    the UTF-8 bytes the kept tokens cover (the whole text unless it was truncated), ``truncated``
+    the rows longer than the model's positions."""
+
+    ids: list[list[int]]
+    read_bytes: list[int]
+    truncated: int = 0
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int | None) -> Tokenized:
+    """Token ids with the tokenizer's own special tokens (as the reference), cut at ``max_length``."""
     enc = tokenizer(texts, add_special_tokens=True, truncation=max_length is not None,
                     max_length=max_length)["input_ids"]
     fallback = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    return [ids if ids else [fallback] for ids in enc]
+    ids = [x if x else [fallback] for x in enc]
+    read_bytes = [len(t.encode("utf-8")) for t in texts]
+    truncated = 0
+    for i, text in enumerate(texts):  # only rows that fill every position can have been cut
+        if max_length is not None and len(ids[i]) >= max_length and len(tokenizer(
+                text, add_special_tokens=True, truncation=True, max_length=max_length + 1)["input_ids"]) > max_length:
+            truncated += 1
+            read_bytes[i] = len(_read_text(tokenizer, text, ids[i], max_length).encode("utf-8"))
+    return Tokenized(ids, read_bytes, truncated)
+
+
+def _read_text(tokenizer: Any, text: str, ids: list[int], max_length: int) -> str:
+    """The part of ``text`` a truncated row's tokens cover: up to the last kept token's end
+    offset (fast tokenizers), else the kept tokens decoded."""
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length,
+                            return_offsets_mapping=True)["offset_mapping"]
+        return text[:max(end for _, end in offsets)]
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def max_positions(config: Any) -> int | None:
@@ -253,7 +282,9 @@ class LanguageExtractor:
                 progress: Callable[[int], None] | None = None) -> Extraction:
         t0 = time.perf_counter()
         tok = self.loaded.tokenizer
-        token_ids = tokenize(tok, texts, max_positions(self.model.config))
+        limit = max_positions(self.model.config)
+        tokenized = tokenize(tok, texts, limit)
+        token_ids = tokenized.ids
         lengths = [len(t) for t in token_ids]
         plan = plan_batches(lengths, max_batch_size, token_budget)
         notes = self.self_check(max(token_ids, key=len))
@@ -274,7 +305,7 @@ class LanguageExtractor:
             feats[index], ce_sum[index] = pooled, ce
         t2 = time.perf_counter()
         n_pred = torch.tensor([max(n - 1, 0) for n in lengths], dtype=torch.float32)
-        n_bytes = torch.tensor([max(len(t.encode("utf-8")), 1) for t in texts], dtype=torch.float32)
+        n_bytes = torch.tensor([max(n, 1) for n in tokenized.read_bytes], dtype=torch.float32)
         per_loss = ce_sum / n_pred  # NaN for single-token texts: nothing to predict
         per_bpb = ce_sum * LOG2E / n_bytes
         T = max(lengths)
@@ -282,7 +313,8 @@ class LanguageExtractor:
         tensors = {"feats": feats, "num_params": self.loaded.num_params, "mask": mask,
                    "loss": per_loss.nanmean(), "bpb": per_bpb[n_pred > 0].mean()}
         info = {"batch_plan": plan.summary(), "padding_efficiency": round(plan.padding_efficiency(lengths), 4),
-                "tokens": sum(lengths), "max_tokens": T, "oom_splits": self.splits,
+                "tokens": sum(lengths), "max_tokens": T, "max_positions": limit,
+                "truncated_rows": tokenized.truncated, "oom_splits": self.splits,
                 "layer_pooling": "hooks" if self.tap.use_hooks else "output_hidden_states",
                 "loss": "full_logits" if self.full_logits else "chunked",
                 "final_layer": "last block (final state is projected)" if self.tap.projected_final else "final norm",

@@ -56,6 +56,13 @@ def pick_dtype(device: str, fallbacks: list[str]) -> torch.dtype:
     return torch.float16
 
 
+def planned_dtype(spec: ModelSpec, device: str) -> str:
+    """The dtype ``spec`` computes in on ``device``, known before loading (part of a run's identity)."""
+    if spec.modality == "vision":
+        return "float32"
+    return str(pick_dtype(device, [])).removeprefix("torch.")
+
+
 def classify_load_error(model_id: str, exc: BaseException) -> Exception:
     """Turn a loader exception into featx's failure policy, with the fix in the message."""
     text = f"{type(exc).__name__}: {exc}"
@@ -214,4 +221,5 @@ def load_vision(spec: ModelSpec, init: str, device: str, seed: int = 0) -> Loade
         raise PermanentError(f"{spec.id}: timm model lacks forward_intermediates; featx cannot take per-block features")
     transform = create_transform(**resolve_data_config(model.pretrained_cfg, model=model))
     model = model.to(device).eval()
-    return Loaded(model, transform=transform, num_params=_count_params(model), dtype="float32", device=device)
+    return Loaded(model, transform=transform, num_params=_count_params(model), dtype=planned_dtype(spec, device),
+                  device=device)

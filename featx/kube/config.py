@@ -7,6 +7,7 @@ same rule ``featx extract`` writes paths with.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,21 @@ import yaml
 from featx.catalog import ModelSpec, resolve
 from featx.errors import UsageError
 from featx.plan.sizing import GpuClass, load_classes
+from featx.pipeline.identity import run_identity
 from featx.pipeline.keys import artifact_key, dataset_prefix
 from featx.store.keys import ArtifactKey
+from featx.store.records import RunIdentity
+
 
 @dataclass(frozen=True)
 class Desired:
-    """One model the run wants committed: its spec, pool and artifact key."""
+    """One model the run wants committed: its spec, pool, artifact key and what its Job would
+    produce (a committed file with another identity is stale: the model is redone)."""
 
     spec: ModelSpec
     pool: str
     key: ArtifactKey
+    identity: RunIdentity = field(hash=False)
 
     @property
     def id(self) -> str:
@@ -97,12 +103,29 @@ class RunConfig:
             specs = resolve(self.modelset, None, self.modality)
         else:
             specs = resolve(None, list(self.modelset), self.modality)
+        extra = _identity_args(self.extra_args)
         out = []
         for spec in specs:
-            key = artifact_key(spec, self.dataset, self.subset, self.pool, self.caption_idx)
-            out.append(Desired(spec, key.pool, key))
+            key = artifact_key(spec, self.dataset, self.subset, self.pool, self.caption_idx, extra.format)
+            identity = run_identity(spec, self.dataset, self.subset, pool=self.pool, caption_idx=self.caption_idx,
+                                    num_samples=self.num_samples, init=extra.init, seed=extra.seed,
+                                    qlora=self.qlora, fmt=extra.format)
+            out.append(Desired(spec, key.pool, key, identity))
         return out
 
     @property
     def scan_prefix(self) -> str:
         return dataset_prefix(self.dataset, self.subset)
+
+
+def _identity_args(extra_args: tuple[str, ...]) -> argparse.Namespace:
+    """The ``featx extract`` options a Job gets only through ``job.extraArgs`` that change its
+    file's bytes (``--init``, ``--seed``, ``--format``), with extract's defaults."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--init", default="pretrained")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", default="pt")
+    try:
+        return parser.parse_known_args(list(extra_args))[0]
+    except argparse.ArgumentError as e:
+        raise UsageError(f"job.extraArgs {list(extra_args)}: {e}; fix it in the chart's values") from e

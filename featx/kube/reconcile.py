@@ -4,14 +4,17 @@ the cluster shows to a list of actions. Purely computational, no side effects: t
 
 Per model, numbered steps, the first that applies wins (level-triggered, as in kueue's reconciler):
 
-1. committed in the store -> nothing to run; its finished Jobs are deleted (the manifest is the record).
+1. committed in the store with the run's identity -> nothing to run; its finished Jobs are deleted
+   (the manifest is the record). A file committed with other inputs (``stale``: rows, caption
+   index, init, format...) is not done: the steps below redo it.
 2. a Job of it is pending, running or being deleted -> leave it alone.
 3. its last attempt finished without a commit -> classify the failure:
    a. permanent (exit code 2/3, or the Job failed by its podFailurePolicy) -> give up now;
    b. the attempts limit is reached -> give up with the last attempt's reason;
    c. out of memory (exit code 4, or OOMKilled) -> next attempt on the next larger option
       (``featx.plan.sizing.escalate``); give up when there is none;
-   d. anything else (transient errors, a Job that "succeeded" without committing, a deadline)
+   d. anything else (transient errors, a Job that "succeeded" without committing or left a stale
+      file -- it may have run before the run's options changed --, a deadline)
       -> next attempt on the same GPU class.
 4. no Job and a permanent failure recorded in the store -> skip (delete the record to retry).
 5. no Job -> first attempt, sized by ``featx.plan.sizing.choose``.
@@ -33,6 +36,7 @@ from featx.kube.config import Desired
 from featx.kube.jobs import PERMANENT_EXIT_CODES
 from featx.kube.naming import job_name
 from featx.kube.observe import ObservedJob
+from featx.pipeline.identity import judge
 from featx.plan.sizing import GpuClass, Sizing, choose, escalate, size_on
 from featx.store.keys import ArtifactKey
 from featx.store.records import StoredState
@@ -108,6 +112,8 @@ def classify(job: ObservedJob, state: StoredState | None) -> Failure:
     record = state.failure if state is not None and state.state == "failed" else None
     said = f": {record.reason}" if record is not None and record.reason else ""
     if job.phase == "succeeded":
+        if state is not None and state.state == "stale":
+            return Failure("transient", f"the Job completed but the store holds a stale file ({state.reason})")
         return Failure("transient", "the Job completed but committed no output to the store")
     code = f"exit code {job.exit_code}" if job.exit_code is not None else "no exit code"
     where = f" ({job.pod_reason})" if job.pod_reason and job.pod_reason not in ("Error",) else ""
@@ -157,10 +163,10 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
 
     for d in desired:
         jobs = sorted(by_stem.get(d.stem, ()), key=lambda j: j.attempt)
-        state = committed.get(d.stem)
+        state = judge(committed.get(d.stem), d.identity)
 
-        # 1. committed: nothing to run; clean up its finished Jobs
-        if state is not None and state.state == "done":
+        # 1. committed with the run's identity: nothing to run; clean up its finished Jobs
+        if state.state == "done":
             actions += [Delete(d.id, j.name, "model is committed") for j in jobs if j.finished and not j.deleting]
             actions.append(Skip(d.id, "done"))
             continue
@@ -204,12 +210,12 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
 
         # 4. no Job, and a permanent failure on record
         if _recorded_permanent(state):
-            assert state is not None and state.failure is not None
+            assert state.failure is not None
             actions.append(Skip(d.id, "failed", state.failure.reason))
             continue
 
         # 5. first attempt
         sizing = choose(d.spec, settings.classes, settings.qlora, batch_size=settings.batch_size)
-        create(d, sizing, 1, "first attempt" if state is None or state.state == "missing"
+        create(d, sizing, 1, "first attempt" if state.state == "missing"
                else f"store says {state.state}: {state.reason}".rstrip(": "))
     return actions

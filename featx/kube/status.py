@@ -20,7 +20,7 @@ def annotate(rows: list[dict[str, Any]], observed: Iterable[ObservedJob]) -> lis
         row["phase"] = j.phase if j else ""
         if j:
             row["attempts"] = max(int(row.get("attempts") or 0), j.attempt)
-            if row["state"] in ("missing", "failed", "corrupt") and j.active:
+            if row["state"] in ("missing", "stale", "failed", "corrupt") and j.active:
                 row["state"] = j.phase  # running | pending: a Job is on it
             if j.phase == "failed" and not row.get("reason"):
                 row["reason"] = j.reason or (f"exit code {j.exit_code}" if j.exit_code is not None else "")

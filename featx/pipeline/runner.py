@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from featx import __version__
@@ -14,13 +14,15 @@ from featx.catalog.spec import ModelSpec
 from featx.data.datasets import Rows
 from featx.errors import (EXIT_FAILED, EXIT_OK, EXIT_OOM, EXIT_PERMANENT, FeatxError, OutOfMemoryError,
                           PermanentError, UsageError)
-from featx.extract.loading import Loaded, pick_device
+from featx.extract.loading import Loaded, pick_device, planned_dtype
 from featx.extract.result import Extraction
 from featx.extract.runner import ExtractOptions, extract_rows, free_memory, load_model
 from featx.logs import EventLog, Progress
+from featx.pipeline.identity import judge, run_identity
 from featx.pipeline.keys import artifact_key, dataset_prefix
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
 from featx.store.formats import feats_dtype, feats_shape, feature_layers, layer_shapes, write_tensors
+from featx.store.records import RunIdentity
 
 
 @dataclass
@@ -91,17 +93,25 @@ class Runner:
         return artifact_key(spec, self.rows.source, self.rows.subset, self.opts.extract.pool, self.caption_idx,
                             self.opts.fmt)
 
+    def identity(self, spec: ModelSpec) -> RunIdentity:
+        """What this run produces for ``spec``: a committed file counts as done only if it is this."""
+        ex = self.opts.extract
+        return run_identity(spec, self.rows.source, self.rows.subset, pool=ex.pool, caption_idx=self.caption_idx,
+                            num_samples=self.rows.num_samples, init=ex.init, seed=ex.seed, qlora=ex.qlora,
+                            fmt=self.opts.fmt, rows_fingerprint=self.fingerprint, num_rows=len(self.rows),
+                            compute_dtype=planned_dtype(spec, self.device))
+
     def run(self, specs: list[ModelSpec]) -> RunSummary:
         keys = [self.key(spec) for spec in specs]  # refuses bad pools before any work
         summary = RunSummary()
         states = self.store.scan(dataset_prefix(self.rows.source, self.rows.subset))
         for spec, key in zip(specs, keys):
-            state = states.get(key.stem)
-            if state and state.state == "done" and not self.opts.force_remake:
+            state = judge(states.get(key.stem), self.identity(spec))
+            if state.state == "done" and not self.opts.force_remake:
                 self.log.event("skipped", model=spec.id, reason="already committed", where=f"{self.store.url}/{key.data}")
                 summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
                 continue
-            if state and state.state == "corrupt":
+            if state.state in ("corrupt", "stale"):
                 self.log.event("redo", model=spec.id, reason=state.reason)
             summary.outcomes.append(self.run_one(spec, key))
         return summary
@@ -121,6 +131,9 @@ class Runner:
                 result = extract_rows(spec, loaded, self.rows, key.pool, ex, progress)
             finally:
                 progress.close()
+            if result.info.get("truncated_rows"):  # the manifest records it too
+                self.log.event("truncated", model=spec.id, rows=result.info["truncated_rows"],
+                               max_tokens=result.info["max_positions"])
             manifest = self._commit(spec, key, loaded, result)
             seconds = time.perf_counter() - t0
             where = f"{self.store.url}/{manifest.data_key}"
@@ -145,18 +158,14 @@ class Runner:
         rows = {len(t) for t in feature_layers(feats)} if feats is not None else {0}
         if rows != {len(self.rows)}:
             raise RuntimeError(f"internal: {spec.id} produced {sorted(rows)} rows, expected {len(self.rows)}")
-        ex = self.opts.extract
+        identity = replace(self.identity(spec), compute_dtype=loaded.dtype)
         with tempfile.TemporaryDirectory(prefix="featx-") as tmp:
             path = Path(tmp) / f"features.{self.opts.fmt}"
             write_tensors(result.tensors, path, self.opts.fmt)
             manifest = Manifest(
-                model_id=spec.id, modality=spec.modality, dataset=self.rows.name, subset=self.rows.subset,
-                rows_fingerprint=self.fingerprint, num_rows=len(self.rows), pool=key.pool,
-                caption_idx=key.caption_idx, format=self.opts.fmt,
-                data_key=key.data, sha256=sha256_file(path), size=path.stat().st_size, shape=feats_shape(feats),
+                **asdict(identity), model_id=spec.id, modality=spec.modality, data_key=key.data,
+                sha256=sha256_file(path), size=path.stat().st_size, shape=feats_shape(feats),
                 layer_shapes=layer_shapes(feats), dtype=feats_dtype(feats), featx_version=__version__,
-                model_revision=loaded.revision, dataset_revision=self.rows.revision,
-                init="random" if (spec.init == "random" or ex.init == "random") else "pretrained",
-                seed=ex.seed, qlora=ex.qlora, device=loaded.device, compute_dtype=loaded.dtype,
+                dataset_revision=self.rows.revision, device=loaded.device,
                 attn_implementation=loaded.attn_implementation, fallbacks=loaded.fallbacks, extraction=result.info)
             return self.store.commit(key, path, manifest)

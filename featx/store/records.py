@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
 from featx.clock import now_iso
 
-State = Literal["done", "failed", "missing", "corrupt"]
+State = Literal["done", "stale", "failed", "missing", "corrupt"]
 R = TypeVar("R", bound="JsonRecord")
 
 
@@ -25,39 +25,73 @@ class JsonRecord:
         return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
 
-@dataclass
-class Manifest(JsonRecord):
-    """Written last, only if absent; ``sha256``/``size`` describe the data object it commits."""
+#: Identity fields only ``featx extract`` knows (it loads the data and picks the device).
+UNKNOWABLE = ("rows_fingerprint", "num_rows", "compute_dtype")
+
+
+@dataclass(kw_only=True)
+class RunIdentity:
+    """Everything that determines a feature file's bytes: a committed file is "done" for a run only
+    when the run's identity matches the one its manifest records. Fields set to None in a *wanted*
+    identity (``rows_fingerprint``, ``num_rows``, ``compute_dtype``) are ones the asker cannot know
+    without loading the data or the device (``featx status``, the controller): they are not compared."""
+
+    dataset: str  # the data set's name in paths (HF id, or a local folder's name + path hash)
+    subset: str  # HF revision, or a local data set's label
+    num_samples: int | None = None  # rows asked for (None: all)
+    rows_fingerprint: str | None = None
+    num_rows: int | None = None
+    caption_idx: int = 0
+    pool: str
+    init: str = "pretrained"
+    seed: int = 0  # 0 unless init is random: pretrained weights do not depend on it
+    qlora: bool = False
+    compute_dtype: str | None = None
+    model_revision: str | None = None
+    format: str = "pt"
+
+    def differences(self, committed: RunIdentity) -> list[str]:
+        """``field: committed -> wanted`` for every field this identity fixes that ``committed`` differs in."""
+        out = []
+        for f in fields(RunIdentity):
+            want, have = getattr(self, f.name), getattr(committed, f.name)
+            if want != have and not (want is None and f.name in UNKNOWABLE):
+                out.append(f"{f.name}: {_show(have)} -> {_show(want)}")
+        return out
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    return value[:12] if isinstance(value, str) and len(value) == 64 else str(value)  # sha256: short
+
+
+@dataclass(kw_only=True)
+class Manifest(RunIdentity, JsonRecord):
+    """Written last, only if absent; ``sha256``/``size`` describe the data object it commits; the
+    ``RunIdentity`` fields say what produced it."""
 
     model_id: str
     modality: str
-    dataset: str
-    subset: str
-    rows_fingerprint: str
-    num_rows: int
-    pool: str
-    caption_idx: int
-    format: str
     data_key: str
     sha256: str
     size: int
     shape: list[int]  # [N, L, D]; [N, L] for the list form, whose layers are in ``layer_shapes``
     dtype: str
     featx_version: str
-    model_revision: str | None = None
     dataset_revision: str | None = None
     etag: str | None = None  # the store's own fingerprint of the data object (listing-checkable)
-    init: str = "pretrained"
-    seed: int = 0
-    qlora: bool = False
     device: str = "cpu"
-    compute_dtype: str = "float32"
     attn_implementation: str | None = None
     fallbacks: list[str] = field(default_factory=list)
     extraction: dict[str, Any] = field(default_factory=dict)  # batch plan, timings, padding...
     layer_shapes: list[list[int]] = field(default_factory=list)  # [N, C_l] per layer; empty when stacked
     host: str = field(default_factory=socket.gethostname)
     created_at: str = field(default_factory=now_iso)
+
+    @property
+    def identity(self) -> RunIdentity:
+        return RunIdentity(**{f.name: getattr(self, f.name) for f in fields(RunIdentity)})
 
 
 @dataclass

@@ -211,7 +211,7 @@ def test_smoke_modelset_end_to_end(release_factory, pod_runner_factory):  # noqa
     assert sum(e["event"] == "create" for e in rel.events()) == len(desired)
 
     out = subprocess.run([FEATX, "status", "--store", rel.config().store, "--modelset", "smoke", "--dataset",
-                          "featx-sample", "--namespace", rel.namespace, "--release", RELEASE,
+                          "featx-sample", "--num_samples", "4", "--namespace", rel.namespace, "--release", RELEASE,
                           "--kubeconfig", str(rel.cluster.kubeconfig), "--json"],
                          capture_output=True, text=True, timeout=120, env=os.environ)
     assert out.returncode == 0, out.stderr

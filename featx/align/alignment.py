@@ -1,0 +1,99 @@
+"""``featx.Alignment``: score new features (a model under training) against stored models, as
+platonic-rep's ``platonic.Alignment(dataset, subset, models).score(feats, metric, topk)`` does.
+
+The stored models are read once (sha256 verified) and kept prepared on ``device``; what a metric
+needs of them (neighbour sets, kernels) is derived at its first use and cached per (metric, k), so a
+training loop that scores every few steps reads and prepares the store's features only once.
+``score`` is ``featx align --x MODELS --y FEATS.pt`` for one file: the same preparation, the same
+metrics and, as the reference's ``Alignment.score``, the new features as the first argument of
+each metric (it matters for ``cycle_knn``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from featx import settings
+from featx.align import metrics as M
+from featx.align.run import (Entry, check_committed, check_enough_rows, check_options, check_same_rows, pick_device,
+                             read_prepared)
+from featx.align.sides import build_side
+from featx.errors import UsageError
+from featx.pipeline.keys import dataset_prefix
+from featx.pipeline.stored import stored_models
+from featx.store import Store, open_store
+
+#: Per stored model id: the best score and its (layer of the new features, layer of the stored
+#: model), None where no layer pair scored above 0 (the reference's zero floor).
+Scores = dict[str, tuple[float, tuple[int, int] | None]]
+
+
+class Alignment:
+    """Stored models to score new features against.
+
+    ``models``: model ids, a modelset name or YAML file, ``MODELSET:MODALITY``, or a modality
+    (``language``/``vision``/``all``: the models ``store`` holds for the data set). ``store``: a
+    directory or ``s3://`` URL (default: ``FEATX_STORE`` / results/features). ``dataset``, ``subset``,
+    ``pool``, ``caption_idx``, ``fmt`` as given to ``featx extract``. ``outliers`` and ``zero_floor``
+    as ``featx align``'s ``--outliers`` and ``--no-zero-floor``."""
+
+    def __init__(self, models: str | list[str], store: str | Store | None = None, *,
+                 dataset: str = settings.DEFAULT_DATASET, subset: str | None = None, pool: str | None = None,
+                 caption_idx: int = 0, fmt: str = "pt", device: str | None = None, outliers: str = "exact",
+                 zero_floor: bool = True, log: Callable[[str], None] = lambda msg: None):
+        if outliers not in M.OUTLIER_MODES:
+            raise UsageError(f"outliers={outliers!r}: choose one of {', '.join(M.OUTLIER_MODES)}")
+        st = store if isinstance(store, Store) else open_store(store)
+
+        def stored(modality: str, side_pool: str | None) -> list:
+            return stored_models(st.scan(dataset_prefix(dataset, subset)), dataset, subset, modality, side_pool,
+                                 caption_idx, fmt)
+
+        if isinstance(models, str):
+            side = build_side(models, pool, None, None, stored, dataset, subset, caption_idx, fmt)
+        else:
+            side = build_side("all", pool, None, list(models), stored, dataset, subset, caption_idx, fmt)
+        if any(e.key is None for e in side.entries):
+            raise UsageError(f"{models!r}: name stored models; score your own features with .score(feats)")
+        check_committed(st, side.entries, f" --dataset {dataset}" + (f" --subset {subset}" if subset else ""))
+        check_same_rows(side.entries)
+        self.entries: list[Entry] = side.entries
+        self.device = pick_device(device)
+        self.outliers, self.zero_floor = outliers, zero_floor
+        self.num_rows = self.entries[0].manifest.num_rows
+        self._prepared = dict(read_prepared(st, self.entries, "best", self.device, outliers, log))
+        self._states: dict[tuple, M.ModelState] = {}
+
+    @property
+    def models(self) -> list[str]:
+        return [e.model_id for e in self.entries]
+
+    def _state(self, entry: Entry, metric: str, topk: int) -> M.ModelState:
+        key = (entry.source, metric, topk if M.uses_topk(metric) else None)
+        if key not in self._states:
+            self._states[key] = M.build_state(self._prepared[entry.source], [metric], topk)
+        return self._states[key]
+
+    def score(self, features: M.Features, metric: str = "mutual_knn", topk: int = 10) -> Scores:
+        """Best score over every layer pair of ``features`` (``[N, L, D]``, ``[N, D]`` or a list of
+        ``[N, D_l]``, rows in the data set's order) against each stored model, as
+        ``{model_id: (score, (feature layer, model layer) | None)}`` — the reference's return value."""
+        if metric not in M.METRICS:
+            raise UsageError(f"unknown metric {metric!r}; choose one of {', '.join(M.METRICS)}")
+        check_options([metric], topk)
+        try:
+            prepared = M.prepare_features(features, device=self.device, outliers=self.outliers)
+        except (ValueError, AttributeError) as err:
+            raise UsageError(f"features: {err}") from err
+        n = prepared[0].shape[0]
+        if n != self.num_rows:
+            raise UsageError(f"features have {n} rows, the stored models {self.num_rows}: compute them on the "
+                             "same data set rows, in its order")
+        check_enough_rows([metric], topk, n)
+        mine = M.build_state(prepared, [metric], topk)
+        out: Scores = {}
+        for e in self.entries:
+            score, (i, j) = M.best_layer_pair(M.layer_scores(metric, mine, self._state(e, metric, topk)),
+                                              self.zero_floor)
+            out[e.model_id] = (score, (i, j) if i >= 0 else None)
+        return out
+
