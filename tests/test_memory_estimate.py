@@ -111,8 +111,9 @@ def test_estimate_covers_a_convnet_image(name):
     from featx.extract.vision import image_tokens, stage_maps
     from featx.plan.memory import ModelShape, bytes_per_token
 
-    model = timm.create_model(name, pretrained=False).eval()
-    x = torch.randn(1, *model.pretrained_cfg["input_size"])
+    with torch.random.fork_rng():  # random weights and input; the global generator stays as it was
+        model = timm.create_model(name, pretrained=False).eval()
+        x = torch.randn(1, *model.pretrained_cfg["input_size"])
     with torch.inference_mode(), LiveBytes() as m:
         [pool_map(f, "avg") for f in stage_maps(model, x)]
     shape = ModelShape(0, model.num_features, len(model.feature_info))
