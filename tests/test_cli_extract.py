@@ -112,27 +112,33 @@ def test_safetensors_format(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
-def test_convnet_layers_of_different_widths_load_back_verified(tmp_path, fmt):
+@pytest.mark.parametrize("model_id", ["featx-smoke/resnet", "featx-smoke/convnext"])
+def test_convnet_layers_of_different_widths_load_back_verified(tmp_path, sample_rows, model_id, fmt):
     import featx
     from featx.catalog import get_spec
     from featx.extract.loading import load_vision
+    from tests.test_extract_vision import hooked_stage_outputs
 
-    r = run_cli("extract", "--models", "featx-smoke/resnet", "featx-smoke/vit", "--dataset", "featx-sample",
+    r = run_cli("extract", "--models", model_id, "featx-smoke/vit", "--dataset", "featx-sample",
                 "--num_samples", "6", "--format", fmt, "--output_dir", str(tmp_path), "--num_workers", "0")
     assert r.code == 0, r.err
-    got = featx.load("featx-smoke/resnet", str(tmp_path), dataset="featx-sample", fmt=fmt)
-    widths = [f["num_chs"] for f in load_vision(get_spec("featx-smoke/resnet"), "random", "cpu").model.feature_info]
+    got = featx.load(model_id, str(tmp_path), dataset="featx-sample", fmt=fmt)
+    loaded = load_vision(get_spec(model_id), "random", "cpu")  # the same seed as the run: the same weights
+    widths = [f["num_chs"] for f in loaded.model.feature_info]
     assert got.is_list and got.manifest.pool == "avg"
     assert [tuple(t.shape) for t in got.feats] == [(6, c) for c in widths]
     assert got.manifest.layer_shapes == [[6, c] for c in widths] and got.manifest.shape == [6, len(widths)]
     assert [t.data_ptr() for t in got.layers] == [t.data_ptr() for t in got.feats]
+    x = torch.stack([loaded.transform(sample_rows.images[i]) for i in range(6)])
+    for stored, stage in zip(got.feats, hooked_stage_outputs(loaded.model, x)):
+        torch.testing.assert_close(stored, stage.mean((2, 3)), rtol=1e-4, atol=1e-5)
     vit = featx.load("featx-smoke/vit", str(tmp_path), dataset="featx-sample", fmt=fmt)
     assert not vit.is_list and vit.feats.shape == (6, 2, 48)  # uniform width: stacked, as before
     torch.testing.assert_close(torch.stack(vit.layers, 1), vit.feats)
-    data = tmp_path / SUBDIR / f"featx-smoke_resnet_pool-avg.{fmt}"
+    data = tmp_path / SUBDIR / f"{model_id.replace('/', '_')}_pool-avg.{fmt}"
     data.write_bytes(data.read_bytes()[:-8] + bytes(8))
     with pytest.raises(ValueError, match="sha256"):
-        featx.load("featx-smoke/resnet", str(tmp_path), dataset="featx-sample", fmt=fmt)
+        featx.load(model_id, str(tmp_path), dataset="featx-sample", fmt=fmt)
 
 
 def test_cls_for_a_model_without_class_token_is_refused_before_any_work(tmp_path):
