@@ -166,3 +166,13 @@ def test_feature_maps_of_one_width_are_stacked_like_vit_features(sample_rows):
     x = loaded.transform(sample_rows.images[0])[None]
     expected = torch.stack([s.mean((2, 3)) for s in hooked_stage_outputs(loaded.model, x)], 1)
     torch.testing.assert_close(result.feats[:1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_stage_maps_in_another_layout_are_refused_not_pooled_over_the_wrong_axes(sample_rows):
+    from featx.errors import PermanentError
+
+    loaded = load_vision(get_spec("featx-smoke/convnext"), "random", "cpu")
+    real = loaded.model.forward_intermediates
+    loaded.model.forward_intermediates = lambda x, **kw: [t.permute(0, 2, 3, 1) for t in real(x, **kw)]  # NHWC
+    with pytest.raises(PermanentError, match=r"not \[B, C, H, W\] maps of widths \[16, 24, 32, 48\]"):
+        VisionExtractor(loaded, "avg", "c").extract(sample_rows.images, 16, num_workers=0)

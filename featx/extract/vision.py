@@ -22,7 +22,7 @@ from typing import Any, Callable, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featx.errors import OutOfMemoryError, UsageError
+from featx.errors import OutOfMemoryError, PermanentError, UsageError
 from featx.extract.loading import Loaded
 from featx.extract.pooling import pool_map, pool_vision
 from featx.extract.result import Extraction
@@ -146,8 +146,15 @@ class VisionExtractor:
 
     @torch.inference_mode()
     def self_check(self, x: torch.Tensor) -> list[str]:
-        """Hooks must reproduce ``forward_intermediates`` on one image, else featx uses the latter."""
+        """Hooks must reproduce ``forward_intermediates`` on one image, else featx uses the latter.
+        Stage maps must be ``[B, C, H, W]`` with timm's ``feature_info`` widths: a model whose
+        intermediates come in another layout is refused rather than pooled over the wrong axes."""
         if self.maps:
+            shapes = [tuple(t.shape) for t in stage_maps(self.model, x.to(self.device))]
+            widths = [f["num_chs"] for f in self.model.feature_info]
+            if [len(s) for s in shapes] != [4] * len(widths) or [s[1] for s in shapes] != widths:
+                raise PermanentError(f"{type(self.model).__name__}: forward_intermediates gave {shapes}, not "
+                                     f"[B, C, H, W] maps of widths {widths}; featx cannot pool this architecture")
             return []
         if not self.use_hooks:
             return ["no block list to hook; using forward_intermediates"]
