@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from featx import settings
 from featx.catalog import get_spec
 from featx.pipeline.keys import artifact_key
 from featx.store import ArtifactKey, Manifest, Store, open_store
-from featx.store.formats import read_tensors
+from featx.store.formats import feature_layers, read_tensors
 
 
 @dataclass
@@ -22,8 +24,19 @@ class Features:
     manifest: Manifest
 
     @property
-    def feats(self):
+    def feats(self) -> torch.Tensor | list[torch.Tensor]:
+        """``[N, L, D]`` where all layers have one width; else a list of ``[N, C_l]`` (convnets)."""
         return self.tensors["feats"]
+
+    @property
+    def is_list(self) -> bool:
+        """True when ``feats`` is the list form (layers of different widths)."""
+        return isinstance(self.feats, list)
+
+    @property
+    def layers(self) -> list[torch.Tensor]:
+        """One ``[N, C_l]`` tensor per layer, whichever form ``feats`` has."""
+        return feature_layers(self.feats)
 
 
 def load_key(store: Store, key: ArtifactKey) -> Features:
@@ -38,6 +51,6 @@ def load(model: str, store: str | Store | None = None, *, dataset: str = setting
     """Features of ``model`` from ``store`` (a URL, directory or Store), checked against the
     manifest's sha256. ``dataset``/``subset`` as given to ``featx extract`` (an HF id, ``prh``,
     featx-sample or a local path; subset None: that data set's default); ``pool`` defaults to avg
-    for language and cls for vision models."""
+    for language models, cls for vision models with a class token and avg for the others."""
     st = store if isinstance(store, Store) else open_store(store)
     return load_key(st, artifact_key(get_spec(model), dataset, subset, pool, caption_idx, fmt))

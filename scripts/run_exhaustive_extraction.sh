@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The fork's driver, fixed: language models (avg) then vision models (cls) of `exhaustive`.
+# The fork's driver, fixed: language models (avg) then vision models of `exhaustive` with each
+# model's default pool (cls where it has a class token, as the fork ran ViTs; avg for convnets,
+# Swin and SigLIP, which have none).
 # Usage: scripts/run_exhaustive_extraction.sh [DATASET] [SUBSET] [BATCH_SIZE] [NUM_SAMPLES] [OUTPUT_DIR]
 # DATASET defaults to minhuh/prh (the fork passed `prh`, which featx also accepts as an alias).
 set -euo pipefail
@@ -15,5 +17,5 @@ if [[ -n "$NUM_SAMPLES" ]]; then common+=(--num_samples "$NUM_SAMPLES"); fi
 
 status=0
 "$FEATX" extract "${common[@]}" --modality language --pool avg || status=$?
-"$FEATX" extract "${common[@]}" --modality vision --pool cls || status=$?
+"$FEATX" extract "${common[@]}" --modality vision || status=$?
 exit "$status"

@@ -166,6 +166,28 @@ def test_exhaustive_reaches_the_promised_size():
     assert len(ms.select("vision")) >= 30
 
 
+def test_exhaustive_2024_is_the_list_before_issue_14_and_inside_exhaustive():
+    old, new = _ids("exhaustive-2024"), _ids("exhaustive")
+    assert (len(load_modelset("exhaustive-2024").select("language")), len(load_modelset("exhaustive-2024").select("vision"))) == (83, 56)
+    assert set(old) < set(new) and [i for i in new if i in set(old)] == old
+
+
+ISSUE_14_FAMILIES = {"qwen2", "qwen2_5", "qwen3", "phi2", "phi3", "gemma2", "gemma3", "llama3_1", "llama3_2", "smollm2",
+                     "siglip", "siglip2", "eva_clip", "resnet", "convnext", "efficientnet", "regnet", "swin"}
+
+
+def test_exhaustive_holds_the_issue_14_families_and_smoke_covers_their_architectures():
+    families = {m.family for m in load_modelset("exhaustive").models}
+    assert ISSUE_14_FAMILIES <= families
+    smoke = load_modelset("smoke").models
+    archs = {m.arch for m in smoke if m.modality == "language"}
+    assert {"qwen2", "qwen3", "phi", "phi3", "gemma2", "gemma3_text", "llama"} <= archs
+    assert any((m.config.get("rope_scaling") or {}).get("rope_type") == "llama3" for m in smoke)
+    timm_archs = {m.load_id.split(".")[0].split("_")[0] for m in smoke if m.modality == "vision"}
+    assert {"resnet50", "convnext", "test", "regnety", "swin", "eva02"} <= timm_archs
+    assert {m.family for m in smoke} >= {"siglip", "siglip2", "efficientnet", "smollm2"}
+
+
 def test_exhaustive_language_first_then_vision():
     modalities = [m.modality for m in load_modelset("exhaustive").models]
     assert modalities == sorted(modalities)  # "language" < "vision"
@@ -219,8 +241,15 @@ def test_vision_facts_match_the_timm_model(model_id):
     n = sum(p.numel() for p in model.parameters())
     spec = CATALOG[model_id]
     assert abs(spec.params - n) <= 0.05 * n, f"{model_id}: catalog {spec.params:,} vs timm {n:,}"
-    assert spec.layers == len(model.blocks)
-    assert spec.hidden == model.embed_dim
+    assert spec.class_token == (getattr(model, "cls_token", None) is not None)
+    if hasattr(model, "num_prefix_tokens"):  # ViT family: one width through its blocks
+        assert spec.layers == len(model.blocks)
+        assert spec.hidden == model.embed_dim and spec.image_tokens is None
+    else:  # convnets, Swin: one pooled layer per feature level
+        from featx.extract.vision import image_tokens
+
+        assert spec.layers == len(model.feature_info)
+        assert spec.hidden == model.num_features and spec.image_tokens == image_tokens(model)
 
 
 # --- language entries -------------------------------------------------------------------------
@@ -461,3 +490,35 @@ def test_hub_adapter_translates_hub_answers():
         else:
             assert adapter.model_info("org/x", "rev", "tok") == expected, name
             assert api.kwargs["revision"] == "rev" and api.kwargs["token"] == "tok", name
+
+
+def test_check_models_knows_the_issue_14_families():
+    pytest.importorskip("transformers")
+    pytest.importorskip("timm")
+    specs = [s for s in REAL.values() if s.family in ISSUE_14_FAMILIES]
+
+    class EveryRepo(FakeHub):  # the hub as the catalog describes it (model_type = arch, gate as recorded)
+        def model_info(self, repo_id, revision, token):
+            spec = CATALOG.get(repo_id)
+            return (True, spec.gated, spec.arch) if spec else (True, False, None)
+
+    results = {r.id: r for r in check_models(specs, EveryRepo({}), token="hf_x")}
+    assert [r for r in results.values() if not r.ok or r.fix] == []
+    image_text = {i for i, r in results.items() if "language model only" in r.reason}
+    assert image_text == {"google/gemma-3-4b-pt", "google/gemma-3-12b-pt", "google/gemma-3-27b-pt"}
+    anonymous = check_models([CATALOG["meta-llama/Llama-3.2-1B"], CATALOG["Qwen/Qwen3-0.6B-Base"]], EveryRepo({}), token=None)
+    assert [(r.ok, r.gated) for r in anonymous] == [(False, True), (True, False)]
+
+
+def test_models_cli_shows_each_models_default_pool():
+    import json
+
+    from tests.helpers import run_cli
+
+    r = run_cli("models", "--modelset", "smoke", "--json")
+    pools = {m["id"]: m["default_pool"] for m in json.loads(r.out)}
+    assert r.code == 0 and pools["featx-smoke/gpt2"] == "avg" and pools["featx-smoke/vit"] == "cls"
+    assert pools["featx-smoke/resnet"] == pools["featx-smoke/swin"] == pools["featx-smoke/siglip"] == "avg"
+    text = run_cli("models", "--modelset", "smoke").out.splitlines()
+    assert [line.split()[0] for line in text if line.endswith("no class token: pool avg")] == [
+        i for i, p in pools.items() if p == "avg" and CATALOG[i].modality == "vision"]

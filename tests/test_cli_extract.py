@@ -41,15 +41,22 @@ def test_smoke_modelset_writes_one_reference_named_file_per_model(smoke_run):
     out, result = smoke_run
     assert result.code == 0, result.err[-2000:]
     for spec in SMOKE:
-        pool = "avg" if spec.modality == "language" else "cls"
+        pool = spec.pool_for(None)  # avg for language models and convnets, cls for ViTs
+        assert pool == ("cls" if spec.modality == "vision" and spec.class_token else "avg")
         path = Path(reference_filename(str(out), "featx-sample", "default", spec.id, pool=pool))
         assert path.is_file(), path
         data = torch.load(path, weights_only=True)
         keys = {"feats", "num_params", "mask", "loss", "bpb"} if spec.modality == "language" else {"feats", "num_params"}
         assert set(data) == keys
-        assert data["feats"].shape[0] == 64 and data["num_params"] > 0
+        feats = data["feats"]
+        layers = feats if isinstance(feats, list) else list(feats.unbind(1))
+        assert {t.shape[0] for t in layers} == {64} and data["num_params"] > 0
         manifest = json.loads(path.with_name(path.name.removesuffix(".pt") + ".manifest.json").read_text())
-        assert manifest["num_rows"] == 64 and manifest["shape"] == list(data["feats"].shape)
+        if isinstance(feats, list):  # convnets: the reference's list form, one [N, C_l] per stage
+            assert manifest["shape"] == [64, len(feats)] and manifest["layer_shapes"] == [list(t.shape) for t in feats]
+        else:
+            assert manifest["shape"] == list(feats.shape) and manifest["layer_shapes"] == []
+        assert manifest["num_rows"] == 64
         assert manifest["model_id"] == spec.id and manifest["pool"] == pool
         for field in ("sha256", "rows_fingerprint", "featx_version", "device", "extraction", "dataset"):
             assert manifest[field]
@@ -102,6 +109,44 @@ def test_safetensors_format(tmp_path):
     assert r.code == 0, r.err
     data = read_tensors(tmp_path / SUBDIR / "featx-smoke_pythia_pool-avg.safetensors")
     assert data["feats"].shape == (5, 3, 64) and data["num_params"] > 0 and data["loss"].dim() == 0
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+@pytest.mark.parametrize("model_id", ["featx-smoke/resnet", "featx-smoke/convnext"])
+def test_convnet_layers_of_different_widths_load_back_verified(tmp_path, sample_rows, model_id, fmt):
+    import featx
+    from featx.catalog import get_spec
+    from featx.extract.loading import load_vision
+    from tests.test_extract_vision import hooked_stage_outputs
+
+    r = run_cli("extract", "--models", model_id, "featx-smoke/vit", "--dataset", "featx-sample",
+                "--num_samples", "6", "--format", fmt, "--output_dir", str(tmp_path), "--num_workers", "0")
+    assert r.code == 0, r.err
+    got = featx.load(model_id, str(tmp_path), dataset="featx-sample", fmt=fmt)
+    loaded = load_vision(get_spec(model_id), "random", "cpu")  # the same seed as the run: the same weights
+    widths = [f["num_chs"] for f in loaded.model.feature_info]
+    assert got.is_list and got.manifest.pool == "avg"
+    assert [tuple(t.shape) for t in got.feats] == [(6, c) for c in widths]
+    assert got.manifest.layer_shapes == [[6, c] for c in widths] and got.manifest.shape == [6, len(widths)]
+    assert [t.data_ptr() for t in got.layers] == [t.data_ptr() for t in got.feats]
+    x = torch.stack([loaded.transform(sample_rows.images[i]) for i in range(6)])
+    for stored, stage in zip(got.feats, hooked_stage_outputs(loaded.model, x)):
+        torch.testing.assert_close(stored, stage.mean((2, 3)), rtol=1e-4, atol=1e-5)
+    vit = featx.load("featx-smoke/vit", str(tmp_path), dataset="featx-sample", fmt=fmt)
+    assert not vit.is_list and vit.feats.shape == (6, 2, 48)  # uniform width: stacked, as before
+    torch.testing.assert_close(torch.stack(vit.layers, 1), vit.feats)
+    data = tmp_path / SUBDIR / f"{model_id.replace('/', '_')}_pool-avg.{fmt}"
+    data.write_bytes(data.read_bytes()[:-8] + bytes(8))
+    with pytest.raises(ValueError, match="sha256"):
+        featx.load(model_id, str(tmp_path), dataset="featx-sample", fmt=fmt)
+
+
+def test_cls_for_a_model_without_class_token_is_refused_before_any_work(tmp_path):
+    r = run_cli("extract", "--models", "featx-smoke/vit", "featx-smoke/resnet", "--pool", "cls",
+                "--dataset", "featx-sample", "--output_dir", str(tmp_path / "out"))
+    lines = [line for line in r.err.splitlines() if line.startswith("featx: error:")]
+    assert r.code == 2 and len(lines) == 1 and "featx-smoke/resnet has no class token" in lines[0], r.err
+    assert "--pool avg" in lines[0] and not (tmp_path / "out").exists()
 
 
 def test_local_directory_model(tmp_path):

@@ -45,7 +45,8 @@ def test_features_do_not_depend_on_batch_mates(loaded_models, model_id):
     torch.testing.assert_close(mixed, alone, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_id", ["featx-smoke/gpt2", "featx-smoke/llama", "featx-smoke/bloom", "featx-smoke/opt"])
+@pytest.mark.parametrize("model_id", ["featx-smoke/gpt2", "featx-smoke/llama", "featx-smoke/bloom", "featx-smoke/opt",
+                                      "featx-smoke/qwen3", "featx-smoke/phi", "featx-smoke/gemma3", "featx-smoke/llama3"])
 @pytest.mark.parametrize("pool", ["avg", "last", "max", "cls"])
 def test_pooling_equals_unpadded_computation(loaded_models, model_id, pool):
     loaded = loaded_models(model_id)
@@ -163,3 +164,30 @@ def test_projected_final_state_keeps_every_layer_the_same_width():
     assert result.info["final_layer"].startswith("last block")
     hidden, mean_ce, n = unpadded_reference(loaded, TEXTS[1])
     torch.testing.assert_close(result.feats[1, :2], torch.stack([h[0].mean(0) for h in hidden[:2]]), rtol=1e-4, atol=1e-5)
+
+
+def test_image_text_checkpoint_is_extracted_as_its_language_model(tmp_path):
+    """Gemma 3 4B+ ship as Gemma3ForConditionalGeneration: featx loads the checkpoint's language
+    model alone and its features equal that part of the full image-text model."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from featx.catalog import get_spec
+    from featx.extract.tokenizer import tiny_bpe
+
+    text = {"vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 1, "head_dim": 16, "intermediate_size": 128}
+    vision = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+              "image_size": 28, "patch_size": 14}
+    torch.manual_seed(0)
+    full = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)).eval()
+    full.save_pretrained(tmp_path / "gemma3-mm")
+    tiny_bpe(512).save_pretrained(tmp_path / "gemma3-mm")
+    loaded = load_language(get_spec(str(tmp_path / "gemma3-mm")), "pretrained", "cpu")
+    assert type(loaded.model).__name__ == "Gemma3ForCausalLM" and "language model" in loaded.fallbacks[0]
+    assert loaded.num_params == sum(p.numel() for p in full.model.language_model.parameters())
+    feats = LanguageExtractor(loaded, "avg").extract(TEXTS, 3, 10_000).feats
+    for i, t in enumerate(TEXTS):
+        ids = torch.tensor([loaded.tokenizer(t)["input_ids"]])
+        with torch.no_grad():
+            hidden = full.model.language_model(input_ids=ids, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(feats[i], torch.stack([h[0].mean(0) for h in hidden]), rtol=1e-4, atol=1e-5)

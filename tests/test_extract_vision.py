@@ -13,6 +13,8 @@ from featx.extract.loading import load_vision
 from featx.extract.vision import VisionExtractor
 
 VISION_SMOKE = [s.id for s in load_modelset("smoke").select("vision")]
+TOKEN_SMOKE = [s.id for s in load_modelset("smoke").select("vision") if s.image_tokens is None]
+MAP_SMOKE = [s.id for s in load_modelset("smoke").select("vision") if s.image_tokens is not None]
 
 
 def reference_block_outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
@@ -24,9 +26,11 @@ def reference_block_outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
     return [out[n] for n in nodes]
 
 
-@pytest.mark.parametrize("model_id", VISION_SMOKE)
+@pytest.mark.parametrize("model_id", TOKEN_SMOKE)
 @pytest.mark.parametrize("pool", ["cls", "avg", "max"])
 def test_vision_features_equal_reference_block_outputs(sample_rows, model_id, pool):
+    if pool == "cls" and not get_spec(model_id).class_token:
+        pytest.skip("no class token")
     loaded = load_vision(get_spec(model_id), "random", "cpu")
     n = 6
     result = VisionExtractor(loaded, pool, model_id).extract(sample_rows.images, batch_size=4, num_workers=0)
@@ -39,6 +43,53 @@ def test_vision_features_equal_reference_block_outputs(sample_rows, model_id, po
     expected = torch.stack([ops[pool](t) for t in blocks], 1)
     assert feats.shape == (len(sample_rows), len(blocks), loaded.model.embed_dim)
     torch.testing.assert_close(feats[:n], expected, rtol=1e-4, atol=1e-5)
+
+
+def hooked_stage_outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """The modules timm's ``feature_info`` names, hooked while ``forward_features`` runs (not
+    ``forward_intermediates``), as [B, C, H, W] (Swin's stages give NHWC)."""
+    outs: list[torch.Tensor] = []
+    handles = [model.get_submodule(f["module"]).register_forward_hook(lambda _m, _a, out: outs.append(out.clone()))
+               for f in model.feature_info]
+    try:
+        with torch.no_grad():
+            model.forward_features(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return [o if o.shape[1] == f["num_chs"] else o.permute(0, 3, 1, 2) for o, f in zip(outs, model.feature_info)]
+
+
+@pytest.mark.parametrize("model_id", MAP_SMOKE)
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_convnet_stages_pool_to_a_list_of_layers_of_their_widths(sample_rows, model_id, pool):
+    loaded = load_vision(get_spec(model_id), "random", "cpu")
+    result = VisionExtractor(loaded, pool, model_id).extract(sample_rows.images, batch_size=16, num_workers=0)
+    widths = [f["num_chs"] for f in loaded.model.feature_info]
+    assert isinstance(result.feats, list) and len(set(widths)) > 1
+    assert [tuple(t.shape) for t in result.feats] == [(len(sample_rows), c) for c in widths]
+    n = 6
+    x = torch.stack([loaded.transform(sample_rows.images[i]) for i in range(n)])
+    reduce = torch.nn.functional.adaptive_avg_pool2d if pool == "avg" else torch.nn.functional.adaptive_max_pool2d
+    for got, stage in zip(result.feats, hooked_stage_outputs(loaded.model, x)):
+        torch.testing.assert_close(got[:n], reduce(stage, 1).flatten(1), rtol=1e-4, atol=1e-5)
+    assert result.info["block_pooling"] == "stage maps"
+
+
+def test_convnet_batches_split_on_out_of_memory_give_the_same_rows(sample_rows, monkeypatch):
+    loaded = load_vision(get_spec("featx-smoke/convnext"), "random", "cpu")
+    whole = VisionExtractor(loaded, "avg", "c").extract(sample_rows.images, 16, num_workers=0).feats
+    real = VisionExtractor.features
+
+    def tight(self, x):
+        if x.shape[0] > 4:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(self, x)
+
+    monkeypatch.setattr(VisionExtractor, "features", tight)
+    split = VisionExtractor(loaded, "avg", "c").extract(sample_rows.images, 16, num_workers=0).feats
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(a, b)
 
 
 def test_transform_follows_the_pretrained_config():
@@ -67,7 +118,7 @@ def test_parallel_workers_give_the_same_features(sample_rows):
     torch.testing.assert_close(a, b)
 
 
-def test_cls_refused_up_front_for_a_model_without_class_token():
+def test_cls_refused_at_load_for_an_uncatalogued_model_without_class_token():
     from featx.catalog.spec import ModelSpec
 
     spec = ModelSpec(id="vit_small_patch16_224.augreg_in21k", modality="vision", family="vit", init="random",
@@ -89,3 +140,39 @@ def test_images_per_batch_follow_the_token_budget_unless_given():
     assert vision_batch_size(loaded, ExtractOptions()) == max(1, CPU_TOKEN_BUDGET // tokens)
     assert vision_batch_size(loaded, ExtractOptions(token_budget=10 * tokens)) == 10
     assert vision_batch_size(loaded, ExtractOptions(batch_size=3)) == 3
+
+
+@pytest.mark.parametrize("model_id", MAP_SMOKE)
+def test_image_tokens_price_the_largest_feature_map(model_id):
+    from featx.extract.vision import image_tokens
+
+    spec = get_spec(model_id)
+    model = load_vision(spec, "random", "cpu").model
+    _, h, w = model.pretrained_cfg["input_size"]
+    x = torch.zeros(1, 3, h, w)
+    largest = max(t.numel() for t in hooked_stage_outputs(model, x))
+    assert image_tokens(model) == -(-largest // model.num_features) == spec.image_tokens
+    assert (spec.hidden, spec.layers) == (model.num_features, len(model.feature_info))
+
+
+def test_feature_maps_of_one_width_are_stacked_like_vit_features(sample_rows):
+    from featx.catalog.spec import ModelSpec
+
+    spec = ModelSpec(id="convnext_base.fb_in22k", modality="vision", family="convnext", init="random", class_token=False,
+                     config={"depths": [1, 1, 1, 1], "dims": [16, 16, 16, 16]})
+    loaded = load_vision(spec, "random", "cpu")
+    result = VisionExtractor(loaded, "avg", spec.id).extract(sample_rows.images, 32, num_workers=0)
+    assert isinstance(result.feats, torch.Tensor) and result.feats.shape == (len(sample_rows), 4, 16)
+    x = loaded.transform(sample_rows.images[0])[None]
+    expected = torch.stack([s.mean((2, 3)) for s in hooked_stage_outputs(loaded.model, x)], 1)
+    torch.testing.assert_close(result.feats[:1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_stage_maps_in_another_layout_are_refused_not_pooled_over_the_wrong_axes(sample_rows):
+    from featx.errors import PermanentError
+
+    loaded = load_vision(get_spec("featx-smoke/convnext"), "random", "cpu")
+    real = loaded.model.forward_intermediates
+    loaded.model.forward_intermediates = lambda x, **kw: [t.permute(0, 2, 3, 1) for t in real(x, **kw)]  # NHWC
+    with pytest.raises(PermanentError, match=r"not \[B, C, H, W\] maps of widths \[16, 24, 32, 48\]"):
+        VisionExtractor(loaded, "avg", "c").extract(sample_rows.images, 16, num_workers=0)

@@ -99,3 +99,23 @@ def test_the_budget_chosen_on_a_big_gpu_keeps_measured_7b_peaks_within_1_5x_the_
     r = ec.check_language(ec.CASES[name], "bfloat16", budget, layers=1)
     assert r["measured_bytes"] > 0
     assert weights + r["measured_bytes"] <= 1.5 * weights, r
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "efficientnet_b0", "swin_tiny_patch4_window7_224"])
+def test_estimate_covers_a_convnet_image(name):
+    """Convnets and Swin are priced by their largest feature map (``image_tokens``): predicted >=
+    the live bytes one image adds (real widths, random weights), measured at the dispatcher.
+    EfficientNet's expanded blocks are wider than any of its feature levels: the case to watch."""
+    timm = pytest.importorskip("timm")
+    from featx.extract.pooling import pool_map
+    from featx.extract.vision import image_tokens, stage_maps
+    from featx.plan.memory import ModelShape, bytes_per_token
+
+    with torch.random.fork_rng():  # random weights and input; the global generator stays as it was
+        model = timm.create_model(name, pretrained=False).eval()
+        x = torch.randn(1, *model.pretrained_cfg["input_size"])
+    with torch.inference_mode(), LiveBytes() as m:
+        [pool_map(f, "avg") for f in stage_maps(model, x)]
+    shape = ModelShape(0, model.num_features, len(model.feature_info))
+    predicted = image_tokens(model) * bytes_per_token(shape, "float32")
+    assert 0 < m.peak <= predicted, (m.peak, predicted, m.peak_op)

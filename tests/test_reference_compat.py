@@ -30,7 +30,7 @@ def test_extract_features_py_refuses_prompt(tmp_path):
     assert p.returncode == 2 and "--prompt is not supported" in p.stderr
 
 
-def test_exhaustive_driver_runs_language_avg_then_vision_cls(tmp_path):
+def test_exhaustive_driver_runs_language_avg_then_vision_with_each_models_default_pool(tmp_path):
     log = tmp_path / "calls"
     fake = tmp_path / "featx"
     fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> {log}\n')
@@ -40,6 +40,7 @@ def test_exhaustive_driver_runs_language_avg_then_vision_cls(tmp_path):
     assert p.returncode == 0, p.stderr
     calls = Path(log).read_text().splitlines()
     assert len(calls) == 2
-    for call, (modality, pool) in zip(calls, [("language", "avg"), ("vision", "cls")]):
+    for call, modality in zip(calls, ["language", "vision"]):
         assert call.startswith("extract --modelset exhaustive --dataset prh --subset wit_1024 --batch_size 32")
-        assert f"--modality {modality} --pool {pool}" in call and "--num_samples 100" in call
+        assert f"--modality {modality}" in call and "--num_samples 100" in call
+    assert "--pool avg" in calls[0] and "--pool" not in calls[1]  # vision: cls where a model has a class token

@@ -129,6 +129,20 @@ def test_vision_models_do_not_split_and_use_image_tokens():
     assert not s.fits  # vision models never get several devices
 
 
+def test_convnets_are_priced_by_their_largest_feature_map():
+    from featx.catalog import get_spec
+    from featx.plan.memory import bytes_per_token, peak_bytes
+
+    resnet = get_spec("featx-smoke/resnet")  # its image_tokens are checked against timm in test_extract_vision
+    assert image_tokens(resnet) == resnet.image_tokens
+    s = choose(resnet, CLASSES)
+    shape = shape_of(resnet)
+    per_image = resnet.image_tokens * bytes_per_token(shape, "float32")
+    fixed = peak_bytes(shape, "float32", 0)
+    assert s.fits and s.est_peak_bytes == fixed + s.batch_size * per_image
+    assert s.batch_size == min(16384 // resnet.image_tokens, (int(s.gpu_class.memory_bytes * MARGIN) - fixed) // per_image)
+
+
 def test_size_on_keeps_the_class_of_the_last_attempt():
     spec = lm(int(1e9))
     assert size_on(spec, CLASSES, "h100-80gb", 1).class_name == "h100-80gb"
@@ -152,4 +166,4 @@ def test_models_sizing_cli(capsys):
     assert len(rows) == len(EXHAUSTIVE) and all(r["gpu_class"] != "-" for r in rows)
     assert main(["models", "--modelset", "smoke", "--sizing"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split("\t")[:3] == ["id", "params", "dtype"] and len(lines) == 19
+    assert lines[0].split("\t")[:3] == ["id", "params", "dtype"] and len(lines) == 1 + len(load_modelset("smoke").models)

@@ -107,6 +107,11 @@ def _supported_model_type(model_type: str) -> bool:
     return model_type in _config_mapping()
 
 
+def _image_text(model_type: str) -> bool:
+    """An image-text architecture (Gemma 3 4B+): featx extracts only its language model."""
+    return "vision_config" in (getattr(_config_mapping()[model_type], "sub_configs", None) or {})
+
+
 def _check_language(spec: ModelSpec, info: Any, token: str | None) -> CheckResult:
     load_id = spec.load_id
     notes: list[str] = []
@@ -168,6 +173,8 @@ def _check_language(spec: ModelSpec, info: Any, token: str | None) -> CheckResul
                     fix="upgrade transformers; or, if the repo ships its own modelling code and you "
                     "trust it, set trust_remote_code: true in its modelset entry and pass --trust-remote-code",
                 )
+        elif _image_text(model_type):
+            notes.append(f"model_type {model_type!r} is image-text: featx extracts its language model only")
     return CheckResult(spec.id, True, gated, reason="; ".join(notes) or "ok", fix="; ".join(fixes))
 
 

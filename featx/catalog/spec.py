@@ -19,9 +19,10 @@ class ModelSpec:
 
     ``id`` is what users type and what names files: an HF repo id, a tagged timm name, or a local
     directory. ``source`` is what the loader builds (defaults to ``id``; smoke models point it at a
-    real architecture). ``params``/``layers``/``hidden``/``vocab``/``intermediate`` feed memory
-    sizing without loading the model; ``config`` overrides the architecture's config (tiny random
-    models).
+    real architecture). ``params``/``layers``/``hidden``/``vocab``/``intermediate``/``image_tokens``
+    feed memory sizing without loading the model; ``config`` overrides the architecture's config
+    (tiny random models). Vision models without a class token (convnets, hierarchical models,
+    SigLIP) default to ``avg`` pooling and refuse ``cls``.
     """
 
     id: str
@@ -33,6 +34,8 @@ class ModelSpec:
     hidden: int | None = None
     vocab: int | None = None
     intermediate: int | None = None  # MLP width, where it is not 4 x hidden
+    image_tokens: int | None = None  # vision models whose name has no patch size: see sizing.image_tokens
+    class_token: bool = True  # vision: False for models without one (convnets, SigLIP): no ``cls`` pool
     source: str | None = None
     revision: str | None = None
     gated: bool = False
@@ -57,8 +60,13 @@ class ModelSpec:
         return name.replace("/", "_")
 
     def pool_for(self, pool: str | None) -> str:
-        """The pool this model is extracted with; a pool its modality lacks is refused before any work."""
-        chosen = pool or DEFAULT_POOL[self.modality]
+        """The pool this model is extracted with; a pool its modality (or a vision model without
+        a class token) lacks is refused before any work."""
+        no_cls = self.modality == "vision" and not self.class_token
+        chosen = pool or ("avg" if no_cls else DEFAULT_POOL[self.modality])
+        if no_cls and chosen == "cls":
+            raise UsageError(f"{self.id} has no class token; use --pool avg or --pool max for it "
+                             "(or --models to leave it out of a --pool cls run)")
         if chosen not in POOLS[self.modality]:
             raise UsageError(f"--pool {chosen} is not defined for {self.modality} model {self.id}; "
                              f"use one of {', '.join(POOLS[self.modality])} (or --modality to split the run)")

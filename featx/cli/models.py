@@ -54,11 +54,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"id": s.id, "modality": s.modality, "family": s.family, "params": s.params,
                            "arch": s.arch, "layers": s.layers, "hidden": s.hidden, "gated": s.gated,
-                           "trust_remote_code": s.trust_remote_code} for s in specs], indent=2))
+                           "trust_remote_code": s.trust_remote_code, "default_pool": s.pool_for(None)}
+                          for s in specs], indent=2))
         return 0
     width = max((len(s.id) for s in specs), default=10)
-    print(f"{'id'.ljust(width)}  modality  family       params  notes")
+    fam = max((len(s.family) for s in specs), default=10)
+    print(f"{'id'.ljust(width)}  modality  {'family'.ljust(fam)}   params  notes")
     for s in specs:
-        notes = ", ".join(n for n, on in (("gated", s.gated), ("trust_remote_code", s.trust_remote_code)) if on)
-        print(f"{s.id.ljust(width)}  {s.modality:<8}  {s.family:<10}  {_human(s.params):>7}  {notes}")
+        notes = ", ".join(n for n, on in (("gated", s.gated), ("trust_remote_code", s.trust_remote_code),
+                                          ("no class token: pool avg", not s.class_token)) if on)
+        print(f"{s.id.ljust(width)}  {s.modality:<8}  {s.family.ljust(fam)}  {_human(s.params):>7}  {notes}")
     return 0

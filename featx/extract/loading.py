@@ -19,6 +19,12 @@ from featx.catalog.spec import ModelSpec
 from featx.errors import PermanentError, TransientError, UsageError
 
 
+# Where an image-text checkpoint (Gemma 3 4B+) keeps its language model's weights, mapped onto the
+# text-only causal LM that featx builds from ``text_config``.
+TEXT_MODEL_KEYS = {r"^language_model\.model\.": "model.", r"^model\.language_model\.": "model.",
+                   r"^language_model\.lm_head\.": "lm_head."}
+
+
 @dataclass
 class Loaded:
     """A ready model with what the manifest must record about how it was built."""
@@ -83,6 +89,18 @@ def classify_load_error(model_id: str, exc: BaseException) -> Exception:
     return exc if isinstance(exc, Exception) else RuntimeError(text)
 
 
+def language_part(config: Any, fallbacks: list[str]) -> tuple[Any, dict[str, Any]]:
+    """The config to build and extra ``from_pretrained`` arguments: an image-text model
+    (``text_config`` beside ``vision_config``: Gemma3ForConditionalGeneration) is extracted as its
+    language model alone, a causal LM of ``text_config`` whose weights come from the checkpoint's
+    language-model part."""
+    text = getattr(config, "text_config", None)
+    if text is None or getattr(config, "vision_config", None) is None:
+        return config, {}
+    fallbacks.append(f"{config.model_type}: image-text checkpoint -> its language model ({text.model_type}) only")
+    return text, {"key_mapping": TEXT_MODEL_KEYS}
+
+
 def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -114,6 +132,7 @@ def load_language(spec: ModelSpec, init: str, device: str, qlora: bool = False, 
         else:  # the config first: an unknown architecture fails here, in a second
             config = AutoConfig.from_pretrained(spec.load_id, revision=spec.revision, token=token, **common)
             tokenizer = _tokenizer(spec, token)
+        config, part = language_part(config, fallbacks)
         if spec.init == "random" or init == "random":
             torch.manual_seed(seed)
             model, attn = _build(lambda **kw: AutoModelForCausalLM.from_config(config, **kw), dtype, common, fallbacks)
@@ -121,7 +140,7 @@ def load_language(spec: ModelSpec, init: str, device: str, qlora: bool = False, 
             if qlora:
                 model = _quantize_4bit(model, fallbacks)
         else:
-            kwargs: dict[str, Any] = {"revision": spec.revision, "token": token, **common}
+            kwargs: dict[str, Any] = {"revision": spec.revision, "token": token, **common, **part}
             if qlora:
                 kwargs["quantization_config"] = _bnb_config(dtype)
             if device.startswith("cuda"):

@@ -1,13 +1,13 @@
 """Pooling of per-token states into one vector per sample: the only place pooling lives.
 
 Language batches are right-padded: ``lengths[b]`` real tokens at positions ``0..lengths[b]-1``.
-Vision tokens carry ``num_prefix`` class/register tokens first.
+Vision tokens carry ``num_prefix`` class/register tokens first; feature maps of convnets and
+hierarchical models are ``[B, C, H, W]`` and pool globally over ``H, W``.
 """
 
 from __future__ import annotations
 
 import torch
-
 
 
 def pool_tokens(hidden: torch.Tensor, lengths: torch.Tensor, pool: str) -> torch.Tensor:
@@ -37,3 +37,14 @@ def pool_vision(tokens: torch.Tensor, num_prefix: int, pool: str) -> torch.Tenso
     if pool == "max":
         return patches.amax(1)
     raise ValueError(f"unknown pool {pool!r}")
+
+
+def pool_map(fmap: torch.Tensor, pool: str) -> torch.Tensor:
+    """[B, C, H, W] feature map -> [B, C] float32: global average (the reference's convnet example)
+    or max pooling; a map has no class token."""
+    f = fmap.float()
+    if pool == "avg":
+        return f.mean((2, 3))
+    if pool == "max":
+        return f.amax((2, 3))
+    raise ValueError(f"pool {pool!r} is not defined for feature maps")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import torch
 
@@ -17,5 +17,6 @@ class Extraction:
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def feats(self) -> torch.Tensor:
+    def feats(self) -> Union[torch.Tensor, list[torch.Tensor]]:
+        """``[N, L, D]``, or one ``[N, C_l]`` tensor per layer where widths differ (convnets)."""
         return self.tensors["feats"]

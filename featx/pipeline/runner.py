@@ -24,7 +24,7 @@ from featx.pipeline.keys import artifact_key, dataset_prefix
 from featx.signals import Interrupted
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
 from featx.store.base import CommittedByAnother
-from featx.store.formats import write_tensors
+from featx.store.formats import feats_dtype, feats_shape, feature_layers, layer_shapes, write_tensors
 from featx.store.records import RunIdentity
 
 
@@ -199,16 +199,17 @@ class Runner:
 
     def _commit(self, spec: ModelSpec, key: ArtifactKey, loaded: Loaded, result: Extraction) -> Manifest:
         feats = result.feats
-        if feats is None or feats.shape[0] != len(self.rows):
-            raise RuntimeError(f"internal: {spec.id} produced {0 if feats is None else feats.shape[0]} rows, expected {len(self.rows)}")
+        rows = {len(t) for t in feature_layers(feats)} if feats is not None else {0}
+        if rows != {len(self.rows)}:
+            raise RuntimeError(f"internal: {spec.id} produced {sorted(rows)} rows, expected {len(self.rows)}")
         identity = replace(self.identity(spec), compute_dtype=loaded.dtype)
         with tempfile.TemporaryDirectory(prefix="featx-") as tmp:
             path = Path(tmp) / f"features.{self.opts.fmt}"
             write_tensors(result.tensors, path, self.opts.fmt)
             manifest = Manifest(
                 **asdict(identity), model_id=spec.id, modality=spec.modality, data_key=key.data,
-                sha256=sha256_file(path), size=path.stat().st_size, shape=list(feats.shape),
-                dtype=str(feats.dtype).removeprefix("torch."), featx_version=__version__,
+                sha256=sha256_file(path), size=path.stat().st_size, shape=feats_shape(feats),
+                layer_shapes=layer_shapes(feats), dtype=feats_dtype(feats), featx_version=__version__,
                 dataset_revision=self.rows.revision, device=loaded.device,
                 attn_implementation=loaded.attn_implementation, fallbacks=loaded.fallbacks, extraction=result.info)
             return self.store.commit(key, path, manifest)

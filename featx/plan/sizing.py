@@ -124,7 +124,11 @@ def shape_of(spec: ModelSpec) -> ModelShape:
 
 def image_tokens(spec: ModelSpec) -> int:
     """Tokens one image becomes in a ViT: (resolution / patch)^2 + 1, from the timm name
-    (DINOv2 runs at 518 px; a name without a resolution at 224 px)."""
+    (DINOv2 runs at 518 px; a name without a resolution at 224 px). Convnets and hierarchical
+    models carry theirs in the catalog (their largest feature map in units of their final width:
+    ``featx.extract.vision.image_tokens``)."""
+    if spec.image_tokens:
+        return spec.image_tokens
     name = spec.load_id
     patch = _PATCH.search(name)
     if not patch:

@@ -1,11 +1,40 @@
-"""Feature file formats: the reference's ``torch.save`` dict, or safetensors."""
+"""Feature file formats: the reference's ``torch.save`` dict, or safetensors.
+
+``feats`` is one ``[N, L, D]`` tensor when every layer has one width, else the reference's list
+form, one ``[N, C_l]`` tensor per layer (convnets). Safetensors holds only named tensors, so a list
+is stored as ``feats.0``, ``feats.1``, ... and read back as the list.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
+
+Feats = Union[torch.Tensor, list[torch.Tensor]]
+_LAYER_KEY = re.compile(r"^feats\.(\d+)$")
+
+
+def feature_layers(feats: Feats) -> list[torch.Tensor]:
+    """One ``[N, C_l]`` tensor per layer, for either form."""
+    return list(feats) if isinstance(feats, list) else list(feats.unbind(1))
+
+
+def feats_shape(feats: Feats) -> list[int]:
+    """The manifest's ``shape``: the stacked tensor's, or ``[N, layers]`` for the list form."""
+    return list(feats.shape) if isinstance(feats, torch.Tensor) else [feats[0].shape[0], len(feats)]
+
+
+def feats_dtype(feats: Feats) -> str:
+    t = feats[0] if isinstance(feats, list) else feats
+    return str(t.dtype).removeprefix("torch.")
+
+
+def layer_shapes(feats: Feats) -> list[list[int]]:
+    """The manifest's ``layer_shapes``: ``[N, C_l]`` per layer of the list form; empty when stacked."""
+    return [list(t.shape) for t in feats] if isinstance(feats, list) else []
 
 
 def write_tensors(tensors: dict[str, Any], path: Path, fmt: str) -> None:
@@ -14,8 +43,11 @@ def write_tensors(tensors: dict[str, Any], path: Path, fmt: str) -> None:
     elif fmt == "safetensors":
         from safetensors.torch import save_file
 
-        plain = {k: (v.contiguous() if v.dim() else v.reshape(1)) for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-        meta = {k: str(v) for k, v in tensors.items() if not isinstance(v, torch.Tensor)}
+        flat = dict(tensors)
+        if isinstance(flat.get("feats"), list):
+            flat.update({f"feats.{i}": t for i, t in enumerate(flat.pop("feats"))})
+        plain = {k: (v.contiguous() if v.dim() else v.reshape(1)) for k, v in flat.items() if isinstance(v, torch.Tensor)}
+        meta = {k: str(v) for k, v in flat.items() if not isinstance(v, torch.Tensor)}
         save_file(plain, str(path), metadata=meta)
     else:
         raise ValueError(f"unknown format {fmt!r}")
@@ -32,6 +64,9 @@ def read_tensors(path: Path, fmt: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}
         for k, v in (f.metadata() or {}).items():
             out[k] = int(v) if v.isdigit() else v
+    layers = sorted((int(m.group(1)), k) for k in out if (m := _LAYER_KEY.match(k)))
+    if layers:
+        out["feats"] = [out.pop(k) for _, k in layers]
     for k in ("loss", "bpb"):
         if k in out and out[k].shape == (1,):
             out[k] = out[k].reshape(())

@@ -76,7 +76,7 @@ class Manifest(RunIdentity, JsonRecord):
     data_key: str
     sha256: str
     size: int
-    shape: list[int]
+    shape: list[int]  # [N, L, D]; [N, L] for the list form, whose layers are in ``layer_shapes``
     dtype: str
     featx_version: str
     dataset_revision: str | None = None
@@ -85,6 +85,7 @@ class Manifest(RunIdentity, JsonRecord):
     attn_implementation: str | None = None
     fallbacks: list[str] = field(default_factory=list)
     extraction: dict[str, Any] = field(default_factory=dict)  # batch plan, timings, padding...
+    layer_shapes: list[list[int]] = field(default_factory=list)  # [N, C_l] per layer; empty when stacked
     host: str = field(default_factory=socket.gethostname)
     created_at: str = field(default_factory=now_iso)
 

@@ -19,13 +19,14 @@ from typing import Any
 
 import pytest
 
+from featx.catalog import load_modelset
 from localcluster.controlplane import wait_until
 from tests.e2e.conftest import NS, STORE, Kubectl, install_release, s3_env
 from tests.helpers import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s]
 
-SMOKE = 18
+SMOKE = len(load_modelset("smoke").models)
 ROWS = 64  # featx-sample
 CAPTURED = Path(__file__).parent / "captured-logs.txt"  # the lines the README's troubleshooting table quotes
 
@@ -36,11 +37,12 @@ def featx_on_host(kubectl: Kubectl, *args: str) -> subprocess.CompletedProcess[s
 
 
 def load_all(kubectl: Kubectl, store: str, models: list[str]) -> dict[str, tuple[int, ...]]:
-    """Each model's file read back from the in-cluster store by featx.load (sha256 checked)."""
+    """Each model's file read back from the in-cluster store by featx.load (sha256 checked):
+    (rows, layers), for stacked features and the convnets' list form alike."""
     code = (
         "import sys, json, featx\n"
-        "out = {m: list(featx.load(m, sys.argv[1], dataset='featx-sample', subset='default').feats.shape)"
-        " for m in sys.argv[2:]}\n"
+        "out = {m: [len(f.layers[0]), len(f.layers)] for m in sys.argv[2:]"
+        " for f in [featx.load(m, sys.argv[1], dataset='featx-sample', subset='default')]}\n"
         "print(json.dumps(out))\n"
     )
     p = subprocess.run([sys.executable, "-c", code, store, *models], capture_output=True, text=True,

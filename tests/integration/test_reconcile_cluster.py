@@ -29,6 +29,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from featx.catalog import load_modelset
 from featx.kube.client import KubeClient
 from featx.kube.config import RunConfig
 from featx.kube.controller import Controller, PassResult
@@ -194,7 +195,7 @@ def test_smoke_modelset_end_to_end(release_factory, pod_runner_factory):  # noqa
 
     rel.reconcile_until(all_done, 900, "every smoke model committed")
     desired = [d.id for d in rel.controller().desired]
-    assert len(desired) == 18
+    assert len(desired) == len(load_modelset("smoke").models)
     by_model = {j["metadata"]["annotations"]["featx.io/model-id"]: j for j in seen.values()}
     assert sorted(by_model) == sorted(desired)  # one Job per model (no retries needed)
     assert all(j["metadata"]["labels"]["featx.io/attempt"] == "1" for j in seen.values())
@@ -204,10 +205,10 @@ def test_smoke_modelset_end_to_end(release_factory, pod_runner_factory):  # noqa
     assert not runner.errors
 
     again = rel.reconcile()  # nothing left to do
-    assert again.created == 0 and again.summary().get("skip_done") == 18
+    assert again.created == 0 and again.summary().get("skip_done") == len(desired)
     # the last Jobs finish just after their commit; later passes delete every finished Job
     rel.reconcile_until(lambda: not rel.jobs(), 120, "finished Jobs of committed models deleted")
-    assert sum(e["event"] == "create" for e in rel.events()) == 18
+    assert sum(e["event"] == "create" for e in rel.events()) == len(desired)
 
     out = subprocess.run([FEATX, "status", "--store", rel.config().store, "--modelset", "smoke", "--dataset",
                           "featx-sample", "--num_samples", "4", "--namespace", rel.namespace, "--release", RELEASE,
