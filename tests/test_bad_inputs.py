@@ -83,6 +83,12 @@ def modelset(text: str) -> Callable[[Path], None]:
     return setup
 
 
+def values_file(text: str) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        (root / "cwd" / "values.yaml").write_text(text)
+    return setup
+
+
 def a_file(root: Path) -> None:
     (root / "cwd" / "file").write_text("in the way\n")
 
@@ -210,6 +216,19 @@ CASES: dict[str, Case] = {
     "models: modelset entry with an unknown field": usage(
         "--modelset", "set.yaml", command="models", error="set.yaml: unknown field(s) ['colour']",
         setup=modelset("models:\n  - {id: my/llm, modality: language, family: llama, colour: red}\n")),
+    # -- chart values (featx render runs the real `helm template`) ------------------------------------
+    "render: plain HF_TOKEN in job.env": usage(
+        "-f", "values.yaml", command="render", error="job.env[0] HF_TOKEN has a plain value",
+        setup=values_file("job:\n  env:\n    - {name: HF_TOKEN, value: hf_abc}\n")),
+    "render: plain S3 secret key in job.env": usage(
+        "-f", "values.yaml", command="render", error="AWS_SECRET_ACCESS_KEY has a plain value",
+        setup=values_file("job:\n  env:\n    - {name: AWS_SECRET_ACCESS_KEY, value: x}\n")),
+    "render: credentials in the S3 endpoint": usage("--set", "s3.endpoint=http://ak:sk@minio:9000", command="render",
+                                                   error="endpoint"),
+    "render: subset escapes": usage("--set", "subset=../../x", command="render", error="subset"),
+    "render: seed in extraArgs is not a number": usage(
+        "-f", "values.yaml", command="render", error="job.extraArgs ['--seed', 'x']: argument --seed: invalid int value",
+        setup=values_file("job:\n  extraArgs: ['--seed', 'x']\n")),
     # -- runs that go ahead: a bad model or a bad image fails alone, the others commit -----------------
     "truncated image: vision fails, language commits": Case(
         ("--models", GPT2, VIT, "--dataset", "{data}", "--num_workers", "1"), EXIT_PERMANENT,
@@ -284,6 +303,8 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r
         values["closed"] = str(free_ports(1)[0])  # nothing listens there
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             monkeypatch.setenv(k, "unused")
+    if case.command == "render":
+        request.getfixturevalue("helm")
     if case.setup:
         case.setup(root)
     monkeypatch.chdir(cwd)
