@@ -216,6 +216,9 @@ CASES: dict[str, Case] = {
     "models: modelset entry with an unknown field": usage(
         "--modelset", "set.yaml", command="models", error="set.yaml: unknown field(s) ['colour']",
         setup=modelset("models:\n  - {id: my/llm, modality: language, family: llama, colour: red}\n")),
+    "modelset lists one model twice": usage(
+        "--modelset", "set.yaml", *SAMPLE, error="set.yaml: lists featx-smoke/gpt2 more than once",
+        setup=modelset("models:\n  - featx-smoke/gpt2\n  - featx-smoke/vit\n  - {id: featx-smoke/gpt2}\n")),
     # -- chart values (featx render runs the real `helm template`) ------------------------------------
     "render: plain HF_TOKEN in job.env": usage(
         "-f", "values.yaml", command="render", error="job.env[0] HF_TOKEN has a plain value",

@@ -125,6 +125,9 @@ def load_modelset(name: str) -> Modelset:
     for m in models:
         if m.modality not in MODALITIES:
             raise UsageError(f"{path}: model {m.id!r} has modality {m.modality!r}; use one of {MODALITIES}")
+    repeated = sorted({m.id for m in models if sum(n.id == m.id for n in models) > 1})
+    if repeated:  # two entries of one id would be extracted twice, perhaps with different settings
+        raise UsageError(f"{path}: lists {', '.join(repeated)} more than once; keep one entry per model")
     return Modelset(doc.get("name", path.stem), doc.get("description", ""), models)
 
 

@@ -16,7 +16,7 @@ def flag(parser: argparse._ActionsContainer, name: str, **kwargs) -> None:
 
 def add_selection(p: argparse.ArgumentParser, default: str = "custom") -> None:
     g = p.add_argument_group("which models")
-    flag(g, "modelset", help=f"built-in modelset (custom, val, test, exhaustive, smoke) or a YAML file (default: {default})")
+    flag(g, "modelset", help=f"built-in modelset (custom, val, test, exhaustive, exhaustive-2024, smoke) or a YAML file (default: {default})")
     flag(g, "models", nargs="+", metavar="ID", help="model ids instead of a modelset (HF id, timm name, local dir)")
     flag(g, "modality", default="all", choices=["all", "language", "vision"])
 
