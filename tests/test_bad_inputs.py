@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
+from featx.data.datasets import local_name
 from featx.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 from tests.helpers import CliResult, run_cli, run_featx
 
@@ -72,9 +74,27 @@ def not_an_image(root: Path) -> None:
 def stale_file_and_truncated_image(root: Path) -> None:
     """A data file left by an interrupted run (no manifest), then a run whose image is bad."""
     truncated_image(root)
-    stale = root / "cwd" / "out" / "data" / "default" / "featx-smoke_vit_pool-cls.pt"
+    stale = root / "cwd" / "out" / local_name(root / "data") / "default" / "featx-smoke_vit_pool-cls.pt"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a file")
+
+
+def eight_rows_committed(root: Path) -> None:
+    """A committed file of the first 8 rows: a run over all rows must not count it as done."""
+    r = run_cli("extract", "--models", GPT2, "--dataset", "featx-sample", "--num_samples", "8",
+                "--output_dir", str(root / "cwd" / "out"))
+    assert r.code == 0, r.err
+
+
+def crafted_pickle(root: Path) -> None:
+    """A `.npy` under --out whose unpickling would create ``root/pwned``."""
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (root / "pwned",))
+
+    folder = root / "cwd" / "out" / "alignment" / "featx-sample" / "default" / "a_b"
+    folder.mkdir(parents=True)
+    np.save(folder / "mutual_knn_k10.npy", np.array([Payload()], dtype=object), allow_pickle=True)
 
 
 def modelset(text: str) -> Callable[[Path], None]:
@@ -219,6 +239,8 @@ CASES: dict[str, Case] = {
     "modelset lists one model twice": usage(
         "--modelset", "set.yaml", *SAMPLE, error="set.yaml: lists featx-smoke/gpt2 more than once",
         setup=modelset("models:\n  - featx-smoke/gpt2\n  - featx-smoke/vit\n  - {id: featx-smoke/gpt2}\n")),
+    "report: a crafted pickle under --out is never loaded": usage(
+        "--out", "{out}/alignment", command="report", error="no `featx align` results", setup=crafted_pickle),
     # -- chart values (featx render runs the real `helm template`) ------------------------------------
     "render: plain HF_TOKEN in job.env": usage(
         "-f", "values.yaml", command="render", error="job.env[0] HF_TOKEN has a plain value",
@@ -248,6 +270,9 @@ CASES: dict[str, Case] = {
     "trust_remote_code with the flag": Case(
         ("--modelset", "set.yaml", *SAMPLE, "--trust-remote-code"), EXIT_OK, committed=(GPT2,),
         setup=modelset("models:\n  - {id: featx-smoke/gpt2, trust_remote_code: true}\n")),
+    "8 rows committed, then all rows: stale, redone": Case(
+        ("--models", GPT2, "--dataset", "featx-sample"), EXIT_OK, committed=(GPT2,),
+        setup=eight_rows_committed, stderr="num_samples: 8 -> none"),
     "--models repeated: extracted once": Case(("--models", GPT2, VIT, GPT2, *SAMPLE), EXIT_OK,
                                               committed=(GPT2, VIT), stderr="names featx-smoke/gpt2 more than once"),
 }
@@ -334,8 +359,10 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r
                          "--output_dir", str(out), "--json")
         states = {row["id"]: row["state"] for row in json.loads(status.out)}
         assert states == {**{m: "done" for m in case.committed}, **{m: "failed" for m in case.failed}}, states
-        data_files = sorted(p for p in new if p.endswith((".pt", ".manifest.json")))
-        assert len(data_files) == 2 * len(case.committed), data_files
+        # one manifest per committed model and nothing else (a setup's half file has none)
+        manifests = sorted(p for p in after if p.startswith("cwd/out/") and p.endswith(".manifest.json"))
+        assert len(manifests) == len(case.committed), manifests
+        assert all(m.removesuffix(".manifest.json") + ".pt" in after for m in manifests), manifests
 
 
 def test_the_matrix_is_wide():
