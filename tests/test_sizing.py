@@ -10,7 +10,7 @@ import yaml
 
 from featx.catalog import load_modelset, resolve
 from featx.catalog.spec import ModelSpec
-from featx.plan.memory import MIN_TOKEN_BUDGET, ModelShape, bytes_per_token, peak_bytes
+from featx.plan.memory import MIN_TOKEN_BUDGET, bytes_per_token, peak_bytes
 from featx.plan.sizing import (MARGIN, GpuClass, choose, escalate, image_tokens, load_classes, shape_of,
                                size_on)
 from featx.kube.sizing_table import sizing_rows

@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +36,7 @@ from featx.logs import EventLog
 from featx.store import open_store
 from localcluster.controlplane import wait_until
 from tests.cluster.fixtures import gpu_nodes, k8s_api, k8s_namespace, pod_runner_factory  # noqa: F401
-from tests.test_kube_chart import CHART_DIR, KUBE_VERSION, find_helm
+from tests.test_kube_chart import CHART_DIR, find_helm
 
 pytestmark = [pytest.mark.k8s, pytest.mark.s3]
 
