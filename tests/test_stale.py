@@ -111,18 +111,22 @@ def test_identity_compares_only_what_the_asker_knows():
     assert run_identity(get_spec(VIT), "prh", qlora=True).qlora is False
 
 
-def test_the_controller_predicts_what_its_jobs_record(sample_rows):
+@pytest.mark.parametrize(("extra_args", "parsed"), [
+    (["--init", "random", "--seed", "7", "--format", "safetensors"], ("random", 7, "safetensors", False)),
+    (["--qlora"], ("pretrained", 0, "pt", True)),  # the chart's qlora is off; the Job's flag still counts
+])
+def test_the_controller_predicts_what_its_jobs_record(sample_rows, extra_args, parsed):
     """The Job's arguments, parsed by the real CLI, give the runner an identity the controller's
     desired identity matches; with nothing stale, the controller would loop."""
     config = RunConfig.from_dict({
         "release": "r", "fullname": "r-featx", "modelset": [GPT2, VIT], "dataset": "featx-sample", "subset": None,
         "captionIdx": 1, "numSamples": 16, "qlora": False, "store": "s3://b/f", "concurrency": 1, "attempts": 1,
-        "extraArgs": ["--init", "random", "--seed", "7", "--format", "safetensors"],
+        "extraArgs": extra_args,
         "gpuClasses": [{"name": "cpu", "memoryMiB": 4096, "resource": ""}], "jobTemplate": {}})
     rows = load_rows("featx-sample", None, 1, 16)
     for d in config.desired():
         args = build_parser().parse_args(["extract", *extract_args(config, d, SIZING, 1)])
-        assert (args.num_samples, args.init, args.seed, args.format) == (16, "random", 7, "safetensors")
+        assert (args.num_samples, args.init, args.seed, args.format, args.qlora) == (16, *parsed)
         opts = RunOptions(ExtractOptions(pool=args.pool, init=args.init, seed=args.seed, qlora=args.qlora,
                                          device="cpu"), fmt=args.format)
         runner = Runner(LocalStore("/nonexistent"), rows, opts, args.caption_idx)

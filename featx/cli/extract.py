@@ -7,8 +7,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from featx import settings
-from featx.cli.options import add_data, add_selection, add_store, add_weights, flag, open_store_from, unique_models
+from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from, unique_models
 from featx.cli.termination import report_termination
+from featx.pipeline.identity import add_weight_options
 from featx.signals import Interrupted, deferred
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "batch_size", type=int, default=None, help="most rows (texts or images) per batch (default: as many as the token budget allows)")
     flag(g, "token_budget", type=int, default=None, help="most padded tokens per batch (default: from free GPU memory; 1024 on CPU)")
     flag(g, "force_remake", action="store_true", help="re-extract models that are already committed")
-    add_weights(g)
+    add_weight_options(g)
     flag(g, "trust_remote_code", action="store_true",
          help="allow models whose modelset entry sets trust_remote_code: true to run their repository's code")
     flag(g, "device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")

@@ -43,15 +43,6 @@ def add_data(p: argparse.ArgumentParser) -> None:
          help="pooling (default: avg for language, cls for vision models)")
 
 
-def add_weights(g: argparse._ActionsContainer) -> None:
-    """Options that change a file's bytes besides the data: ``status`` takes them too, to say
-    whether ``extract`` with the same options would skip (done) or redo (stale)."""
-    flag(g, "qlora", action="store_true", help="load language models in 4-bit NF4 (bitsandbytes)")
-    flag(g, "init", choices=["pretrained", "random"], default="pretrained", help="random: weights from the config with --seed")
-    flag(g, "seed", type=int, default=0)
-    flag(g, "format", choices=["pt", "safetensors"], default="pt")
-
-
 def add_store(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("where features live")
     flag(g, "output_dir", default=None, help=f"local directory (default {settings.DEFAULT_OUTPUT_DIR})")

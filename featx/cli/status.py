@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 
-from featx.cli.options import add_data, add_selection, add_store, add_weights, flag, open_store_from, unique_models
+from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from, unique_models
+from featx.pipeline.identity import add_weight_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_selection(p, default="the models the store holds for --dataset/--subset")
     add_data(p)
     add_store(p)
-    add_weights(p.add_argument_group("what extract was (or will be) run with"))
+    add_weight_options(p.add_argument_group("what extract was (or will be) run with"))
     flag(p, "json", action="store_true")
     k = p.add_argument_group("cluster (adds each model's Job, attempt and phase)")
     flag(k, "namespace", default=None, help="namespace of the release's Jobs")

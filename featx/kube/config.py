@@ -17,7 +17,7 @@ import yaml
 from featx.catalog import ModelSpec, resolve
 from featx.errors import UsageError
 from featx.plan.sizing import GpuClass, load_classes
-from featx.pipeline.identity import run_identity
+from featx.pipeline.identity import add_weight_options, run_identity
 from featx.pipeline.keys import artifact_key, dataset_prefix
 from featx.store.keys import ArtifactKey
 from featx.store.records import RunIdentity
@@ -109,7 +109,7 @@ class RunConfig:
             key = artifact_key(spec, self.dataset, self.subset, self.pool, self.caption_idx, extra.format)
             identity = run_identity(spec, self.dataset, self.subset, pool=self.pool, caption_idx=self.caption_idx,
                                     num_samples=self.num_samples, init=extra.init, seed=extra.seed,
-                                    qlora=self.qlora, fmt=extra.format)
+                                    qlora=self.qlora or extra.qlora, fmt=extra.format)
             out.append(Desired(spec, key.pool, key, identity))
         return out
 
@@ -120,11 +120,9 @@ class RunConfig:
 
 def _identity_args(extra_args: tuple[str, ...]) -> argparse.Namespace:
     """The ``featx extract`` options a Job gets only through ``job.extraArgs`` that change its
-    file's bytes (``--init``, ``--seed``, ``--format``), with extract's defaults."""
+    file's bytes, parsed as extract parses them."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    parser.add_argument("--init", default="pretrained")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", default="pt")
+    add_weight_options(parser)
     try:
         return parser.parse_known_args(list(extra_args))[0]
     except argparse.ArgumentError as e:

@@ -5,11 +5,23 @@ identity is ``stale`` and is redone."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 
 from featx.catalog.spec import ModelSpec
 from featx.pipeline.keys import artifact_key
 from featx.store.records import RunIdentity, StoredState
+
+
+def add_weight_options(g: argparse._ActionsContainer) -> None:
+    """The options besides the data that change a file's bytes, defined once: ``extract`` takes
+    them, ``status`` takes them to tell done from stale, and the controller reads them from a Job's
+    ``job.extraArgs`` with them."""
+    g.add_argument("--qlora", action="store_true", help="load language models in 4-bit NF4 (bitsandbytes)")
+    g.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
+                   help="random: weights from the config with --seed")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--format", choices=["pt", "safetensors"], default="pt")
 
 
 def run_identity(spec: ModelSpec, dataset: str, subset: str | None = None, *, pool: str | None = None,
