@@ -77,6 +77,20 @@ def test_options_that_change_the_bytes_make_a_file_stale(tmp_path, first, second
     assert status(tmp_path, "--num_samples", "4", *first)["state"] == "done"
 
 
+def test_a_redo_in_another_format_leaves_no_file_of_the_old_run(tmp_path):
+    """The reference's readers open `{stem}.pt` by path: after a redo as safetensors (over other
+    rows), no `.pt` of the old run may stay beside it, and back again."""
+    pt, st = tmp_path / FILE, tmp_path / FILE.with_suffix(".safetensors")
+    assert extract(tmp_path, "--num_samples", "4").code == 0 and pt.exists()
+    assert extract(tmp_path, "--format", "safetensors").code == 0
+    assert (pt.exists(), st.exists()) == (False, True)
+    assert status(tmp_path, "--format", "safetensors")["state"] == "done"
+    assert featx.load(GPT2, str(tmp_path), dataset="featx-sample", fmt="safetensors").feats.shape[0] == 64
+    assert extract(tmp_path, "--num_samples", "4").code == 0
+    assert (pt.exists(), st.exists()) == (True, False)
+    assert torch.load(pt, weights_only=True)["feats"].shape[0] == 4
+
+
 def test_a_failed_redo_leaves_the_old_file_committed(tmp_path, monkeypatch):
     assert extract(tmp_path, "--num_samples", "8").code == 0
     before = (tmp_path / FILE).read_bytes()

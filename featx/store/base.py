@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from featx import settings, signals
 from featx.errors import FeatxError
-from featx.store.keys import FAILURE_SUFFIX, MANIFEST_SUFFIX, ArtifactKey
+from featx.store.keys import FAILURE_SUFFIX, FORMATS, MANIFEST_SUFFIX, ArtifactKey
 from featx.store.manifest_cache import ManifestCache
 from featx.store.records import FailureRecord, Manifest, StoredState
 
@@ -149,6 +149,9 @@ class Store(ABC):
         writer's commit stands instead of this one."""
         self.remove_orphans([key.data, key.manifest, key.failure], settings.ORPHAN_GRACE_S)
         self.delete(key.manifest)
+        for fmt in FORMATS:  # a file of this model in another format is another run's: never left beside
+            if fmt != key.fmt:  # ours for a reader of the reference's paths to take as current
+                self.delete(replace(key, fmt=fmt).data)
         staged = self.stage_file(key.data, data_file, manifest.sha256)
         try:
             with signals.deferred():
