@@ -40,6 +40,8 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from featx.processes import alive
+
 if TYPE_CHECKING:
     from typing import Self
 
@@ -208,21 +210,6 @@ class Cluster:
         self.stop()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
     for pid in pids:
         try:
@@ -233,13 +220,13 @@ def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
 
 def _reap(pids: Iterable[int], grace: float) -> None:
     """SIGTERM the processes still alive, SIGKILL those that outlive ``grace`` seconds."""
-    alive = [p for p in pids if _alive(p)]
-    _signal(alive, signal.SIGTERM)
+    running = [p for p in pids if alive(p)]
+    _signal(running, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
+    while running and time.monotonic() < deadline:
         time.sleep(0.1)
-        alive = [p for p in alive if _alive(p)]
-    _signal(alive, signal.SIGKILL)
+        running = [p for p in running if alive(p)]
+    _signal(running, signal.SIGKILL)
 
 
 def start_cluster(
@@ -366,7 +353,7 @@ def _check_components_alive(cluster: Cluster, settle: float = 1.0) -> None:
     time.sleep(settle)
     pid_files = {p.stem: p for p in (cluster.cluster_dir / "pids").glob("*.pid")}
     missing = [c for c in COMPONENTS if c not in pid_files]
-    dead = [c for c, p in pid_files.items() if c in COMPONENTS and not _alive(int(p.read_text().strip()))]
+    dead = [c for c, p in pid_files.items() if c in COMPONENTS and not alive(int(p.read_text().strip()))]
     if missing or dead:
         raise ControlPlaneError(f"components not running: {sorted(missing + dead)}")
 

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from kubernetes import client
 
-from localcluster.controlplane import Cluster, _alive, _reap, wait_until
+from featx.processes import alive
+from localcluster.controlplane import Cluster, _reap, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +379,7 @@ state = "{self.state_dir}/state"
         for component in ("kubelet", "coredns"):
             if component in pids:
                 _reap([pids[component]], grace=5)
-        if "containerd" in pids and _alive(pids["containerd"]):
+        if "containerd" in pids and alive(pids["containerd"]):
             self._remove_containers()
         for component in ("kube-proxy", "containerd"):
             if component in pids:

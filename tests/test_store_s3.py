@@ -242,6 +242,22 @@ def test_two_writers_end_with_one_valid_manifest(store, tmp_path, monkeypatch, i
         assert isinstance(results["A"], CommittedByAnother) and "another writer" in str(results["A"])
 
 
+def test_a_zombie_writer_counts_as_gone():
+    """A killed writer whose parent has not reaped it yet (a zombie) no longer writes."""
+    from featx.processes import alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    assert alive(child.pid) and alive(os.getpid())
+    child.kill()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the killed child never became a zombie"
+        time.sleep(0.01)
+    assert not alive(child.pid)  # exited, not reaped
+    child.wait()
+    assert not alive(child.pid)
+
+
 def test_interrupted_writers_leftovers_are_removed_by_the_next_commit(tmp_path, monkeypatch):
     """Temporaries of a dead process on this host, or untouched past the grace period, go; a
     live writer's (this process, or another host's within the grace period) stay."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featx.errors import StoreError
+from featx.processes import alive
 from featx.store.base import ObjectInfo, Staged, Store, sha256_file
 from featx.store.manifest_cache import ManifestCache
 
@@ -29,16 +30,6 @@ def _info(path: Path) -> ObjectInfo:
     return ObjectInfo(st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
 def _orphaned(path: Path, grace_s: float, now: float) -> bool:
     """A killed writer's temporary: untouched for ``grace_s``, or of a dead process on this host."""
     host, _, pid = path.name.rpartition(TMP_MARK)[2].rpartition("-")
@@ -47,7 +38,7 @@ def _orphaned(path: Path, grace_s: float, now: float) -> bool:
             return True
     except FileNotFoundError:
         return False  # its writer just renamed or removed it
-    return host == HOST and pid.isdigit() and not _alive(int(pid))
+    return host == HOST and pid.isdigit() and not alive(int(pid))
 
 
 @dataclass
