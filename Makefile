@@ -1,12 +1,18 @@
 # featx — set up with `make install`, test with `make test`.
+# Every recipe runs in bash with -e and pipefail: a failed step fails the target.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 
-.PHONY: install test test-unit bench bench-gpu control-plane image image-cpu local-kind local-kind-down local-cluster local-cluster-down clean
+.PHONY: install system-deps test test-unit bench bench-gpu control-plane image image-cpu local-kind local-kind-down local-cluster local-cluster-down clean
 
-install: $(BIN)/featx control-plane ## venv with pinned deps + featx, kubectl, helm; the control plane and node built once and cached
+install: system-deps $(BIN)/featx control-plane ## Debian packages, venv with pinned deps + featx, kubectl, helm; the control plane and node built once and cached
+
+system-deps: ## Debian packages the suite and the Go builds need (apt as root; otherwise prints the sudo line and fails)
+	bash scripts/install-system-deps.sh
 
 $(BIN)/featx: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +22,10 @@ $(BIN)/featx: requirements.txt pyproject.toml
 	touch $@
 
 control-plane: ## etcd, kube-*, kwok, helm, kubelet, containerd, runc, CoreDNS (cached in ~/.cache/featx/tools); helm into .venv/bin
-	bin_dir="$$(PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/build-control-plane.sh | tail -n1)" \
-	  && ln -sfn "$$bin_dir/helm" $(BIN)/helm
+	out="$$(PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/build-control-plane.sh)"; \
+	  bin_dir="$${out##*$$'\n'}"; \
+	  test -x "$$bin_dir/helm" || { echo "control-plane: no helm in '$$bin_dir'" >&2; exit 1; }; \
+	  ln -sfn "$$bin_dir/helm" $(BIN)/helm
 
 test: ## the whole suite; starts the Docker engine (the real-node tier's images), SeaweedFS and the control plane
 	[ "$${FEATX_SKIP_E2E:-0}" = 1 ] || bash scripts/ensure-dockerd.sh
