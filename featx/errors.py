@@ -1,49 +1,89 @@
-"""Error types that carry the failure policy (permanent vs transient) and the fix for the user.
+"""Error types and the failure policy they carry: one table says, for each kind of failure, its
+exit code, whether a retry can help and how the cluster treats it.
 
-Exit codes are a contract with the Kubernetes Job's ``podFailurePolicy``: a permanent failure
-exits with ``EXIT_PERMANENT`` and the Job fails at once; ``EXIT_OOM`` asks for a larger GPU class.
+The exit codes are a contract with the Kubernetes Job's ``podFailurePolicy`` (``featx.kube.jobs``
+reads ``FAIL_JOB_EXIT_CODES``) and the reconciler's classification (``policy_for_exit``): a
+permanent failure fails the Job at once; ``oom`` asks for a larger GPU class.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+FailureKind = Literal["permanent", "transient", "oom"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one kind of failure is treated: by the runner (exit code), in a model's failure record
+    (``kind``), in logs (``retry``) and by the cluster (``fails_job``: the Job's podFailurePolicy
+    fails it at once, no retry)."""
+
+    name: str
+    kind: FailureKind
+    exit_code: int
+    retry: str
+    fails_job: bool
+
+
 EXIT_OK = 0
-EXIT_FAILED = 1  # at least one model failed transiently; retrying may help
-EXIT_USAGE = 2  # bad flags or input; nothing was started
-EXIT_PERMANENT = 3  # a model cannot succeed on retry (not found, gated, unsupported)
-EXIT_OOM = 4  # out of memory even after splitting batches; retry on a larger GPU
+TRANSIENT = Policy("transient", "transient", 1, "yes", fails_job=False)  # network, storage, preemption
+USAGE = Policy("usage", "permanent", 2, "no (fix the input)", fails_job=True)  # bad flags or input
+PERMANENT = Policy("permanent", "permanent", 3, "no (permanent)", fails_job=True)  # not found, gated, unsupported
+OOM = Policy("oom", "oom", 4, "on a larger GPU", fails_job=False)  # out of memory even at batch size 1
+POLICIES = (TRANSIENT, USAGE, PERMANENT, OOM)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_PERMANENT, EXIT_OOM = (p.exit_code for p in POLICIES)
+#: Exit codes with which a Job fails at once (its podFailurePolicy's FailJob rule).
+FAIL_JOB_EXIT_CODES = tuple(p.exit_code for p in POLICIES if p.fails_job)
 
 
 class FeatxError(Exception):
     """An error whose message is a complete one-line explanation with the next step."""
 
-    exit_code = EXIT_FAILED
+    policy = TRANSIENT
+
+    @property
+    def exit_code(self) -> int:
+        return self.policy.exit_code
 
 
 class UsageError(FeatxError):
     """Bad input from the user: flags, names, paths. Nothing has been written."""
 
-    exit_code = EXIT_USAGE
+    policy = USAGE
 
 
 class PermanentError(FeatxError):
     """A model that cannot succeed on retry (missing, gated without token, unsupported)."""
 
-    exit_code = EXIT_PERMANENT
+    policy = PERMANENT
 
 
 class TransientError(FeatxError):
     """A failure that may succeed on retry (network, storage, preemption)."""
 
-    exit_code = EXIT_FAILED
+    policy = TRANSIENT
 
 
 class OutOfMemoryError(FeatxError):
     """Out of accelerator memory even at batch size 1; a larger GPU class may succeed."""
 
-    exit_code = EXIT_OOM
+    policy = OOM
 
 
 class StoreError(UsageError):
     """Store settings that no retry can fix: a malformed URL, wrong or read-only credentials, a
     missing or invalid bucket; the message says which. An unreachable endpoint, a timeout, a 5xx
     or throttling is a ``TransientError`` instead (exit 1: the Job retries)."""
+
+
+def policy_of(exc: BaseException) -> Policy:
+    """The policy of any exception: featx's own say it; anything else may pass on a retry."""
+    return exc.policy if isinstance(exc, FeatxError) else TRANSIENT
+
+
+def policy_for_exit(code: int | None) -> Policy | None:
+    """The policy an exit code of ``featx extract`` stands for (None: not one of featx's)."""
+    return next((p for p in POLICIES if p.exit_code == code), None)

@@ -39,10 +39,15 @@ class Features:
         return feature_layers(self.feats)
 
 
-def load_key(store: Store, key: ArtifactKey) -> Features:
+def load_key(store: Store, key: ArtifactKey, model_id: str | None = None) -> Features:
+    """The file at ``key``, checksum verified; refused when its manifest belongs to another file
+    or (given ``model_id``) to another model: a copied or mis-synced manifest never passes."""
     with tempfile.TemporaryDirectory(prefix="featx-load-") as tmp:
         dest = Path(tmp) / Path(key.data).name
         manifest = store.verify(key, dest)
+        if model_id is not None and manifest.model_id != model_id:
+            raise ValueError(f"{key.data} in {store.url} holds features of {manifest.model_id}, not {model_id} "
+                             "(copied or mis-synced); re-extract it with `featx extract --force_remake`")
         return Features(read_tensors(dest, manifest.format), manifest)
 
 
@@ -53,4 +58,5 @@ def load(model: str, store: str | Store | None = None, *, dataset: str = setting
     featx-sample or a local path; subset None: that data set's default); ``pool`` defaults to avg
     for language models, cls for vision models with a class token and avg for the others."""
     st = store if isinstance(store, Store) else open_store(store)
-    return load_key(st, artifact_key(get_spec(model), dataset, subset, pool, caption_idx, fmt))
+    spec = get_spec(model)
+    return load_key(st, artifact_key(spec, dataset, subset, pool, caption_idx, fmt), spec.id)

@@ -76,8 +76,8 @@ class CountingKube:
 def fake_commit(store: Store, d, tmp: Path) -> None:
     data = tmp / "f.pt"
     data.write_bytes(d.id.encode())
-    m = Manifest(**{**asdict(d.identity), "rows_fingerprint": "bench", "num_rows": 1}, model_id=d.id,
-                 modality=d.spec.modality, data_key=d.key.data, sha256=hashlib.sha256(d.id.encode()).hexdigest(),
+    m = Manifest(**{**asdict(d.identity), "rows_fingerprint": "bench", "num_rows": 1},
+                 modality=d.spec.modality, sha256=hashlib.sha256(d.id.encode()).hexdigest(),
                  size=len(d.id.encode()), shape=[1, 1, 1], dtype="float32", featx_version="bench")
     store.commit(d.key, data, m)
 

@@ -60,6 +60,15 @@ def image_folder(root: Path, files: list[str] | None = None, captions: bytes | N
     return data
 
 
+def metadata_folder(name: str, content: bytes) -> Callable[[Path], None]:
+    """root/data: three PNGs and a Hugging Face imagefolder ``name`` (metadata.jsonl/.csv) of ``content``."""
+    def setup(root: Path) -> None:
+        data = image_folder(root)
+        (data / "captions.jsonl").unlink()
+        (data / name).write_bytes(content)
+    return setup
+
+
 def truncated_image(root: Path) -> None:
     data = image_folder(root)
     png = (data / "1.png").read_bytes()
@@ -146,7 +155,7 @@ CASES: dict[str, Case] = {
     "batch_size negative": usage("--models", GPT2, *SAMPLE, "--batch_size", "-1", error="positive"),
     "token_budget 0": usage("--models", GPT2, *SAMPLE, "--token_budget", "0", error="positive"),
     "caption_idx too large": usage("--models", GPT2, *SAMPLE, "--caption_idx", "7", error="out of range"),
-    "caption_idx negative": usage("--models", GPT2, *SAMPLE, "--caption_idx", "-1", error="out of range"),
+    "caption_idx negative": usage("--models", GPT2, *SAMPLE, "--caption_idx", "-1", error="--caption_idx -1: give 0 or a positive text index"),
     # -- models and modelsets -----------------------------------------------------------------------
     "unknown modelset": usage("--modelset", "nope", *SAMPLE, error="unknown modelset 'nope'"),
     "modelset file missing": usage("--modelset", "missing.yaml", *SAMPLE, error="missing.yaml does not exist"),
@@ -174,7 +183,9 @@ CASES: dict[str, Case] = {
     "no models selected": usage("--models", GPT2, "--modality", "vision", *SAMPLE, error="no models selected"),
     # -- data sets ----------------------------------------------------------------------------------
     "dataset path missing": usage("--models", GPT2, "--dataset", "/no/such/dir", error="does not exist"),
-    "dataset is a file": usage("--models", GPT2, "--dataset", "file", setup=a_file, error="is a file"),
+    "dataset is a file": usage("--models", GPT2, "--dataset", "./file", setup=a_file, error="is a file"),
+    "local folder named like a hub id": usage("--models", GPT2, "--dataset", "file", setup=a_file,
+                                              error="write it as a path: --dataset ./file"),
     "dataset empty string": usage("--models", GPT2, "--dataset", "", error="--dataset is empty"),
     "dataset id with ..": usage("--models", GPT2, "--dataset", "org/..", error="--dataset name 'org/..'"),
     "subset escapes the output directory": usage("--models", GPT2, *SAMPLE, "--subset", "../../x", error="--subset '../../x'"),
@@ -187,6 +198,22 @@ CASES: dict[str, Case] = {
                                                                 b'{"file": "1.png", "text": "caf\xe9"}\n')),
     "captions line not JSON": usage("--models", GPT2, "--dataset", "{data}", error="captions.jsonl:1: each line must be JSON",
                                     setup=lambda root: image_folder(root, captions=b"0.png a caption\n")),
+    "metadata.jsonl line not JSON": usage("--models", GPT2, "--dataset", "{data}", error="metadata.jsonl:2: each line must be a JSON object",
+                                          setup=metadata_folder("metadata.jsonl", b'{"file_name": "0.png", "text": "a"}\n0.png b\n')),
+    "metadata.jsonl without file_name": usage("--models", GPT2, "--dataset", "{data}", error="metadata.jsonl:1: needs a 'file_name' column",
+                                              setup=metadata_folder("metadata.jsonl", b'{"file": "0.png", "text": "a"}\n')),
+    "metadata.jsonl line not an object": usage("--models", GPT2, "--dataset", "{data}", error="metadata.jsonl:1: needs a 'file_name' column",
+                                               setup=metadata_folder("metadata.jsonl", b'["0.png", "a"]\n')),
+    "metadata.jsonl text not a string": usage("--models", GPT2, "--dataset", "{data}", error="metadata.jsonl:1: needs a 'file_name' and a text column",
+                                              setup=metadata_folder("metadata.jsonl", b'{"file_name": "0.png", "text": 7}\n')),
+    "metadata.csv without a text column": usage("--models", GPT2, "--dataset", "{data}", error="metadata.csv:2: needs a 'file_name' and a text column",
+                                                setup=metadata_folder("metadata.csv", b"file_name,label\n0.png,cat\n")),
+    "metadata.csv not UTF-8": usage("--models", GPT2, "--dataset", "{data}", error="metadata.csv:2: not UTF-8",
+                                    setup=metadata_folder("metadata.csv", b"file_name,text\n0.png,caf\xe9\n")),
+    "metadata.csv image outside": usage("--models", GPT2, "--dataset", "{data}", error="is not a relative path inside",
+                                        setup=metadata_folder("metadata.csv", b"file_name,text\n../0.png,a\n")),
+    "metadata.jsonl image missing": usage("--models", GPT2, "--dataset", "{data}", error="do not exist",
+                                          setup=metadata_folder("metadata.jsonl", b'{"file_name": "nope.png", "text": "a"}\n')),
     "image outside the data set": usage("--models", GPT2, "--dataset", "{data}", error="'../secret.png' is not a relative path inside",
                                         setup=lambda root: (image_folder(root, ["0.png", "../secret.png"]),
                                                             _png(root / "secret.png"))),
@@ -385,10 +412,10 @@ def test_library_entry_point_refuses_bad_key_parts(value: str, tmp_path: Path):
 def test_a_transient_exit_is_retried_and_a_usage_exit_is_not():
     """The Job's podFailurePolicy fails at once on exit 2/3; exit 1 (unreachable store, timeouts,
     5xx, throttling) falls to backoffLimit, so the pod is retried."""
-    from featx.kube.jobs import PERMANENT_EXIT_CODES
+    from featx.errors import FAIL_JOB_EXIT_CODES, OOM, TRANSIENT
 
-    assert EXIT_FAILED not in PERMANENT_EXIT_CODES
-    assert {EXIT_USAGE, EXIT_PERMANENT} <= set(PERMANENT_EXIT_CODES)
+    assert EXIT_FAILED not in FAIL_JOB_EXIT_CODES and OOM.exit_code not in FAIL_JOB_EXIT_CODES
+    assert {EXIT_USAGE, EXIT_PERMANENT} <= set(FAIL_JOB_EXIT_CODES) and TRANSIENT.exit_code == EXIT_FAILED
 
 
 @pytest.mark.parametrize("code, status, kind", [

@@ -147,7 +147,7 @@ def test_featx_render_prints_the_controllers_jobs_from_helms_configmap(helm, tmp
     config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
     expected = []
     for d in config.desired():
-        sizing = choose(d.spec, config.classes, config.qlora, batch_size=config.batch_size)
+        sizing = choose(d.spec, config.classes, config.request.qlora, batch_size=config.batch_size)
         if sizing.fits:
             expected.append(render_job(config, d, sizing, 1))
     r = run_cli("render", "-f", f, "--release", "rel", "--namespace", "research")
@@ -161,7 +161,7 @@ def _pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     (cm,) = by_kind(objs, "ConfigMap")
     config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
     for d in config.desired():
-        sizing = choose(d.spec, config.classes, config.qlora)
+        sizing = choose(d.spec, config.classes, config.request.qlora)
         job = render_job(config, d, sizing, 1)
         specs.append((f"Job/{job['metadata']['name']}", job["spec"]["template"]["spec"]))
     return specs
@@ -228,7 +228,7 @@ def test_network_policies_deny_ingress_and_select_the_controller_and_every_job(h
     (cm,) = by_kind(objs, "ConfigMap")
     config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
     for d in config.desired():  # the pods of the Jobs the controller renders
-        pod_labels = render_job(config, d, choose(d.spec, config.classes, config.qlora), 1)["spec"]["template"]["metadata"]["labels"]
+        pod_labels = render_job(config, d, choose(d.spec, config.classes, config.request.qlora), 1)["spec"]["template"]["metadata"]["labels"]
         assert _matches(policies["extract"]["podSelector"]["matchLabels"], pod_labels), d.id
         assert not _matches(policies["controller"]["podSelector"]["matchLabels"], pod_labels), d.id
 
@@ -330,8 +330,9 @@ def test_schema_key_pattern_is_featx_key_rule():
             check_key_part(value, "v")
 
 
-def test_render_without_helm_says_how_to_get_it(monkeypatch):
+def test_render_without_helm_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("FEATX_HELM", "")
     monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("sys.executable", str(tmp_path / "python"))  # no helm beside the interpreter either
     r = run_cli("render", "--modelset", "smoke")
     assert r.code == 2 and "helm not found" in r.err and "make install" in r.err and r.err.count("\n") == 1

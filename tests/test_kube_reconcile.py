@@ -23,7 +23,7 @@ from featx.kube.observe import ObservedJob, observe, observe_job
 from featx.kube.reconcile import Create, Delete, GiveUp, Settings, Skip, classify, decide
 from featx.kube.helm import render_run_config
 from featx.logs import EventLog
-from featx.pipeline.identity import run_identity
+from featx.pipeline.request import RunRequest
 from featx.plan.sizing import GpuClass, load_classes
 from featx.store import FailureRecord, Manifest
 from featx.store.keys import ArtifactKey
@@ -40,7 +40,7 @@ def spec(name: str, params: int = 124_000_000) -> ModelSpec:
 
 def want(name: str, params: int = 124_000_000) -> Desired:
     s = spec(name, params)
-    return Desired(s, "avg", ArtifactKey("minhuh/prh", "wit_1024", s.file_name, "avg"), run_identity(s, "minhuh/prh"))
+    return Desired(s, "avg", ArtifactKey("minhuh/prh", "wit_1024", s.file_name, "avg"), RunRequest("minhuh/prh").identity(s))
 
 
 A, B, C = want("a"), want("b"), want("c")
@@ -60,7 +60,7 @@ def done(d: Desired | None = None, **other) -> StoredState:
     if d is None:
         return StoredState("done")
     identity = {**asdict(d.identity), "rows_fingerprint": "f" * 64, "num_rows": 1024, **other}
-    return StoredState("done", Manifest(**identity, model_id=d.id, modality="language", data_key=d.key.data,
+    return StoredState("done", Manifest(**identity, modality="language",
                                         sha256="0" * 64, size=1, shape=[1024, 13, 768], dtype="bfloat16",
                                         featx_version="test"))
 
@@ -303,8 +303,8 @@ def commit(store: LocalStore, d: Desired, tmp: Path) -> None:
     data = tmp / "f.pt"
     data.write_bytes(b"features")
     sha = hashlib.sha256(b"features").hexdigest()
-    m = Manifest(**{**asdict(d.identity), "rows_fingerprint": "x", "num_rows": 1}, model_id=d.id,
-                 modality=d.spec.modality, data_key=d.key.data, sha256=sha, size=8, shape=[1, 1, 1], dtype="float32",
+    m = Manifest(**{**asdict(d.identity), "rows_fingerprint": "x", "num_rows": 1},
+                 modality=d.spec.modality, sha256=sha, size=8, shape=[1, 1, 1], dtype="float32",
                  featx_version="test")
     store.commit(d.key, data, m)
 

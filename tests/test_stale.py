@@ -7,7 +7,7 @@ the same name never share files."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from featx.data.sample import build_sample
 from featx.extract.runner import ExtractOptions
 from featx.kube.config import RunConfig
 from featx.kube.jobs import extract_args
-from featx.pipeline.identity import run_identity
+from featx.pipeline.request import RunRequest
 from featx.pipeline.runner import RunOptions, Runner
 from featx.plan.sizing import GpuClass, Sizing
 from featx.store.local import LocalStore
@@ -109,9 +109,9 @@ def test_a_failed_redo_leaves_the_old_file_committed(tmp_path, monkeypatch):
 
 def test_identity_compares_only_what_the_asker_knows():
     spec = get_spec(GPT2)
-    full = run_identity(spec, "featx-sample", num_samples=None, rows_fingerprint="a" * 64, num_rows=64,
-                        compute_dtype="float32")
-    controller = run_identity(spec, "featx-sample")  # no rows loaded, no device
+    sample = RunRequest("featx-sample")
+    full = sample.identity(spec, rows_fingerprint="a" * 64, num_rows=64, compute_dtype="float32")
+    controller = sample.identity(spec)  # no rows loaded, no device
     assert controller.differences(full) == []
     assert full.differences(RunIdentity(**{**asdict(full), "rows_fingerprint": "b" * 64})) == [
         "rows_fingerprint: bbbbbbbbbbbb -> aaaaaaaaaaaa"]
@@ -119,10 +119,12 @@ def test_identity_compares_only_what_the_asker_knows():
         "compute_dtype: bfloat16 -> float32"]
     # a pretrained model's seed changes nothing; a random one's does
     pretrained = ModelSpec(id="org/m", modality="language", family="t")
-    assert run_identity(pretrained, "prh", seed=1) == run_identity(pretrained, "prh", seed=2)
-    assert run_identity(pretrained, "prh", init="random", seed=1) != run_identity(pretrained, "prh", init="random")
-    # --qlora does not apply to vision models, so it is not part of their identity
-    assert run_identity(get_spec(VIT), "prh", qlora=True).qlora is False
+    assert RunRequest("prh", seed=1).identity(pretrained) == RunRequest("prh", seed=2).identity(pretrained)
+    assert RunRequest("prh", init="random", seed=1).identity(pretrained) != \
+        RunRequest("prh", init="random").identity(pretrained)
+    # --qlora quantises language models only, so it is not part of a vision model's identity
+    assert RunRequest("prh", qlora=True).identity(get_spec(VIT)).qlora is False
+    assert RunRequest("prh", qlora=True).identity(spec).qlora is True
 
 
 @pytest.mark.parametrize(("extra_args", "parsed"), [
@@ -141,13 +143,13 @@ def test_the_controller_predicts_what_its_jobs_record(sample_rows, extra_args, p
     for d in config.desired():
         args = build_parser().parse_args(["extract", *extract_args(config, d, SIZING, 1)])
         assert (args.num_samples, args.init, args.seed, args.format, args.qlora) == (16, *parsed)
-        opts = RunOptions(ExtractOptions(pool=args.pool, init=args.init, seed=args.seed, qlora=args.qlora,
-                                         device="cpu"), fmt=args.format)
-        runner = Runner(LocalStore("/nonexistent"), rows, opts, args.caption_idx)
+        request = RunRequest.from_args(args)
+        runner = Runner(LocalStore("/nonexistent"), rows, request, RunOptions(ExtractOptions(device="cpu")))
         assert d.identity.differences(runner.identity(d.spec)) == []
-        assert runner.key(d.spec) == d.key
-        other = load_rows("featx-sample", None, 1, 8)  # a run over other rows: the controller sees it stale
-        assert d.identity.differences(Runner(LocalStore("/nonexistent"), other, opts, 1).identity(d.spec))
+        assert request.key(d.spec) == d.key
+        other = replace(request, num_samples=8)  # a run over other rows: the controller sees it stale
+        rows8 = load_rows("featx-sample", None, 1, 8)
+        assert d.identity.differences(Runner(LocalStore("/nonexistent"), rows8, other).identity(d.spec))
 
 
 def test_two_local_folders_with_one_name_never_share_files(tmp_path):

@@ -18,7 +18,7 @@ from featx.align.run import (Entry, check_committed, check_enough_rows, check_op
                              read_prepared)
 from featx.align.sides import build_side
 from featx.errors import UsageError
-from featx.pipeline.keys import dataset_prefix
+from featx.pipeline.request import RunRequest
 from featx.pipeline.stored import stored_models
 from featx.store import Store, open_store
 
@@ -45,8 +45,8 @@ class Alignment:
         st = store if isinstance(store, Store) else open_store(store)
 
         def stored(modality: str, side_pool: str | None) -> list:
-            return stored_models(st.scan(dataset_prefix(dataset, subset)), dataset, subset, modality, side_pool,
-                                 caption_idx, fmt)
+            request = RunRequest(dataset, subset, side_pool, caption_idx, format=fmt)
+            return stored_models(st.scan(request.scan_prefix), request, modality)
 
         if isinstance(models, str):
             side = build_side(models, pool, None, None, stored, dataset, subset, caption_idx, fmt)

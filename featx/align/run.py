@@ -223,7 +223,7 @@ def read_prepared(store: Store | None, entries: list[Entry], layers: str, device
             x, tensors = read_file(source)
         else:
             try:
-                loaded = load_key(store, source)
+                loaded = load_key(store, source, group[0].spec.id if group[0].spec else None)
             except (ValueError, FileNotFoundError) as err:
                 raise UsageError(str(err).splitlines()[0]) from err
             x, tensors = loaded.feats, loaded.tensors

@@ -4,10 +4,10 @@ token downloads will use. ``huggingface_hub`` is imported only inside functions.
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple, Protocol
 
 from featx.errors import TransientError, UsageError
+from featx import settings
 from featx.settings import HF_TOKEN_ENV
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -30,7 +30,7 @@ class Hub(Protocol):
 
 
 def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    return settings.hf_endpoint() or DEFAULT_ENDPOINT
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
@@ -126,7 +126,7 @@ class HubAdapter:
 
 def default_token() -> str | None:
     """``HF_TOKEN``, else the token ``hf auth login`` saved (what downloads will use)."""
-    token = os.environ.get(HF_TOKEN_ENV)
+    token = settings.hf_token()
     if token:
         return token
     try:

@@ -11,6 +11,7 @@ Modality = Literal["language", "vision"]
 MODALITIES: tuple[str, ...] = ("language", "vision")
 POOLS = {"language": ("avg", "last", "max", "cls"), "vision": ("cls", "avg", "max")}
 DEFAULT_POOL = {"language": "avg", "vision": "cls"}  # as the reference runs each modality
+POOL_CHOICES = ("avg", "cls", "last", "max")  # every pool some modality has: what ``--pool`` offers
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ class ModelSpec:
             raise UsageError(f"--pool {chosen} is not defined for {self.modality} model {self.id}; "
                              f"use one of {', '.join(POOLS[self.modality])} (or --modality to split the run)")
         return chosen
+
+    def quantised(self, qlora: bool) -> bool:
+        """Whether a ``--qlora`` run loads this model in 4-bit: language models only; the run's
+        vision models load as usual, as the reference's ``--qlora`` runs them."""
+        return qlora and self.modality == "language"
 
     def caption_for(self, caption_idx: int) -> int:
         """The caption index a model's file records: vision models read no caption, so always 0

@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from featx import settings
-from featx.cli.options import add_store, flag
+from featx.catalog.spec import POOL_CHOICES
+from featx.cli.options import add_store
+from featx.flags import flag
+from featx.pipeline.request import add_data_options, add_format_option
 
 OUTLIER_MODES = ("exact", "quantile")
 METRIC_CHOICES = ("mutual_knn", "cycle_knn", "lcs_knn", "cka", "unbiased_cka", "cknna", "svcca", "edit_distance_knn")
@@ -44,12 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
          help="modelset for bare modalities in --x/--y (default: the models the store holds for --dataset/--subset)")
     flag(g, "models", nargs="+", metavar="ID", help="model ids instead of --modelset for bare modalities")
     g = p.add_argument_group("data (as extracted)")
-    flag(g, "dataset", default=settings.DEFAULT_DATASET, help="HF data set id (prh = minhuh/prh), featx-sample, or a local directory")
-    flag(g, "subset", default=None, help="revision/subset label (default wit_1024; 'default' for local data)")
-    flag(g, "caption_idx", type=int, default=0, help="which caption the language models read")
-    flag(g, "pool_x", choices=["avg", "cls", "last", "max"], default=None, help="pool of the x side (default avg for language, cls for vision)")
-    flag(g, "pool_y", choices=["avg", "cls", "last", "max"], default=None, help="pool of the y side")
-    flag(g, "format", choices=["pt", "safetensors"], default="pt")
+    add_data_options(g, ("dataset", "subset", "caption_idx"))
+    flag(g, "pool_x", choices=POOL_CHOICES, default=None, help="pool of the x side (default avg for language, cls for vision)")
+    flag(g, "pool_y", choices=POOL_CHOICES, default=None, help="pool of the y side")
+    add_format_option(g)
     add_store(p)
     g = p.add_argument_group("alignment")
     flag(g, "metric", nargs="+", choices=METRIC_CHOICES, default=["mutual_knn"], metavar="NAME",
@@ -81,18 +82,20 @@ def run_align(args: argparse.Namespace) -> int:
     from featx.align.run import Options, align, check_options
     from featx.align.sides import build_side
     from featx.cli.options import open_store_from
-    from featx.pipeline.keys import dataset_prefix
+    from featx.pipeline.request import RunRequest
     from featx.pipeline.stored import describe, stored_models
 
     metrics = list(dict.fromkeys(args.metric))
     check_options(metrics, args.topk)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"featx align: {msg}", file=sys.stderr))
     store = open_store_from(args)
-    listing = functools.cache(lambda: store.scan(dataset_prefix(args.dataset, args.subset)))  # one listing at most
+    request = RunRequest(args.dataset, args.subset, caption_idx=args.caption_idx, format=args.format)
+    listing = functools.cache(lambda: store.scan(request.scan_prefix))  # one listing at most
 
     def stored(modality: str, pool: str | None) -> list:
-        specs = stored_models(listing(), args.dataset, args.subset, modality, pool, args.caption_idx, args.format)
-        log(describe(specs, args.dataset, args.subset))
+        side = replace(request, pool=pool)
+        specs = stored_models(listing(), side, modality)
+        log(describe(specs, side))
         return specs
 
     x, y = (build_side(value, pool, args.modelset, args.models, stored, args.dataset, args.subset, args.caption_idx,

@@ -7,9 +7,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from featx import settings
-from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from, unique_models
+from featx.cli.options import add_selection, add_store, open_store_from, unique_models
+from featx.flags import flag
 from featx.cli.termination import report_termination
-from featx.pipeline.identity import add_weight_options
+from featx.pipeline.request import add_data_options, add_policy_options, add_weight_options
 from featx.signals import Interrupted, deferred
 
 if TYPE_CHECKING:
@@ -28,15 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="extract per-layer pooled features", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_selection(p)
-    add_data(p)
+    add_data_options(p)
     add_store(p)
     g = p.add_argument_group("how")
     flag(g, "batch_size", type=int, default=None, help="most rows (texts or images) per batch (default: as many as the token budget allows)")
     flag(g, "token_budget", type=int, default=None, help="most padded tokens per batch (default: from free GPU memory; 1024 on CPU)")
     flag(g, "force_remake", action="store_true", help="re-extract models that are already committed")
     add_weight_options(g)
-    flag(g, "trust_remote_code", action="store_true",
-         help="allow models whose modelset entry sets trust_remote_code: true to run their repository's code")
+    add_policy_options(g)
     flag(g, "device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     flag(g, "num_workers", type=int, default=settings.NUM_WORKERS, help="image decoding/transform worker processes")
     flag(g, "log_format", choices=["text", "json"], default="text")
@@ -64,35 +64,29 @@ def _prepare(args: argparse.Namespace) -> tuple[Runner, list[ModelSpec]]:
     from featx.data import load_rows
     from featx.errors import UsageError
     from featx.extract.runner import ExtractOptions
-    from featx.pipeline.runner import RunOptions, Runner
     from featx.logs import EventLog
-    from featx.pipeline.keys import artifact_key
+    from featx.pipeline.request import RunRequest
+    from featx.pipeline.runner import RunOptions, Runner
 
-    for name in ("batch_size", "token_budget", "num_samples"):
+    for name in ("batch_size", "token_budget"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name} {value}: give a positive number")
+    request = RunRequest.from_args(args)
     specs = resolve(args.modelset, unique_models(args), args.modality)
     if not specs:
         raise UsageError("no models selected: check --modelset/--models and --modality")
-    owners: dict[str, str] = {}
-    for spec in specs:  # every key part (data set, subset, model, pool) and policy, before any work
-        stem = artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format).stem
-        if owners.setdefault(stem, spec.id) != spec.id:
-            raise UsageError(f"{owners[stem]} and {spec.id} would write the same file {stem}: extract them into "
-                             "separate --output_dir/--store locations")
-        if spec.trust_remote_code and not args.trust_remote_code:
-            raise UsageError(f"{spec.id} sets trust_remote_code (it would run code from its repository): "
-                             "pass --trust-remote-code to allow it, or remove the model")
+    request.check(specs)  # every key part (data set, subset, model, pool) and policy, before any work
     store = open_store_from(args)
     store.check(write=True)
-    rows = load_rows(args.dataset, args.subset, args.caption_idx, args.num_samples)
-    extract = ExtractOptions(pool=args.pool, batch_size=args.batch_size, token_budget=args.token_budget,
-                             qlora=args.qlora, init=args.init, seed=args.seed, device=args.device,
+    rows = load_rows(request.dataset, request.subset, request.caption_idx, request.num_samples)
+    extract = ExtractOptions(batch_size=args.batch_size, token_budget=args.token_budget, device=args.device,
                              num_workers=args.num_workers)
-    opts = RunOptions(extract, force_remake=args.force_remake, fmt=args.format, attempt=args.attempt,
-                      gpu_class=args.gpu_class)
-    return Runner(store, rows, opts, args.caption_idx, EventLog(args.log_format)), specs
+    opts = RunOptions(extract, force_remake=args.force_remake, attempt=args.attempt, gpu_class=args.gpu_class)
+    log = EventLog(args.log_format)
+    for line in request.notes(specs):
+        log.event("note", message=line)
+    return Runner(store, rows, request, opts, log), specs
 
 
 def _report(args: argparse.Namespace, summary: RunSummary, log: EventLog) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from featx.cli.options import flag
+from featx.flags import flag
 
 RENDER_EXAMPLES = """examples:
   featx render --modelset smoke
@@ -25,7 +25,7 @@ RECONCILE_EXAMPLES = """examples:
 
 
 def _add_values(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("chart values (rendered with `helm template`; helm on PATH or $FEATX_HELM)")
+    g = p.add_argument_group("chart values (rendered with `helm template`; $FEATX_HELM, the helm beside featx, or PATH)")
     g.add_argument("-f", "--values", action="append", default=[], metavar="FILE", help="values file (repeatable)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="value override (repeatable, helm syntax)")
     flag(g, "chart", default=None, help="path of the featx chart (default: helm/featx of this checkout)")
@@ -97,7 +97,7 @@ def run_render(args: argparse.Namespace) -> int:
         config = _config_from_values(args, overrides)
     docs = []
     for d in config.desired():
-        sizing = choose(d.spec, config.classes, config.qlora, batch_size=config.batch_size)
+        sizing = choose(d.spec, config.classes, config.request.qlora, batch_size=config.batch_size)
         if not sizing.fits:
             print(f"featx: warning: {d.id}: not rendered: {sizing.reason}", file=sys.stderr)
             continue

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from featx.cli.options import add_selection, flag
+from featx.cli.options import add_selection
+from featx.flags import flag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

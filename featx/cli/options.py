@@ -7,11 +7,7 @@ import argparse
 import sys
 
 from featx import settings
-
-
-def flag(parser: argparse._ActionsContainer, name: str, **kwargs) -> None:
-    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    parser.add_argument(*names, **kwargs)
+from featx.flags import flag
 
 
 def add_selection(p: argparse.ArgumentParser, default: str = "custom") -> None:
@@ -30,17 +26,6 @@ def unique_models(args: argparse.Namespace) -> list[str] | None:
         repeated = [m for m in unique if args.models.count(m) > 1]
         print(f"featx: --models names {', '.join(repeated)} more than once; each model runs once", file=sys.stderr)
     return unique
-
-
-def add_data(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    flag(g, "dataset", default=settings.DEFAULT_DATASET,
-         help="HF data set id (prh = minhuh/prh), featx-sample, or a local directory")
-    flag(g, "subset", default=None, help="HF revision of the data set (default wit_1024; a label for local data)")
-    flag(g, "caption_idx", type=int, default=0, help="which text of each row the language models read")
-    flag(g, "num_samples", type=int, default=None, help="use only the first N rows")
-    flag(g, "pool", choices=["avg", "cls", "last", "max"], default=None,
-         help="pooling (default: avg for language, cls for vision models)")
 
 
 def add_store(p: argparse.ArgumentParser) -> None:

@@ -7,14 +7,15 @@ import argparse
 import json
 import sys
 
-from featx.cli.options import add_data, add_selection, add_store, flag, open_store_from, unique_models
-from featx.pipeline.identity import add_weight_options
+from featx.cli.options import add_selection, add_store, open_store_from, unique_models
+from featx.flags import flag
+from featx.pipeline.request import add_data_options, add_weight_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show which models are committed in a store")
     add_selection(p, default="the models the store holds for --dataset/--subset")
-    add_data(p)
+    add_data_options(p)
     add_store(p)
     add_weight_options(p.add_argument_group("what extract was (or will be) run with"))
     flag(p, "json", action="store_true")
@@ -28,25 +29,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def model_states(args: argparse.Namespace) -> list[dict]:
     """One row per selected model: id, key, state, reason, attempts (pure over a store scan)."""
     from featx.catalog import resolve
-    from featx.pipeline.identity import judge, run_identity
-    from featx.pipeline.keys import artifact_key, dataset_prefix
+    from featx.pipeline.request import RunRequest, judge
     from featx.pipeline.stored import describe, stored_models
 
+    request = RunRequest.from_args(args)
     store = open_store_from(args)
     store.check()
-    states = store.scan(dataset_prefix(args.dataset, args.subset))
+    states = store.scan(request.scan_prefix)
     if args.modelset or args.models:
         specs = resolve(args.modelset, unique_models(args), args.modality)
     else:
-        specs = stored_models(states, args.dataset, args.subset, args.modality, args.pool, args.caption_idx, args.format)
-        print(f"featx status: {describe(specs, args.dataset, args.subset)}", file=sys.stderr)
+        specs = stored_models(states, request, args.modality)
+        print(f"featx status: {describe(specs, request)}", file=sys.stderr)
     rows = []
     for spec in specs:
-        key = artifact_key(spec, args.dataset, args.subset, args.pool, args.caption_idx, args.format)
-        wanted = run_identity(spec, args.dataset, args.subset, pool=args.pool, caption_idx=args.caption_idx,
-                              num_samples=args.num_samples, init=args.init, seed=args.seed, qlora=args.qlora,
-                              fmt=args.format)
-        st = judge(states.get(key.stem), wanted)
+        key = request.key(spec)
+        st = judge(states.get(key.stem), request.identity(spec))
         rows.append({"id": spec.id, "modality": spec.modality, "state": st.state, "reason": st.reason,
                      "attempts": st.failure.attempt if st.failure else 0, "key": key.data, "stem": key.stem})
     if getattr(args, "release", None) or getattr(args, "namespace", None):

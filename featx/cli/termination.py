@@ -8,16 +8,14 @@ pod status and the controller's give-up reason say *why* (model missing, bad inp
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from featx import settings
 
-TERMINATION_LOG = "/dev/termination-log"
 MAX_BYTES = 4096  # the kubelet keeps at most 4 KiB of a termination message
 
 
 def report_termination(text: str) -> None:
     """Write ``text`` as the container's termination message, if this runs in a pod."""
-    path = Path(os.environ.get("FEATX_TERMINATION_LOG", TERMINATION_LOG))
+    path = settings.termination_log()
     if not path.is_file():
         return
     try:

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,10 @@ from featx.errors import PermanentError, TransientError, UsageError
 from featx.keyparts import check_key_part
 
 HUB_ALIASES = {"prh": "minhuh/prh"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+#: Hugging Face ``imagefolder`` metadata (``datasets.load_dataset("imagefolder")``): a ``file_name``
+#: column and the row's text in the first of these columns that is present.
+HF_METADATA = ("metadata.jsonl", "metadata.csv")
+HF_TEXT_COLUMNS = ("text", "caption", "captions")
 
 
 class ImageList:
@@ -140,7 +144,45 @@ def _read_text(path: Path) -> str:
         raise UsageError(f"{path}:{line}: not UTF-8 text; save the captions file as UTF-8") from None
 
 
+def _hf_text(record: dict, where: str) -> list[str]:
+    """The texts of one metadata row: its first text column, a string or a list of strings."""
+    column = next((c for c in HF_TEXT_COLUMNS if c in record), None)
+    texts = _as_list(record[column]) if column and isinstance(record[column], (str, list)) else None
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise UsageError(f"{where}: needs a 'file_name' and a text column ({', '.join(HF_TEXT_COLUMNS)}) holding "
+                         "a string or a list of strings, as datasets' imagefolder reads it")
+    return texts
+
+
+def _read_hf_metadata(path: Path) -> list[Caption]:
+    """``metadata.jsonl`` (one JSON object a line) or ``metadata.csv`` (a header row), as
+    ``datasets``' imagefolder reads them."""
+    text = _read_text(path)
+    if path.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise UsageError(f"{path}:{n}: each line must be a JSON object with 'file_name' and 'text'") from None
+            records.append((f"{path}:{n}", rec))
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        records = [(f"{path}:{reader.line_num}", rec) for rec in reader]
+    out = []
+    for where, rec in records:
+        if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
+            raise UsageError(f"{where}: needs a 'file_name' column naming the image, as datasets' imagefolder reads it")
+        out.append(Caption(where, rec["file_name"], _hf_text(rec, where)))
+    return out
+
+
 def _read_captions(folder: Path) -> list[Caption]:
+    for name in HF_METADATA:
+        if (folder / name).exists():
+            return _read_hf_metadata(folder / name)
     jsonl, tsv, csv_path = folder / "captions.jsonl", folder / "captions.tsv", folder / "captions.csv"
     if jsonl.exists():
         out = []
@@ -157,7 +199,8 @@ def _read_captions(folder: Path) -> list[Caption]:
             reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delim)
             return [Caption(f"{path}:{reader.line_num}", r[0], r[1:]) for r in reader if r]
     raise UsageError(
-        f"{folder} is neither a save_to_disk data set nor an image folder with captions.jsonl "
+        f"{folder} is neither a save_to_disk data set nor an image folder with metadata.jsonl/metadata.csv "
+        "(columns file_name and text, as datasets' imagefolder) or captions.jsonl "
         "(lines of {\"file\": ..., \"text\": ...}), captions.tsv or captions.csv"
     )
 
@@ -176,9 +219,16 @@ def _from_folder(folder: Path, name: str, subset: str, caption_idx: int, num_sam
 
 def local_name(path: Path) -> str:
     """A local data set's name in paths: its folder's base name plus a short hash of its absolute
-    path, so that two folders of the same name (``a/images``, ``b/images``) never share files."""
-    resolved = path.resolve()
-    return f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+    path, so that two folders of the same name (``a/images``, ``b/images``) never share files.
+    From the path as written (no symlink resolved, nothing read), so a controller that cannot see
+    the folder names it as the Job that reads it does."""
+    absolute = Path(os.path.abspath(path.expanduser()))
+    return f"{absolute.name}-{hashlib.sha256(str(absolute).encode()).hexdigest()[:8]}"
+
+
+def is_local_path(dataset: str) -> bool:
+    """A data set id written as a path (``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``), not a hub id."""
+    return dataset.startswith((".", "/", "~")) or dataset.count("/") > 1
 
 
 def _inside(folder: Path, caption: Caption) -> Path:
@@ -195,13 +245,13 @@ def _inside(folder: Path, caption: Caption) -> Path:
 def dataset_naming(dataset: str, subset: str | None) -> tuple[str, str]:
     """(name, subset) of a data set id as they appear in artifact paths: the HF id (``prh``
     resolved) with its revision, or a local directory's ``local_name`` with ``default``. Pure:
-    the controller and ``featx status`` name a run's files without loading its data."""
+    the controller and ``featx status`` name a run's files without touching the disk."""
     if not dataset:
         raise UsageError("--dataset is empty: give an HF id (minhuh/prh), prh, featx-sample or a local path")
     if dataset == SAMPLE_NAME:
         name, subset = SAMPLE_NAME, subset or "default"
-    elif (path := Path(dataset).expanduser()).exists() or dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
-        name, subset = local_name(path), subset or "default"
+    elif is_local_path(dataset):
+        name, subset = local_name(Path(dataset)), subset or "default"
     else:
         name, subset = HUB_ALIASES.get(dataset, dataset), subset or settings.DEFAULT_SUBSET
     return check_key_part(name, "--dataset name"), check_key_part(subset, "--subset")
@@ -214,10 +264,14 @@ def load_rows(dataset: str, subset: str | None = None, caption_idx: int = 0,
         raise UsageError(f"--num_samples {num_samples}: give a positive number of rows")
     name, subset = dataset_naming(dataset, subset)
     path = sample_path() if dataset == SAMPLE_NAME else Path(dataset).expanduser()
-    if path.exists():
+    local = dataset == SAMPLE_NAME or is_local_path(dataset)
+    if local and path.exists():
         rows = _load_local(path, name, subset, caption_idx, num_samples)
-    elif name != HUB_ALIASES.get(dataset, dataset):
+    elif local:
         raise UsageError(f"data set path {dataset} does not exist; check the path")
+    elif path.exists():
+        raise UsageError(f"--dataset {dataset} is read as a Hugging Face data set id; for the local folder "
+                         f"of that name write it as a path: --dataset ./{dataset}")
     else:
         rows = _load_hub(name, subset, caption_idx, num_samples)
     return replace(rows, source=dataset, num_samples=num_samples)

@@ -8,7 +8,6 @@ network trouble is a ``TransientError``. Unsupported attention kernels or dtypes
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,11 +67,11 @@ def classify_load_error(model_id: str, exc: BaseException) -> Exception:
     text = f"{type(exc).__name__}: {exc}"
     low = text.lower()
     if "gated" in low or "401" in low or "403" in low or "restricted" in low:
-        has_token = bool(os.environ.get(settings.HF_TOKEN_ENV))
+        has_token = settings.hf_token() is not None
         fix = ("accept the model's license on its hub page for the token's account" if has_token
                else f"set {settings.HF_TOKEN_ENV} to a token that has accepted the model's license")
         return PermanentError(f"{model_id} is gated: {fix}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
+    offline = settings.hf_offline()
     if offline and ("couldn't connect" in low or "cached files" in low or "offline" in low):
         return PermanentError(f"{model_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1: "
                               "download it first (or unset HF_HUB_OFFLINE)")
@@ -119,7 +118,7 @@ def _tokenizer(spec: ModelSpec, token: str | None):
 def load_language(spec: ModelSpec, init: str, device: str, qlora: bool = False, seed: int = 0) -> Loaded:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    token = os.environ.get(settings.HF_TOKEN_ENV) or None
+    token = settings.hf_token()
     fallbacks: list[str] = []
     dtype = pick_dtype(device, fallbacks)
     common: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
@@ -138,11 +137,11 @@ def load_language(spec: ModelSpec, init: str, device: str, qlora: bool = False, 
             model, attn = _build(lambda **kw: AutoModelForCausalLM.from_config(config, **kw), dtype, common, fallbacks)
             num_params = _count_params(model)
             if qlora:
-                model = _quantize_4bit(model, fallbacks)
+                model = _quantize_4bit(model, device, fallbacks)
         else:
             kwargs: dict[str, Any] = {"revision": spec.revision, "token": token, **common, **part}
             if qlora:
-                kwargs["quantization_config"] = _bnb_config(dtype)
+                kwargs["quantization_config"] = _bnb_config(dtype, _cpu_unquantisable(config, device, fallbacks))
             if device.startswith("cuda"):
                 kwargs["device_map"] = "auto" if torch.cuda.device_count() > 1 else device
                 placed = True
@@ -173,23 +172,48 @@ def _build(factory, dtype: torch.dtype, common: dict, fallbacks: list[str]):
         return factory(dtype=dtype, attn_implementation="eager", **common), "eager"
 
 
-def _bnb_config(dtype: torch.dtype):
+def _bnb_config(dtype: torch.dtype, skip: list[str] | None = None):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype)
+                              bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
 
 
-def _quantize_4bit(model, fallbacks: list[str]):
+#: bitsandbytes' CPU 4-bit kernel needs every quantised Linear's output size to be a multiple of this.
+CPU_4BIT_BLOCK = 32
+
+
+def _cpu_unquantisable(config, device: str, fallbacks: list[str]) -> list[str] | None:
+    """On the CPU, the Linear layers bitsandbytes cannot run in 4-bit (output size not a multiple
+    of ``CPU_4BIT_BLOCK``, e.g. a single 16-wide key/value head), kept in the compute dtype with
+    ``lm_head`` (which transformers never quantises); None elsewhere (bitsandbytes' own default)."""
+    from transformers import AutoModelForCausalLM
+
+    if device != "cpu":
+        return None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    odd = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and m.out_features % CPU_4BIT_BLOCK})
+    if not odd:
+        return None
+    fallbacks.append(f"qlora on cpu: {', '.join(odd)} kept unquantised (output size not a multiple of "
+                     f"{CPU_4BIT_BLOCK}, which bitsandbytes' CPU kernel needs)")
+    return ["lm_head", *odd]
+
+
+def _quantize_4bit(model, device: str, fallbacks: list[str]):
     """Quantise a randomly initialised model to NF4 the way from_pretrained would (for tests and
     random baselines): save, then reload with the bitsandbytes config."""
     import tempfile
 
     from transformers import AutoModelForCausalLM
 
+    skip = _cpu_unquantisable(model.config, device, fallbacks)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=_bnb_config(model.dtype), dtype=model.dtype)
+        q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=_bnb_config(model.dtype, skip),
+                                                 dtype=model.dtype)
     fallbacks.append("qlora: random weights quantised to NF4 after init")
     return q
 

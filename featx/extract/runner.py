@@ -12,7 +12,6 @@ import torch
 from featx import settings
 from featx.catalog.spec import ModelSpec
 from featx.data.datasets import Rows
-from featx.errors import UsageError
 from featx.extract.loading import Loaded, load_language, load_vision
 from featx.extract.result import Extraction
 from featx.logs import Progress
@@ -26,12 +25,11 @@ CPU_TOKEN_BUDGET = 1024
 
 @dataclass
 class ExtractOptions:
-    pool: str | None = None  # None: avg for language, cls for vision (as the reference runs them)
+    """How rows are batched and where they run: nothing here changes a file's bytes (what does is
+    the run's request, ``featx.pipeline.request``)."""
+
     batch_size: int | None = None  # None: as many rows as the token budget allows
     token_budget: int | None = None  # None: from free accelerator memory (CPU: CPU_TOKEN_BUDGET)
-    qlora: bool = False
-    init: str = "pretrained"
-    seed: int = 0
     device: str | None = None
     num_workers: int = settings.NUM_WORKERS
 
@@ -60,12 +58,12 @@ def vision_batch_size(loaded: Loaded, opts: ExtractOptions) -> int:
     return images_per_batch(budget, image_tokens(model), opts.batch_size)
 
 
-def load_model(spec: ModelSpec, opts: ExtractOptions, device: str) -> Loaded:
+def load_model(spec: ModelSpec, device: str, init: str = "pretrained", seed: int = 0,
+               quantised: bool = False) -> Loaded:
+    """``spec`` on ``device``; ``quantised`` (4-bit NF4) as ``spec.quantised(--qlora)`` decides."""
     if spec.modality == "language":
-        return load_language(spec, opts.init, device, opts.qlora, opts.seed)
-    if opts.qlora:
-        raise UsageError(f"--qlora applies to language models only; run {spec.id} without it")
-    return load_vision(spec, opts.init, device, opts.seed)
+        return load_language(spec, init, device, quantised, seed)
+    return load_vision(spec, init, device, seed)
 
 
 def extract_rows(spec: ModelSpec, loaded: Loaded, rows: Rows, pool: str, opts: ExtractOptions,

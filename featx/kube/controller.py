@@ -44,7 +44,7 @@ class Kube(Protocol):
 
 def settings_for(config: RunConfig) -> Settings:
     return Settings(attempts=config.attempts, concurrency=config.concurrency, classes=config.classes,
-                    qlora=config.qlora, batch_size=config.batch_size, release=config.release,
+                    qlora=config.request.qlora, batch_size=config.batch_size, release=config.release,
                     render=lambda d, sizing, attempt: render_job(config, d, sizing, attempt))
 
 

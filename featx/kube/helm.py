@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from featx import settings
 from featx.errors import UsageError
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "helm" / "featx"
@@ -24,8 +26,10 @@ CONFIGMAP_TEMPLATE = "templates/configmap.yaml"
 
 
 def helm_binary() -> str:
-    """``$FEATX_HELM``, else ``helm`` on PATH."""
-    found = os.environ.get("FEATX_HELM") or shutil.which("helm")
+    """``$FEATX_HELM``; else the helm beside this interpreter (``make install`` links it into
+    ``.venv/bin``, so ``.venv/bin/featx render`` works without activating the venv); else PATH."""
+    beside = Path(sys.executable).parent / "helm"
+    found = settings.helm_override() or (str(beside) if os.access(beside, os.X_OK) else shutil.which("helm"))
     if not found:
         raise UsageError("helm not found on PATH: run `make install` (links helm into .venv/bin), install helm 3, "
                          "or set FEATX_HELM=/path/to/helm")

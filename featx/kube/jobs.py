@@ -3,8 +3,8 @@
 
 - ``backoffLimit: 0``: every attempt is its own Job (the reconciler makes the next one at once,
   without the Job controller's pod back-off), so attempts are visible as Jobs.
-- ``podFailurePolicy``: exit codes 2 (usage) and 3 (model missing, gated, unsupported) fail the
-  Job at once (condition reason ``PodFailurePolicy``); a pod disrupted by preemption or a node
+- ``podFailurePolicy``: the exit codes whose failure policy says so (``featx.errors``: 2 usage,
+  3 model missing, gated, unsupported) fail the Job at once (condition reason ``PodFailurePolicy``); a pod disrupted by preemption or a node
   drain is ignored (the Job makes a new pod, no attempt is spent).
 - GPU: ``resources.limits[<class resource>] = gpus``; node affinity ``<memoryLabel> Gt memoryMiB-1``
   (GPU Feature Discovery labels device memory in MiB) plus the class's nodeSelector and tolerations.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from featx.errors import EXIT_PERMANENT, EXIT_USAGE
+from featx.errors import FAIL_JOB_EXIT_CODES
 from featx.kube.config import Desired, RunConfig
 from featx.kube.naming import job_name, label_value
 from featx.plan.sizing import GiB, Sizing
@@ -29,7 +29,6 @@ A_MODEL_ID, A_STEM, A_GPUS, A_TOKEN_BUDGET, A_BATCH, A_PEAK, A_SIZING = (
     f"{GROUP}/est-peak-gib", f"{GROUP}/sizing")
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 CONTAINER = "extract"
-PERMANENT_EXIT_CODES = (EXIT_USAGE, EXIT_PERMANENT)
 
 
 def release_selector(release: str) -> str:
@@ -39,19 +38,20 @@ def release_selector(release: str) -> str:
 
 def extract_args(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> list[str]:
     """Arguments of ``featx extract`` for one model (the container command is ``featx extract``)."""
-    args = ["--models", d.id, "--store", config.store, "--dataset", config.dataset]
-    if config.subset:
-        args += ["--subset", str(config.subset)]
-    if d.spec.modality == "language" and config.caption_idx:
-        args += ["--caption_idx", str(config.caption_idx)]
-    if config.num_samples:
-        args += ["--num_samples", str(config.num_samples)]
+    request = config.request
+    args = ["--models", d.id, "--store", config.store, "--dataset", request.dataset]
+    if request.subset:
+        args += ["--subset", str(request.subset)]
+    if d.spec.modality == "language" and request.caption_idx:
+        args += ["--caption_idx", str(request.caption_idx)]
+    if request.num_samples:
+        args += ["--num_samples", str(request.num_samples)]
     args += ["--pool", d.pool]
     if sizing.batch_size:
         args += ["--batch_size", str(sizing.batch_size)]
     if sizing.token_budget:
         args += ["--token_budget", str(sizing.token_budget)]
-    if config.qlora and d.spec.modality == "language":
+    if d.spec.quantised(request.qlora):
         args.append("--qlora")
     args += ["--attempt", str(attempt), "--gpu_class", sizing.class_name, "--log_format", "json"]
     return args + list(config.extra_args)
@@ -131,7 +131,7 @@ def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> d
         "backoffLimit": 0,
         "podFailurePolicy": {"rules": [
             {"action": "FailJob",
-             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(PERMANENT_EXIT_CODES)}},
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(FAIL_JOB_EXIT_CODES)}},
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
         ]},
         "template": {"metadata": {"labels": pod_labels,

@@ -31,18 +31,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Mapping, Union
 
-from featx.errors import EXIT_OOM
+from featx.errors import FailureKind, policy_for_exit
 from featx.kube.config import Desired
-from featx.kube.jobs import PERMANENT_EXIT_CODES
 from featx.kube.naming import job_name
 from featx.kube.observe import ObservedJob
-from featx.pipeline.identity import judge
+from featx.pipeline.request import judge
 from featx.plan.sizing import GpuClass, Sizing, choose, escalate, size_on
 from featx.store.keys import ArtifactKey
 from featx.store.records import StoredState
 
 SkipKind = Literal["done", "running", "pending", "deleting", "failed", "unsized", "waiting"]
-FailureKind = Literal["permanent", "transient", "oom"]
 
 
 # -- actions --------------------------------------------------------------------------------
@@ -119,9 +117,10 @@ def classify(job: ObservedJob, state: StoredState | None) -> Failure:
         return Failure("transient", "the Job completed but committed no output to the store")
     code = f"exit code {job.exit_code}" if job.exit_code is not None else "no exit code"
     where = f" ({job.pod_reason})" if job.pod_reason and job.pod_reason not in ("Error",) else ""
-    if job.reason == "PodFailurePolicy" or job.exit_code in PERMANENT_EXIT_CODES:
+    policy = policy_for_exit(job.exit_code)
+    if job.reason == "PodFailurePolicy" or (policy is not None and policy.fails_job):
         return Failure("permanent", f"cannot succeed on retry ({code}){told}")
-    if job.exit_code == EXIT_OOM or job.pod_reason == "OOMKilled":
+    if (policy is not None and policy.kind == "oom") or job.pod_reason == "OOMKilled":
         return Failure("oom", f"out of memory on {job.gpus}x {job.gpu_class} ({code}{where}){said}")
     if job.reason == "DeadlineExceeded":
         return Failure("transient", f"ran longer than the Job's activeDeadlineSeconds{said}")

@@ -13,14 +13,12 @@ from pathlib import Path
 from featx import __version__
 from featx.catalog.spec import ModelSpec
 from featx.data.datasets import Rows
-from featx.errors import (EXIT_FAILED, EXIT_OK, EXIT_OOM, EXIT_PERMANENT, FeatxError, OutOfMemoryError,
-                          PermanentError, UsageError)
+from featx.errors import EXIT_OK, OOM, PERMANENT, TRANSIENT, FeatxError, policy_of
 from featx.extract.loading import Loaded, pick_device, planned_dtype
 from featx.extract.result import Extraction
 from featx.extract.runner import ExtractOptions, extract_rows, free_memory, load_model
 from featx.logs import EventLog, Progress
-from featx.pipeline.identity import judge, run_identity
-from featx.pipeline.keys import artifact_key, dataset_prefix
+from featx.pipeline.request import RunRequest, judge
 from featx.signals import Interrupted
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
 from featx.store.base import CommittedByAnother
@@ -34,7 +32,6 @@ class RunOptions:
 
     extract: ExtractOptions = field(default_factory=ExtractOptions)
     force_remake: bool = False
-    fmt: str = "pt"
     attempt: int = 1  # set by the Kubernetes controller
     gpu_class: str | None = None
 
@@ -64,9 +61,8 @@ class RunSummary:
         kinds = {o.kind for o in self.outcomes if o.status == "failed"}
         if not kinds:
             return EXIT_OK
-        if "transient" in kinds:
-            return EXIT_FAILED
-        return EXIT_OOM if "oom" in kinds else EXIT_PERMANENT
+        # a retry may help the transient ones, a larger GPU the oom ones: say the most hopeful
+        return next(p.exit_code for p in (TRANSIENT, OOM, PERMANENT) if p.kind in kinds)
 
     def table(self) -> str:
         rows = [("model", "status", "seconds", "rows/s", "detail")]
@@ -93,18 +89,13 @@ class RunSummary:
         return line + (f"; not committed: {', '.join(pending)}" if pending else "")
 
 
-def _failure_kind(exc: BaseException) -> str:
-    if isinstance(exc, OutOfMemoryError):
-        return "oom"
-    return "permanent" if isinstance(exc, (PermanentError, UsageError)) else "transient"
-
-
 class Runner:
-    def __init__(self, store: Store, rows: Rows, opts: RunOptions, caption_idx: int = 0,
+    def __init__(self, store: Store, rows: Rows, request: RunRequest, opts: RunOptions | None = None,
                  log: EventLog | None = None):
-        self.store, self.rows, self.opts, self.caption_idx = store, rows, opts, caption_idx
+        self.store, self.rows, self.request = store, rows, request
+        self.opts = opts or RunOptions()
         self.log = log or EventLog()
-        self.device = pick_device(opts.extract.device)
+        self.device = pick_device(self.opts.extract.device)
         self._fingerprint: str | None = None
 
     @property
@@ -113,23 +104,16 @@ class Runner:
             self._fingerprint = self.rows.fingerprint
         return self._fingerprint
 
-    def key(self, spec: ModelSpec) -> ArtifactKey:
-        return artifact_key(spec, self.rows.source, self.rows.subset, self.opts.extract.pool, self.caption_idx,
-                            self.opts.fmt)
-
     def identity(self, spec: ModelSpec) -> RunIdentity:
         """What this run produces for ``spec``: a committed file counts as done only if it is this."""
-        ex = self.opts.extract
-        return run_identity(spec, self.rows.source, self.rows.subset, pool=ex.pool, caption_idx=self.caption_idx,
-                            num_samples=self.rows.num_samples, init=ex.init, seed=ex.seed, qlora=ex.qlora,
-                            fmt=self.opts.fmt, rows_fingerprint=self.fingerprint, num_rows=len(self.rows),
-                            compute_dtype=planned_dtype(spec, self.device))
+        return self.request.identity(spec, rows_fingerprint=self.fingerprint, num_rows=len(self.rows),
+                                     compute_dtype=planned_dtype(spec, self.device))
 
     def run(self, specs: list[ModelSpec]) -> RunSummary:
-        keys = [self.key(spec) for spec in specs]  # refuses bad pools before any work
+        keys = [self.request.key(spec) for spec in specs]  # refuses bad pools before any work
         summary = RunSummary()
         try:
-            states = self.store.scan(dataset_prefix(self.rows.source, self.rows.subset))
+            states = self.store.scan(self.request.scan_prefix)
             for spec, key in zip(specs, keys):
                 state = judge(states.get(key.stem), self.identity(spec))
                 if state.state == "done" and not self.opts.force_remake:
@@ -166,7 +150,8 @@ class Runner:
                        pool=key.pool, store=f"{self.store.url}/{key.data}")
         loaded = None
         try:
-            loaded = load_model(spec, ex, self.device)
+            loaded = load_model(spec, self.device, self.request.init, self.request.seed,
+                                spec.quantised(self.request.qlora))
             progress = Progress(self.log, spec.id, len(self.rows))
             try:
                 result = extract_rows(spec, loaded, self.rows, key.pool, ex, progress)
@@ -185,13 +170,14 @@ class Runner:
             self.log.event("skipped", model=spec.id, reason=str(e))
             return ModelOutcome(spec.id, "skipped", time.perf_counter() - t0, reason=str(e))
         except Exception as e:  # one model failing never stops the others
-            kind = _failure_kind(e)
+            policy = policy_of(e)
+            kind = policy.kind
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             if not isinstance(e, FeatxError):
                 reason = f"{type(e).__name__}: {reason}"
             record = self.store.record_failure(key, FailureRecord(spec.id, reason, kind, self.opts.attempt))
-            retry = "no (permanent)" if kind == "permanent" else ("on a larger GPU" if kind == "oom" else "yes")
-            self.log.event("failed", model=spec.id, reason=reason, kind=kind, attempt=record.attempt, retry=retry)
+            self.log.event("failed", model=spec.id, reason=reason, kind=kind, attempt=record.attempt,
+                           retry=policy.retry)
             return ModelOutcome(spec.id, "failed", time.perf_counter() - t0, reason=reason, kind=kind)
         finally:
             loaded = None  # drop the model before collecting, so its memory is free for the next one
@@ -204,10 +190,10 @@ class Runner:
             raise RuntimeError(f"internal: {spec.id} produced {sorted(rows)} rows, expected {len(self.rows)}")
         identity = replace(self.identity(spec), compute_dtype=loaded.dtype)
         with tempfile.TemporaryDirectory(prefix="featx-") as tmp:
-            path = Path(tmp) / f"features.{self.opts.fmt}"
-            write_tensors(result.tensors, path, self.opts.fmt)
+            path = Path(tmp) / f"features.{key.fmt}"
+            write_tensors(result.tensors, path, key.fmt)
             manifest = Manifest(
-                **asdict(identity), model_id=spec.id, modality=spec.modality, data_key=key.data,
+                **asdict(identity), modality=spec.modality,
                 sha256=sha256_file(path), size=path.stat().st_size, shape=feats_shape(feats),
                 layer_shapes=layer_shapes(feats), dtype=feats_dtype(feats), featx_version=__version__,
                 dataset_revision=self.rows.revision, device=loaded.device,

@@ -111,7 +111,7 @@ def default_dtype(spec: ModelSpec, qlora: bool = False) -> str:
     """What the loader uses: bf16 for language models (nf4 weights with --qlora), fp32 for timm."""
     if spec.modality == "vision":
         return "float32"
-    return "nf4" if qlora else "bfloat16"
+    return "nf4" if spec.quantised(qlora) else "bfloat16"
 
 
 def shape_of(spec: ModelSpec) -> ModelShape:

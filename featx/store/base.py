@@ -196,9 +196,9 @@ class Store(ABC):
                 if rel.endswith(suffix):
                     stems.setdefault(rel[: -len(suffix)], {})[kind] = rel
                     break
-        return {stem: self._state(parts, objects) for stem, parts in stems.items()}
+        return {stem: self._state(stem, parts, objects) for stem, parts in stems.items()}
 
-    def _state(self, parts: dict[str, str], objects: dict[str, ObjectInfo]) -> StoredState:
+    def _state(self, stem: str, parts: dict[str, str], objects: dict[str, ObjectInfo]) -> StoredState:
         failure = None
         if "failure" in parts:
             raw = self.get_bytes(parts["failure"])
@@ -209,6 +209,9 @@ class Store(ABC):
             return StoredState("missing", reason="data without manifest (interrupted run)" if "data" in parts else "")
         manifest = self.read_manifest(parts["manifest"], objects[parts["manifest"]])
         data = objects.get(manifest.data_key) if manifest else None
+        if manifest is not None and manifest.stem != stem:
+            return StoredState("corrupt", manifest, failure, f"manifest claims {manifest.data_key} of "
+                               f"{manifest.model_id}: copied or mis-synced from another model's file")
         if manifest is None or data is None:
             return StoredState("corrupt", manifest, failure, "manifest without its data object")
         if data.size != manifest.size or (manifest.etag and data.etag != manifest.etag):
@@ -224,6 +227,9 @@ class Store(ABC):
         if raw is None:
             raise FileNotFoundError(f"{key.stem} is not committed in {self.url}; run `featx extract` first")
         manifest = Manifest.from_json(raw)
+        if manifest.data_key != key.data:
+            raise ValueError(f"{key.manifest} in {self.url} claims {manifest.data_key} of {manifest.model_id}, "
+                             f"not {key.data} (copied or mis-synced); re-extract with `featx extract`")
         self.get_file(manifest.data_key, dest)
         if sha256_file(dest) != manifest.sha256:
             dest.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
 from featx.clock import now_iso
+from featx.errors import FailureKind
 
 State = Literal["done", "stale", "failed", "missing", "corrupt"]
 R = TypeVar("R", bound="JsonRecord")
@@ -27,6 +28,8 @@ class JsonRecord:
 
 #: Identity fields only ``featx extract`` knows (it loads the data and picks the device).
 UNKNOWABLE = ("rows_fingerprint", "num_rows", "compute_dtype")
+#: Fields that bind a manifest to its place: a mismatch makes it ``corrupt``, not ``stale``.
+BINDING = ("model_id", "data_key")
 
 
 @dataclass(kw_only=True)
@@ -36,6 +39,8 @@ class RunIdentity:
     identity (``rows_fingerprint``, ``num_rows``, ``compute_dtype``) are ones the asker cannot know
     without loading the data or the device (``featx status``, the controller): they are not compared."""
 
+    model_id: str  # the model and the file the bytes belong to: a manifest copied to another
+    data_key: str  # model's name, or synced under another key, is found out (``corrupt``)
     dataset: str  # the data set's name in paths (HF id, or a local folder's name + path hash)
     subset: str  # HF revision, or a local data set's label
     num_samples: int | None = None  # rows asked for (None: all)
@@ -50,10 +55,17 @@ class RunIdentity:
     model_revision: str | None = None
     format: str = "pt"
 
+    @property
+    def stem(self) -> str:
+        """The artifact stem the data key belongs to (the key without its format's suffix)."""
+        return self.data_key.removesuffix(f".{self.format}")
+
     def differences(self, committed: RunIdentity) -> list[str]:
         """``field: committed -> wanted`` for every field this identity fixes that ``committed`` differs in."""
         out = []
         for f in fields(RunIdentity):
+            if f.name in BINDING:
+                continue
             want, have = getattr(self, f.name), getattr(committed, f.name)
             if want != have and not (want is None and f.name in UNKNOWABLE):
                 out.append(f"{f.name}: {_show(have)} -> {_show(want)}")
@@ -71,9 +83,7 @@ class Manifest(RunIdentity, JsonRecord):
     """Written last, only if absent; ``sha256``/``size`` describe the data object it commits; the
     ``RunIdentity`` fields say what produced it."""
 
-    model_id: str
     modality: str
-    data_key: str
     sha256: str
     size: int
     shape: list[int]  # [N, L, D]; [N, L] for the list form, whose layers are in ``layer_shapes``
@@ -100,7 +110,7 @@ class FailureRecord(JsonRecord):
 
     model_id: str
     reason: str
-    kind: Literal["permanent", "transient", "oom"]
+    kind: FailureKind
     attempt: int = 1
     host: str = field(default_factory=socket.gethostname)
     time: str = field(default_factory=now_iso)

@@ -107,3 +107,29 @@ def test_bad_store_settings_fail_fast_with_one_line(seaweedfs, tmp_path, case):
     assert "wrong-secret" not in r.stderr and "Traceback" not in r.stderr
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("copied", [("manifest.json",), ("pt", "manifest.json")], ids=["manifest", "data+manifest"])
+def test_another_models_files_copied_in_are_corrupt_and_redone(committed, seaweedfs, copied):
+    """A mis-synced bucket (``aws s3 sync`` with a rename): gpt2's objects under llama's keys are
+    never llama's features: status says corrupt, extract redoes llama, load returns llama's."""
+    import torch
+
+    import featx
+
+    url, env = committed
+    client, prefix = seaweedfs.client(), "smoke-run/featx-sample/default/featx-smoke_"
+    for ext in copied:
+        client.copy_object(Bucket=seaweedfs.bucket, Key=f"{prefix}llama_pool-avg.{ext}",
+                           CopySource={"Bucket": seaweedfs.bucket, "Key": f"{prefix}gpt2_pool-avg.{ext}"})
+    row = _states(url, env)["featx-smoke/llama"]
+    assert row["state"] == "corrupt" and "featx-smoke/gpt2" in row["reason"], row
+    store = _store(url, seaweedfs)
+    with pytest.raises(ValueError, match="copied or mis-synced"):
+        featx.load("featx-smoke/llama", store=store, dataset="featx-sample")
+    r = run_featx("extract", "--models", "featx-smoke/llama", *DATA, "--store", url, env=env)
+    assert r.code == 0 and "committed" in r.out, r.err[-2000:]
+    assert _states(url, env)["featx-smoke/llama"]["state"] == "done"
+    llama = featx.load("featx-smoke/llama", store=store, dataset="featx-sample")
+    gpt2 = featx.load("featx-smoke/gpt2", store=store, dataset="featx-sample")
+    assert llama.manifest.model_id == "featx-smoke/llama" and not torch.equal(llama.feats, gpt2.feats)

@@ -1,0 +1,196 @@
+"""One run request: the options that decide what a run produces, built once and asked everything.
+
+``featx extract``, ``featx status`` and the controller build a ``RunRequest`` (from the flags, or
+from the chart's run config plus ``job.extraArgs``) and ask it for a model's artifact key, its
+identity and the run-level checks, so the three agree on what "done" means and the controller
+refuses what the CLI refuses, with the same message, before it creates a Job. Per-model rules
+(quantised or not, pool, caption index) are the model's spec's (``featx.catalog.spec``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Any, Iterable
+
+from featx import settings
+from featx.catalog.spec import POOL_CHOICES, ModelSpec
+from featx.data.datasets import dataset_naming
+from featx.errors import UsageError
+from featx.flags import flag
+from featx.pipeline.keys import artifact_key, dataset_prefix
+from featx.store.keys import FORMATS, ArtifactKey
+from featx.store.records import RunIdentity, StoredState
+
+INITS = ("pretrained", "random")
+#: The flags ``add_data_options`` defines, as attribute names: on a cluster they come from chart
+#: values (``dataset``, ``subset``, ``pool``, ``captionIdx``, ``numSamples``), never ``job.extraArgs``.
+DATA_OPTIONS = ("dataset", "subset", "caption_idx", "num_samples", "pool")
+_VALUE_OF = {"dataset": "dataset", "subset": "subset", "caption_idx": "captionIdx", "num_samples": "numSamples",
+             "pool": "pool"}
+
+
+_DATA_FLAGS: dict[str, dict[str, Any]] = {
+    "dataset": dict(default=settings.DEFAULT_DATASET,
+                    help="HF data set id (prh = minhuh/prh), featx-sample, or a local path (./dir, /dir, ~/dir)"),
+    "subset": dict(default=None, help="HF revision of the data set (default wit_1024; a label for local data)"),
+    "caption_idx": dict(type=int, default=0, help="which text of each row the language models read"),
+    "num_samples": dict(type=int, default=None, help="use only the first N rows"),
+    "pool": dict(choices=POOL_CHOICES, default=None, help="pooling (default: avg for language, cls for vision models)"),
+}
+
+
+def add_data_options(p: argparse.ArgumentParser | argparse._ActionsContainer,
+                     names: tuple[str, ...] = DATA_OPTIONS) -> None:
+    """Which rows, which text and which pooling: defined once for every command that names a run
+    (``featx align`` reads files by name, so it takes data set, subset and caption index only)."""
+    g = p.add_argument_group("data") if isinstance(p, argparse.ArgumentParser) else p
+    for name in names:
+        flag(g, name, **_DATA_FLAGS[name])
+
+
+def add_weight_options(g: argparse._ActionsContainer) -> None:
+    """The options besides the data that change a file's bytes: ``extract`` takes them, ``status``
+    takes them to tell done from stale, and the controller reads them from ``job.extraArgs``."""
+    flag(g, "qlora", action="store_true",
+         help="load language models in 4-bit NF4 (bitsandbytes); vision models of the run load as usual")
+    flag(g, "init", choices=INITS, default="pretrained", help="random: weights from the config with --seed")
+    flag(g, "seed", type=int, default=0)
+    add_format_option(g)
+
+
+def add_format_option(g: argparse._ActionsContainer) -> None:
+    flag(g, "format", choices=FORMATS, default="pt", help="pt (the reference's dict) or safetensors")
+
+
+def add_policy_options(g: argparse._ActionsContainer) -> None:
+    """Options that allow a run without changing its bytes."""
+    flag(g, "trust_remote_code", action="store_true",
+         help="allow models whose modelset entry sets trust_remote_code: true to run their repository's code")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a run is asked to produce. Validated when built: a bad value is a one-line
+    ``UsageError`` before any model, store or Job is touched."""
+
+    dataset: str = settings.DEFAULT_DATASET  # as given: an HF id, an alias (prh), featx-sample or a path
+    subset: str | None = None  # None: the data set's default
+    pool: str | None = None  # None: each model's default pool
+    caption_idx: int = 0
+    num_samples: int | None = None
+    init: str = "pretrained"
+    seed: int = 0
+    qlora: bool = False
+    format: str = "pt"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_samples is not None and (not isinstance(self.num_samples, int) or self.num_samples < 1):
+            raise UsageError(f"--num_samples {self.num_samples}: give a positive number of rows")
+        if not isinstance(self.caption_idx, int) or self.caption_idx < 0:
+            raise UsageError(f"--caption_idx {self.caption_idx}: give 0 or a positive text index")
+        if self.init not in INITS:
+            raise UsageError(f"--init {self.init!r}: use one of {', '.join(INITS)}")
+        if self.format not in FORMATS:
+            raise UsageError(f"--format {self.format!r}: use one of {', '.join(FORMATS)}")
+        if self.pool is not None and self.pool not in POOL_CHOICES:
+            raise UsageError(f"--pool {self.pool!r}: use one of {', '.join(POOL_CHOICES)}")
+        self.naming  # a data set or subset that cannot name a store key is refused here
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunRequest":
+        """From the parsed flags of ``extract``/``status`` (options a command lacks keep their default)."""
+        names = [f for f in cls.__dataclass_fields__ if hasattr(args, f)]
+        return cls(**{f: getattr(args, f) for f in names})
+
+    @classmethod
+    def from_run_config(cls, values: dict[str, Any], extra_args: Iterable[str] = ()) -> "RunRequest":
+        """From the chart's run config (``dataset``, ``subset``, ``pool``, ``captionIdx``,
+        ``numSamples``, ``qlora``) and the Job's ``job.extraArgs``, parsed as ``featx extract``
+        parses them; a data option in ``extraArgs`` is refused (its chart value decides)."""
+        extra = list(extra_args)
+        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+        add_data_options(parser)
+        add_weight_options(parser)
+        add_policy_options(parser)
+        try:
+            given, _ = parser.parse_known_args(extra)
+            defaults, _ = parser.parse_known_args([])
+        except argparse.ArgumentError as e:
+            raise UsageError(f"job.extraArgs {extra}: {e}; fix it in the chart's values") from e
+        clash = [n for n in DATA_OPTIONS if getattr(given, n) != getattr(defaults, n)]
+        if clash:
+            raise UsageError(f"job.extraArgs {extra} sets --{clash[0]}: set the chart value "
+                             f"{_VALUE_OF[clash[0]]} instead (the controller names files from it)")
+        return cls(dataset=str(values["dataset"]), subset=values.get("subset"), pool=values.get("pool"),
+                   caption_idx=int(values.get("captionIdx") or 0), num_samples=values.get("numSamples"),
+                   init=given.init, seed=given.seed, qlora=bool(values.get("qlora")) or given.qlora,
+                   format=given.format, trust_remote_code=given.trust_remote_code)
+
+    @cached_property
+    def naming(self) -> tuple[str, str]:
+        """(data set name, subset) as they appear in store keys; pure (no disk, no hub)."""
+        return dataset_naming(self.dataset, self.subset)
+
+    @property
+    def scan_prefix(self) -> str:
+        """The store prefix holding every artifact of this data set and subset (one listing)."""
+        return dataset_prefix(self.dataset, self.subset)
+
+    def key(self, spec: ModelSpec) -> ArtifactKey:
+        """Where ``spec``'s features live (refuses a pool the model lacks)."""
+        return artifact_key(spec, self.dataset, self.subset, self.pool, self.caption_idx, self.format)
+
+    def identity(self, spec: ModelSpec, *, rows_fingerprint: str | None = None, num_rows: int | None = None,
+                 compute_dtype: str | None = None) -> RunIdentity:
+        """What this run produces for ``spec``; the keyword fields only where the data and device are
+        known (``featx extract``), else None (not compared)."""
+        key = self.key(spec)
+        random = spec.init == "random" or self.init == "random"
+        return RunIdentity(model_id=spec.id, data_key=key.data, dataset=key.dataset, subset=key.subset,
+                           num_samples=self.num_samples, rows_fingerprint=rows_fingerprint, num_rows=num_rows,
+                           caption_idx=key.caption_idx, pool=key.pool, init="random" if random else "pretrained",
+                           seed=self.seed if random else 0, qlora=spec.quantised(self.qlora),
+                           compute_dtype=compute_dtype, model_revision=spec.revision, format=self.format)
+
+    def check(self, specs: Iterable[ModelSpec]) -> None:
+        """The run-level refusals, before any work: two models that would write one file, a model
+        that needs ``--trust-remote-code`` without it, a pool a model lacks."""
+        owners: dict[str, str] = {}
+        for spec in specs:
+            stem = self.key(spec).stem
+            if owners.setdefault(stem, spec.id) != spec.id:
+                raise UsageError(f"{owners[stem]} and {spec.id} would write the same file {stem}: extract them "
+                                 "into separate --output_dir/--store locations")
+            if spec.trust_remote_code and not self.trust_remote_code:
+                raise UsageError(f"{spec.id} sets trust_remote_code (it would run code from its repository): "
+                                 "pass --trust-remote-code to allow it, or remove the model")
+
+    def notes(self, specs: Iterable[ModelSpec]) -> list[str]:
+        """Lines a run says once before it starts: how it applies options that some models ignore."""
+        specs = list(specs)
+        unquantised = [s for s in specs if self.qlora and not s.quantised(True)]
+        if unquantised:
+            return [f"--qlora quantises language models only: {len(unquantised)} vision model(s) of this run "
+                    "load unquantised, as the reference runs them"]
+        return []
+
+
+def judge(state: StoredState | None, wanted: RunIdentity) -> StoredState:
+    """``state`` as this run sees it: a ``done`` manifest that claims another model or file is
+    ``corrupt`` (copied or mis-synced; redone), one made with other inputs is ``stale``."""
+    if state is None:
+        return StoredState("missing")
+    if state.state != "done" or state.manifest is None:
+        return state
+    manifest = state.manifest
+    if manifest.model_id != wanted.model_id or manifest.stem != wanted.stem:
+        return replace(state, state="corrupt",
+                       reason=f"its manifest belongs to {manifest.model_id} ({manifest.data_key}), not to "
+                              f"{wanted.model_id} ({wanted.data_key}): copied or mis-synced; extract redoes it")
+    differences = wanted.differences(manifest.identity)
+    if not differences:
+        return state
+    return replace(state, state="stale", reason="committed with other inputs: " + "; ".join(differences))
