@@ -8,6 +8,7 @@ permanent failure fails the Job at once; ``oom`` asks for a larger GPU class.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +40,13 @@ EXIT_FAILED, EXIT_USAGE, EXIT_PERMANENT, EXIT_OOM = (p.exit_code for p in POLICI
 FAIL_JOB_EXIT_CODES = tuple(p.exit_code for p in POLICIES if p.fails_job)
 
 
+def clip(value: object, limit: int = 80, quote: bool = True) -> str:
+    """``value`` (its repr, or the text itself with ``quote=False``) cut to ``limit`` characters,
+    for error messages that name what a user's file holds: one line, whatever the input."""
+    text = repr(value) if quote else " ".join(str(value).split())
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
 class FeatxError(Exception):
     """An error whose message is a complete one-line explanation with the next step."""
 
@@ -65,6 +73,20 @@ class TransientError(FeatxError):
     """A failure that may succeed on retry (network, storage, preemption)."""
 
     policy = TRANSIENT
+
+
+class DiskFullError(TransientError):
+    """No space (ENOSPC) or quota (EDQUOT) left where featx writes: the model fails, what its
+    commit staged is removed, the run goes on with the next model; free space and run again."""
+
+
+def disk_full(exc: BaseException, where: object) -> DiskFullError | None:
+    """``exc`` as a ``DiskFullError`` naming ``where`` when it is one, else None."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        code = errno.errorcode[exc.errno]
+        return DiskFullError(f"no space left on device ({code}) writing {where}: free space there (or choose "
+                             "another --output_dir / TMPDIR) and run again")
+    return None
 
 
 class OutOfMemoryError(FeatxError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from featx.errors import UsageError
+from featx.errors import UsageError, clip
 
 _CHAR = r"[^/\\\x00-\x1f\x7f]"  # any character but '/', '\' and control characters
 _NOT_DOT = r"[^/\\\x00-\x1f\x7f.]"
@@ -40,7 +40,7 @@ def check_key_part(value: str, what: str) -> str:
     """``value`` unchanged if it may name part of a store key; else a UsageError naming ``what``
     (e.g. ``--subset``) and the rule it breaks."""
     if not isinstance(value, str) or not _KEY.fullmatch(value):
-        raise UsageError(f"{what} {value!r} cannot name a store key: {_why(str(value))}; use a relative "
+        raise UsageError(f"{what} {clip(value)} cannot name a store key: {_why(str(value))}; use a relative "
                          "name of '/'-separated parts without '..', '\\' or control characters")
     return value
 

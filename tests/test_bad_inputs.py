@@ -13,14 +13,18 @@ Each row asserts
 - nothing partial or stale counted as done: ``featx status`` shows exactly ``committed`` done.
 
 Cases run in-process (``run_cli``); ``subprocess=True`` runs ``featx`` as its own process (signals,
-a Job's exit code). Add a case by adding a row to ``CASES`` (a ``setup`` builds its files; ``{out}``, ``{data}``,
-``{cwd}``, ``{s3}``, ``{closed}`` in ``args`` are filled in); nothing else changes.
+a Job's exit code). Add a case by adding a row to ``CASES`` (a ``setup`` builds its files, a
+``store_setup`` writes into the store the case runs against, local or S3; ``{out}``, ``{data}``,
+``{cwd}``, ``{s3}``, ``{closed}`` (a port nobody listens on), ``{silent}`` (a server that accepts
+connections and never answers) in ``args`` are filled in); nothing else changes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,8 +32,11 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from featx.catalog import get_spec
 from featx.data.datasets import local_name
 from featx.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
+from featx.pipeline.keys import artifact_key
+from featx.store import Store
 from tests.helpers import CliResult, run_cli, run_featx
 
 GPT2, VIT = "featx-smoke/gpt2", "featx-smoke/vit"
@@ -122,6 +129,84 @@ def a_file(root: Path) -> None:
     (root / "cwd" / "file").write_text("in the way\n")
 
 
+def run_yaml_file(text: str) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        (root / "cwd" / "run.yaml").write_text(text)
+    return setup
+
+
+def alias_bomb(levels: int, top: str = "models") -> str:
+    """"Billion laughs": 9 ** ``levels`` strings from a few hundred bytes of YAML aliases."""
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines + [f"{top}: *a{levels}"]) + "\n"
+
+
+# -- what a store may hold (written into the case's store, local or S3) -----------------------------
+def sample_key(model: str):
+    return artifact_key(get_spec(model), "featx-sample", None)
+
+
+def gpt2_committed(store: Store, where: str) -> None:
+    r = run_cli("extract", "--models", GPT2, *SAMPLE, "--store", where)
+    assert r.code == 0, r.err
+
+
+def _wrong_types(store: Store) -> bytes:
+    raw = json.loads(store.get_bytes(sample_key(GPT2).manifest))
+    return json.dumps({**raw, "size": "big", "shape": "NxLxD"}).encode()
+
+
+UNREADABLE: dict[str, Callable[[Store], bytes]] = {  # bytes under a record's name that are no record
+    "not JSON": lambda store: b"{this is not JSON",
+    "{}": lambda store: b"{}",
+    "[]": lambda store: b"[]",
+    "empty": lambda store: b"",
+    "wrong types": _wrong_types,
+    "a 5000-digit number": lambda store: b'{"size": ' + b"9" * 5000 + b"}",
+    "a foreign object": lambda store: json.dumps({"apiVersion": "v1", "kind": "ConfigMap"}).encode(),
+}
+
+
+def unreadable(what: str, record: str = "manifest") -> Callable[[Store, str], None]:
+    """gpt2 committed; vit's manifest (or failure record) is ``UNREADABLE[what]``."""
+    def setup(store: Store, where: str) -> None:
+        gpt2_committed(store, where)
+        key = sample_key(VIT)
+        store.put_bytes(key.manifest if record == "manifest" else key.failure, UNREADABLE[what](store))
+    return setup
+
+
+def stray_manifest(store: Store, where: str) -> None:
+    gpt2_committed(store, where)
+    store.put_bytes("featx-sample/default/notes.manifest.json", b"[1, 2, 3]")
+
+
+def gpt2_rotten(store: Store, where: str) -> None:
+    """gpt2 committed, then one bit of its file flipped with size and mtime kept: bit rot."""
+    gpt2_committed(store, where)
+    path = Path(where) / sample_key(GPT2).data
+    st, data = path.stat(), bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def silent_server() -> int:
+    """A port on 127.0.0.1 that accepts connections and never answers (a hung S3 endpoint)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server.getsockname()[1]
+
+
 @dataclass(frozen=True)
 class Case:
     args: tuple[str, ...]
@@ -133,13 +218,17 @@ class Case:
     failed: tuple[str, ...] = ()  # models that fail (model level) with `error`
     s3: str = ""  # identity for a SeaweedFS case: "featx", "read-only" or "wrong"
     stderr: str = ""  # a note that must appear on stderr (exit 0 cases)
+    stdout: tuple[str, ...] = ()  # lines that must appear in stdout (``featx status``'s table)
+    store_setup: Callable[[Store, str], None] | None = None  # (the store, its --store/--output_dir value)
+    env: dict[str, str] = field(default_factory=dict)
     subprocess: bool = False  # run `featx` as its own process (as a Job does), not in-process
     marks: tuple = field(default=())
 
 
 def usage(*args: str, error: str, command: str = "extract", setup: Callable[[Path], None] | None = None,
-          s3: str = "") -> Case:
-    return Case(tuple(args), EXIT_USAGE, error, command, setup, s3=s3, marks=(pytest.mark.s3,) if s3 else ())
+          s3: str = "", store_setup: Callable[[Store, str], None] | None = None, env: dict[str, str] | None = None) -> Case:
+    return Case(tuple(args), EXIT_USAGE, error, command, setup, s3=s3, store_setup=store_setup, env=env or {},
+                marks=(pytest.mark.s3,) if s3 else ())
 
 
 CASES: dict[str, Case] = {
@@ -302,6 +391,70 @@ CASES: dict[str, Case] = {
         setup=eight_rows_committed, stderr="num_samples: 8 -> none"),
     "--models repeated: extracted once": Case(("--models", GPT2, VIT, GPT2, *SAMPLE), EXIT_OK,
                                               committed=(GPT2, VIT), stderr="names featx-smoke/gpt2 more than once"),
+    # -- what the store holds: unreadable records are `corrupt`, the rest goes on ---------------------
+    **{f"status: unreadable manifest ({what})": Case(
+        ("--models", GPT2, VIT, *SAMPLE), EXIT_OK, command="status", store_setup=unreadable(what),
+        stdout=(f"{GPT2} done", f"{VIT} corrupt unreadable manifest")) for what in UNREADABLE},
+    **{f"extract: unreadable manifest ({what}) is redone": Case(
+        ("--models", GPT2, VIT, *SAMPLE), EXIT_OK, committed=(GPT2, VIT), store_setup=unreadable(what),
+        stderr="unreadable manifest") for what in ("not JSON", "[]", "wrong types", "a 5000-digit number")},
+    "status: unreadable failure record": Case(
+        ("--models", GPT2, VIT, *SAMPLE), EXIT_OK, command="status", store_setup=unreadable("{}", "failure"),
+        stdout=(f"{GPT2} done", f"{VIT} corrupt unreadable failure record")),
+    "extract: unreadable failure record is redone": Case(
+        ("--models", GPT2, VIT, *SAMPLE), EXIT_OK, committed=(GPT2, VIT), store_setup=unreadable("not JSON", "failure")),
+    "status of what the store holds: a stray manifest": Case(
+        SAMPLE, EXIT_OK, command="status", store_setup=stray_manifest, stdout=(f"{GPT2} done",)),
+    "align: unreadable manifest": usage("--models", GPT2, VIT, "--dataset", "featx-sample", "--output_dir", "{out}",
+                                        "--out", "{out}/alignment", command="align", error="corrupt: unreadable manifest",
+                                        store_setup=unreadable("a 5000-digit number")),
+    "S3 status: unreadable manifest": Case(
+        ("--models", GPT2, VIT, *SAMPLE, "--store", "{s3}"), EXIT_OK, command="status", s3="featx",
+        store_setup=unreadable("not JSON"), stdout=(f"{GPT2} done", f"{VIT} corrupt unreadable manifest"),
+        marks=(pytest.mark.s3,)),
+    "S3 extract: unreadable manifest is redone": Case(
+        ("--models", GPT2, VIT, *SAMPLE, "--store", "{s3}"), EXIT_OK, s3="featx", committed=(GPT2, VIT),
+        store_setup=unreadable("[]"), marks=(pytest.mark.s3,)),
+    # -- bit rot: a flipped bit, size and mtime kept -----------------------------------------------------
+    "status: bit rot is done to a listing": Case(("--models", GPT2, *SAMPLE), EXIT_OK, command="status",
+                                                 store_setup=gpt2_rotten, stdout=(f"{GPT2} done",)),
+    "status --verify: bit rot is corrupt": Case(("--models", GPT2, *SAMPLE, "--verify"), EXIT_OK, command="status",
+                                                store_setup=gpt2_rotten, stdout=(f"{GPT2} corrupt data object's sha256",)),
+    "extract --verify: bit rot is redone": Case(("--models", GPT2, *SAMPLE, "--verify"), EXIT_OK, committed=(GPT2,),
+                                                store_setup=gpt2_rotten, stderr="is not the manifest's"),
+    # -- inputs that would exhaust time or memory ------------------------------------------------------
+    "modelset alias bomb": usage("--modelset", "set.yaml", *SAMPLE, setup=modelset(alias_bomb(9)), error="an alias bomb?"),
+    "modelset alias bomb, 10 levels": usage("--modelset", "set.yaml", *SAMPLE, setup=modelset(alias_bomb(10)),
+                                            error="an alias bomb?"),
+    "modelset with more aliases than allowed": usage(
+        "--modelset", "set.yaml", *SAMPLE, error="YAML aliases (more than 1,000)",
+        setup=modelset("x: &x featx-smoke/gpt2\nmodels: [" + ", ".join(["*x"] * 1001) + "]\n")),
+    "models: modelset alias bomb": usage("--modelset", "set.yaml", command="models", setup=modelset(alias_bomb(9)),
+                                         error="an alias bomb?"),
+    "render --config: alias bomb in run.yaml": usage("--config", "run.yaml", command="render",
+                                                     setup=run_yaml_file(alias_bomb(9, "modelset")), error="an alias bomb?"),
+    "render: alias bomb in values (helm refuses it)": usage("-f", "values.yaml", command="render",
+                                                            setup=values_file(alias_bomb(9, "extra")),
+                                                            error="excessive aliasing"),
+    "modelset with 100,000 entries, one twice": usage(
+        "--modelset", "set.yaml", *SAMPLE, error="lists org/m-7 more than once",
+        setup=modelset("models:\n" + "".join(f"  - org/m-{i}\n" for i in range(100_000)) + "  - org/m-7\n")),
+    "modelset entry with a 100,000-character id": usage(
+        "--modelset", "set.yaml", *SAMPLE, error="characters) is neither an HF repo id",
+        setup=modelset("models:\n  - '" + "a" * 100_000 + " b'\n")),
+    "captions line nested 100,000 deep": usage("--models", GPT2, "--dataset", "{data}",
+                                               error="captions.jsonl:1: each line must be JSON",
+                                               setup=lambda root: image_folder(root, captions=b"[" * 100_000 + b"\n")),
+    # -- S3 endpoints that hang or are misnamed ------------------------------------------------------
+    "S3 endpoint that never answers: extract": Case(
+        ("--models", GPT2, *SAMPLE, "--store", "s3://featx-test/x", "--s3-endpoint", "http://127.0.0.1:{silent}"),
+        EXIT_FAILED, "did not answer", subprocess=True),
+    "S3 endpoint that never answers: status": Case(
+        ("--models", GPT2, *SAMPLE, "--store", "s3://featx-test/x", "--s3-endpoint", "http://127.0.0.1:{silent}"),
+        EXIT_FAILED, "did not answer", command="status", subprocess=True),
+    "S3 region malformed": usage("--models", GPT2, *SAMPLE, "--store", "s3://featx-test/x", "--s3-endpoint",
+                                 "http://127.0.0.1:{closed}", error="AWS region 'bad region!' is not a valid region name",
+                                 env={"AWS_REGION": "bad region!"}),
 }
 
 
@@ -325,7 +478,8 @@ def _check_stderr(case: Case, r: CliResult) -> None:
     errors = [line for line in lines if line.startswith("featx: error:")]
     failed = [line for line in lines if " featx failed " in line]
     if case.exit != EXIT_OK and not case.failed:  # a run-level error: one line, nothing started
-        assert len(errors) == 1 and case.error in errors[0], r.err
+        assert len(errors) == 1 and case.error in errors[0], r.err[-3000:]
+        assert len(errors[0]) < 500, errors[0][:1000]
         assert not any(" featx start " in line for line in lines), r.err
     else:
         assert errors == [], r.err
@@ -334,6 +488,9 @@ def _check_stderr(case: Case, r: CliResult) -> None:
             assert f"model={model} " in line and case.error in line, line
     if case.stderr:
         assert case.stderr in r.err, r.err
+    rows = [" ".join(line.split()) for line in r.out.splitlines()]
+    for want in case.stdout:
+        assert any(row.startswith(want) for row in rows), r.out
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=c.marks) for n, c in CASES.items()])
@@ -342,7 +499,7 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r
     root, cwd = tmp_path, tmp_path / "cwd"
     cwd.mkdir()
     out = cwd / "out"
-    values = {"out": str(out), "data": str(root / "data"), "cwd": str(cwd), "s3": "", "closed": "1"}
+    values = {"out": str(out), "data": str(root / "data"), "cwd": str(cwd), "s3": "", "closed": "1", "silent": "1"}
     server, prefix = None, f"bad-inputs/{tmp_path.name}"
     if case.s3:
         server = request.getfixturevalue("seaweedfs")
@@ -352,6 +509,12 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         values["s3"] = server.url(prefix)
+    if "{silent}" in " ".join(case.args):
+        values["silent"] = str(silent_server())
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(k, "unused")
+    for k, v in case.env.items():
+        monkeypatch.setenv(k, v)
     if "{closed}" in " ".join(case.args):
         from bench.seaweedfs import free_ports
 
@@ -362,6 +525,11 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r
         request.getfixturevalue("helm")
     if case.setup:
         case.setup(root)
+    if case.store_setup:
+        from featx.store import open_store
+
+        where = values["s3"] or str(out)
+        case.store_setup(open_store(where, manifest_cache=False) if values["s3"] else open_store(where), where)
     monkeypatch.chdir(cwd)
     args = _fill(case.args, values)
     if case.command in ("extract", "status") and "--output_dir" not in args and "--store" not in args:
@@ -382,10 +550,11 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, r
     if case.committed or case.failed:
         # status is asked about the run extract made: the same data set and identity options
         same_run = [a for flag in IDENTITY_FLAGS if flag in args for a in (flag, args[args.index(flag) + 1])]
-        status = run_cli("status", "--models", *case.committed, *case.failed, *same_run,
-                         "--output_dir", str(out), "--json")
+        where = ["--store", values["s3"]] if values["s3"] else ["--output_dir", str(out)]
+        status = run_cli("status", "--models", *case.committed, *case.failed, *same_run, *where, "--json", "--verify")
         states = {row["id"]: row["state"] for row in json.loads(status.out)}
         assert states == {**{m: "done" for m in case.committed}, **{m: "failed" for m in case.failed}}, states
+    if (case.committed or case.failed) and server is None:
         # one manifest per committed model and nothing else (a setup's half file has none)
         manifests = sorted(p for p in after if p.startswith("cwd/out/") and p.endswith(".manifest.json"))
         assert len(manifests) == len(case.committed), manifests

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -433,3 +434,55 @@ def test_observe_keeps_the_last_line_of_the_termination_message():
     p["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = "a log line\nfeatx: error: the one line\n"
     (observed,) = observe([manifest], [p])
     assert observed.pod_message == "featx: error: the one line"
+
+
+def _rot(store: LocalStore, rel: str) -> None:
+    """Flip one bit of ``rel`` and put its mtime back: the listing (size + mtime) cannot tell."""
+    path = store.root / rel
+    st, data = path.stat(), bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_verify_true_makes_the_controller_redo_bit_rot(run_yaml, tmp_path, verify):
+    """``verify: true`` in the values: the controller hashes committed files (once per ETag) and
+    gives a rotten one a Job that runs ``featx extract --verify``; without it the listing says done."""
+    config = RunConfig.from_dict({**copy.deepcopy(run_yaml), "verify": verify})
+    store = LocalStore(tmp_path / "store")
+    gpt2, vit, opt = config.desired()
+    for d in (gpt2, vit, opt):
+        commit(store, d, tmp_path)
+    _rot(store, gpt2.key.data)
+    reads: list[str] = []
+
+    class Counting(LocalStore):
+        def sha256_of(self, rel, progress=lambda n: None):
+            reads.append(rel)
+            return super().sha256_of(rel, progress)
+
+    ctl = Controller(config, FakeKube(), Counting(store.root), EventLog("json"))
+    creates = [a for a in ctl.plan() if isinstance(a, Create)]
+    assert [a.model for a in creates] == ([gpt2.id] if verify else [])
+    if verify:
+        assert "sha256" in creates[0].why and "--verify" in creates[0].job["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert sorted(reads) == sorted(d.key.data for d in (gpt2, vit, opt))
+        ctl.plan()
+        assert len(reads) == 3  # each file hashed once per controller and ETag, not every pass
+    else:
+        assert reads == []
+
+
+@pytest.mark.parametrize("garbage", [b"", b"{}", b"[]", b"{not json", b'{"size": ' + b"9" * 5000 + b"}"])
+def test_the_controller_redoes_an_unreadable_manifest(config, tmp_path, garbage):
+    """What a store holds never ends a pass in a traceback: the model whose manifest is not one
+    gets a Job (``store says corrupt: unreadable manifest …``), the others are done."""
+    store = LocalStore(tmp_path / "store")
+    gpt2, vit, opt = config.desired()
+    for d in (gpt2, vit, opt):
+        commit(store, d, tmp_path)
+    store.put_bytes(vit.key.manifest, garbage)
+    store.put_bytes(f"{config.scan_prefix}stray.failure.json", garbage)
+    creates = [a for a in Controller(config, FakeKube(), store, EventLog("json")).plan() if isinstance(a, Create)]
+    assert [a.model for a in creates] == [vit.id] and "unreadable manifest" in creates[0].why

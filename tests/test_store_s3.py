@@ -569,3 +569,108 @@ def test_fixture_env_drives_a_subprocess(seaweedfs):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == seaweedfs.url("sub")
+
+
+# -- unreadable records are states, not crashes ---------------------------------------------------
+def _good_manifest_with(**fields) -> bytes:
+    key = key_for("org_odd")
+    raw = json.loads(manifest_for(key, Path(__file__), "0" * 64).to_json())
+    return json.dumps({**raw, **fields}).encode()
+
+
+UNREADABLE = {  # what lies under a record's name -> a word of the reason featx gives
+    "not JSON": (b"{this is not json", "not JSON"),
+    "empty": (b"", "empty"),
+    "empty object": (b"{}", "no "),
+    "a list": (b"[]", "a JSON list"),
+    "a string": (b'"manifest"', "a JSON str"),
+    "not UTF-8": (b"\xff\xfe\x00garbage", "not JSON"),
+    "a 5000-digit number": (b'{"size": ' + b"9" * 5000 + b"}", "not JSON (Exceeds the limit"),
+    "deep nesting": (b"[" * 200_000, "not JSON"),
+    "wrong type": (_good_manifest_with(size="big"), "size is \"big\""),
+    "a huge number": (_good_manifest_with(size=10 ** 30), "size is 1000000000000000000000000000000"),
+    "a foreign object": (json.dumps({"kind": "Deployment", "apiVersion": "apps/v1"}).encode(), "not a Manifest"),
+}
+
+
+@pytest.mark.parametrize("what", UNREADABLE)
+def test_unreadable_records_are_corrupt_and_the_scan_goes_on(store, tmp_path, what):
+    """Bytes under a manifest's or a failure record's name that are no such record: that model is
+    ``corrupt`` with the reason, its neighbours keep their states, and a commit or a new failure
+    record replaces the bytes."""
+    data, word = UNREADABLE[what]
+    good, bad_manifest, bad_failure, failed = (key_for(n) for n in ("org_good", "org_bad", "org_badf", "org_failed"))
+    commit(store, tmp_path, good)
+    commit(store, tmp_path, bad_manifest)
+    store.put_bytes(bad_manifest.manifest, data)
+    store.put_bytes(bad_failure.failure, data)
+    store.record_failure(failed, FailureRecord("org/failed", "CUDA error", "transient"))
+    store.put_bytes("prh/wit_1024/stray.manifest.json", data)  # a foreign object, no data beside it
+
+    states = store.scan("prh/wit_1024/")
+    assert states[good.stem].state == "done" and states[failed.stem].state == "failed"
+    for key, why in ((bad_manifest, word), (bad_failure, "unreadable failure record")):
+        st = states[key.stem]
+        assert st.state == "corrupt" and why in st.reason and len(st.reason) < 300, st.reason
+    assert states["prh/wit_1024/stray"].state == "corrupt"
+    with pytest.raises(ValueError, match="not a manifest featx wrote"):
+        store.verify(bad_manifest, tmp_path / "down.pt")
+
+    assert store.record_failure(bad_failure, FailureRecord("org/badf", "again", "transient")).attempt == 1
+    commit(store, tmp_path, bad_manifest)
+    states = store.scan("prh/wit_1024/")
+    assert states[bad_failure.stem].state == "failed" and states[bad_manifest.stem].state == "done"
+
+
+def test_a_record_too_large_to_be_featx_s_is_refused_unread(store, tmp_path):
+    key = key_for("org_big")
+    commit(store, tmp_path, key)
+    store.put_bytes(key.manifest, b" " * (basemod.MAX_RECORD_BYTES + 1))
+    st = store.scan("prh/wit_1024/")[key.stem]
+    assert st.state == "corrupt" and "more than any manifest" in st.reason
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("index", ["not gzip", "gzip of a list", "manifests a list", "gzip bomb"])
+def test_an_unreadable_manifest_index_costs_gets_not_the_scan(seaweedfs, tmp_path, monkeypatch, index):
+    s3_env(monkeypatch, seaweedfs)
+    url, folder = seaweedfs.url(f"t-{uuid.uuid4().hex[:12]}"), "prh/wit_1024/"
+    writer = S3Store.from_url(url, manifest_cache=False)
+    for i in range(s3mod.INDEX_MIN):
+        commit(writer, tmp_path, key_for(f"org_model{i}"))
+    writer.scan(folder)  # writes the index
+    (rel,) = [r for r in writer.list(folder) if "manifest-index" in r]
+    body = {"not gzip": b"PK\x03\x04 a zip file",
+            "gzip of a list": gzip.compress(b"[1, 2, 3]"),
+            "manifests a list": gzip.compress(json.dumps({"format": s3mod.INDEX_FORMAT, "manifests": []}).encode()),
+            "gzip bomb": gzip.compress(b"{" + b" " * (s3mod.INDEX_MAX_BYTES + 1), 9)}[index]
+    overwrite(writer, rel, body, seaweedfs)
+    states = S3Store.from_url(url, manifest_cache=tmp_path / "cold").scan(folder)
+    assert sum(s.state == "done" for s in states.values()) == s3mod.INDEX_MIN
+
+
+# -- bit rot: --verify reads what a listing cannot see ---------------------------------------------
+def test_verify_states_finds_what_the_listing_cannot(store, sw, tmp_path):
+    """Locally: one bit flipped, size and mtime restored. On S3 (where a rewrite changes the ETag)
+    the same through the manifest: its sha256 no longer the data's, size and ETag as listed."""
+    good, rotten = key_for("org_good"), key_for("org_rotten")
+    commit(store, tmp_path, good)
+    manifest = commit(store, tmp_path, rotten, size=3 * MiB)
+    if isinstance(store, S3Store):
+        manifest.sha256 = hashlib.sha256(b"other bytes").hexdigest()
+        store.delete(rotten.manifest)
+        assert store.put_bytes_if_absent(rotten.manifest, manifest.to_json())
+    else:
+        path = store.root / rotten.data
+        st, data = path.stat(), bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    states = store.scan("prh/wit_1024/")
+    assert {s.state for s in states.values()} == {"done"}  # what plain status sees
+    seen: list[int] = []
+    checked = store.verify_states(states, [good.stem, rotten.stem, "prh/wit_1024/absent"], seen.append)
+    assert checked[good.stem].state == "done"
+    assert checked[rotten.stem].state == "corrupt" and "sha256" in checked[rotten.stem].reason
+    assert sum(seen) == manifest.size + states[good.stem].manifest.size  # every byte read once
+    assert "prh/wit_1024/absent" not in checked

@@ -8,16 +8,17 @@ torch: planning and sizing run without it.
 from __future__ import annotations
 
 import functools
+import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from featx.catalog.spec import MODALITIES, ModelSpec
-from featx.errors import UsageError
+from featx.errors import UsageError, clip
 from featx.keyparts import check_key_part
+from featx.yamlfile import read_yaml
 
 _HERE = Path(__file__).parent
 MODELS_DIR = _HERE / "models"
@@ -35,19 +36,12 @@ class Modelset:
         return [m for m in self.models if modality == "all" or m.modality == modality]
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path}: not valid YAML ({e.__class__.__name__}); fix the file") from e
-
-
 @functools.cache
 def catalog() -> dict[str, ModelSpec]:
     """Every model the catalog knows, by id."""
     out: dict[str, ModelSpec] = {}
     for path in sorted(MODELS_DIR.glob("*.yaml")):
-        doc = _read_yaml(path)
+        doc = read_yaml(path)
         defaults = doc.get("defaults", {})
         for entry in doc["models"]:
             spec = ModelSpec.from_dict({**defaults, **entry})
@@ -63,8 +57,8 @@ def builtin_modelsets() -> list[str]:
 
 def infer_spec(model_id: str) -> ModelSpec:
     """A spec for an id the catalog does not list: a local directory, an HF id or a timm name."""
-    path = Path(model_id)
-    if path.is_dir():
+    if os.path.isdir(model_id):  # os.path, not Path: a 10^6-entry modelset stats each id once
+        path = Path(model_id)
         if (path / "config.json").exists():
             return ModelSpec(id=model_id, modality="language", family="local")
         raise UsageError(
@@ -77,7 +71,7 @@ def infer_spec(model_id: str) -> ModelSpec:
     if _TIMM_NAME.match(model_id):
         return ModelSpec(id=model_id, modality="vision", family=model_id.split("_")[0])
     raise UsageError(
-        f"{model_id!r} is neither an HF repo id (org/name), a timm name nor a local directory; "
+        f"{clip(model_id)} is neither an HF repo id (org/name), a timm name nor a local directory; "
         "see `featx models` for known ids"
     )
 
@@ -86,7 +80,7 @@ def check_model_id(model_id: str) -> str:
     """A model id that is not a local directory must be a relative key (an HF repo id or a timm
     name): a path that does not exist, or one with '..', is refused before any work."""
     if model_id.startswith(("/", "./", "../", "~")) and not Path(model_id).expanduser().is_dir():
-        raise UsageError(f"model {model_id!r}: no such local model directory; check the path")
+        raise UsageError(f"model {clip(model_id)}: no such local model directory; check the path")
     return check_key_part(model_id, "model id")
 
 
@@ -99,7 +93,7 @@ def get_spec(entry: str | dict[str, Any]) -> ModelSpec:
             check_model_id(spec.id)
         return spec
     if not isinstance(entry, str):
-        raise UsageError(f"model entry {entry!r} is neither an id nor a mapping with 'id'; see README, 'Your own modelset'")
+        raise UsageError(f"model entry {clip(entry)} is neither an id nor a mapping with 'id'; see README, 'Your own modelset'")
     return catalog().get(entry) or infer_spec(entry)
 
 
@@ -115,20 +109,27 @@ def load_modelset(name: str) -> Modelset:
             )
     elif not path.exists():
         raise UsageError(f"modelset file {name} does not exist; check the path")
-    doc = _read_yaml(path)
+    doc = read_yaml(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
         raise UsageError(f"{path}: a modelset file needs a top-level 'models:' list of ids")
-    try:
-        models = tuple(get_spec(e) for e in doc["models"])
-    except UsageError as e:
-        raise UsageError(f"{path}: {e}") from e
-    for m in models:
-        if m.modality not in MODALITIES:
-            raise UsageError(f"{path}: model {m.id!r} has modality {m.modality!r}; use one of {MODALITIES}")
-    repeated = sorted({m.id for m in models if sum(n.id == m.id for n in models) > 1})
+    models = []
+    for n, entry in enumerate(doc["models"], 1):
+        try:
+            models.append(get_spec(entry))
+        except UsageError as e:
+            raise UsageError(f"{path}: {e}") from None
+        except (TypeError, ValueError) as e:  # a field of the wrong type (id: [1], trust_remote_code: {})
+            raise UsageError(f"{path}: entry {n} {clip(entry)}: {clip(str(e), 120, quote=False)}") from None
+        if models[-1].modality not in MODALITIES:
+            raise UsageError(f"{path}: model {clip(models[-1].id)} has modality "
+                             f"{clip(models[-1].modality)}; use one of {MODALITIES}")
+    counts = Counter(m.id for m in models)  # linear: a 10^6-entry file is checked in a second
+    repeated = sorted(i for i, c in counts.items() if c > 1)
     if repeated:  # two entries of one id would be extracted twice, perhaps with different settings
-        raise UsageError(f"{path}: lists {', '.join(repeated)} more than once; keep one entry per model")
-    return Modelset(doc.get("name", path.stem), doc.get("description", ""), models)
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise UsageError(f"{path}: lists {', '.join(clip(r, quote=False) for r in repeated[:5])}{more} more than once; "
+                         "keep one entry per model")
+    return Modelset(str(doc.get("name", path.stem)), str(doc.get("description", "")), tuple(models))
 
 
 def resolve(

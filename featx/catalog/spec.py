@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from featx.errors import UsageError
+from featx.errors import UsageError, clip
 
 Modality = Literal["language", "vision"]
 MODALITIES: tuple[str, ...] = ("language", "vision")
@@ -92,11 +92,11 @@ class ModelSpec:
         unknown = set(data) - known
         if unknown:
             raise UsageError(
-                f"unknown field(s) {sorted(unknown)} in model entry {data.get('id')!r}; "
+                f"unknown field(s) {clip(sorted(map(str, unknown)))} in model entry {clip(data.get('id'))}; "
                 f"allowed: {sorted(known)}"
             )
         missing = [name for name in ("id", "modality", "family") if name not in data]
         if missing:
-            raise UsageError(f"model entry {data.get('id')!r} lacks field(s) {missing}: a model the catalog "
+            raise UsageError(f"model entry {clip(data.get('id'))} lacks field(s) {missing}: a model the catalog "
                              "does not know needs id, modality and family")
         return cls(**data)

@@ -10,6 +10,7 @@ from featx import settings
 from featx.cli.options import add_selection, add_store, open_store_from, unique_models
 from featx.flags import flag
 from featx.cli.termination import report_termination
+from featx.errors import clip
 from featx.pipeline.request import add_data_options, add_policy_options, add_weight_options
 from featx.signals import Interrupted, deferred
 
@@ -35,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "batch_size", type=int, default=None, help="most rows (texts or images) per batch (default: as many as the token budget allows)")
     flag(g, "token_budget", type=int, default=None, help="most padded tokens per batch (default: from free GPU memory; 1024 on CPU)")
     flag(g, "force_remake", action="store_true", help="re-extract models that are already committed")
+    flag(g, "verify", action="store_true",
+         help="read committed files and check their sha256 before skipping them; redo those that fail")
     add_weight_options(g)
     add_policy_options(g)
     flag(g, "device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -82,7 +85,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Runner, list[ModelSpec]]:
     rows = load_rows(request.dataset, request.subset, request.caption_idx, request.num_samples)
     extract = ExtractOptions(batch_size=args.batch_size, token_budget=args.token_budget, device=args.device,
                              num_workers=args.num_workers)
-    opts = RunOptions(extract, force_remake=args.force_remake, attempt=args.attempt, gpu_class=args.gpu_class)
+    opts = RunOptions(extract, force_remake=args.force_remake, verify=args.verify, attempt=args.attempt,
+                      gpu_class=args.gpu_class)
     log = EventLog(args.log_format)
     for line in request.notes(specs):
         log.event("note", message=line)
@@ -97,8 +101,10 @@ def _report(args: argparse.Namespace, summary: RunSummary, log: EventLog) -> int
         report_termination(f"featx: {summary.interruption()}")
         return summary.exit_code
     failed = [o for o in summary.outcomes if o.status == "failed"]
+    reasons = "; ".join(o.reason if o.model in o.reason else f"{o.model}: {o.reason}" for o in failed)
     log.event("summary", committed=sum(o.status == "committed" for o in summary.outcomes),
-              skipped=sum(o.status == "skipped" for o in summary.outcomes), failed=len(failed))
+              skipped=sum(o.status == "skipped" for o in summary.outcomes), failed=len(failed),
+              failures=clip(reasons, 500, quote=False) if failed else None)
     if failed:
-        report_termination("; ".join(o.reason if o.model in o.reason else f"{o.model}: {o.reason}" for o in failed))
+        report_termination(reasons)
     return summary.exit_code

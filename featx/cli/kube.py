@@ -107,8 +107,6 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    import yaml
-
     from featx.errors import UsageError
     from featx.kube.client import KubeClient, Timeouts
     from featx.kube.config import RunConfig
@@ -116,6 +114,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
     from featx.kube.health import FAIL_AFTER_INTERVALS, Health, serve
     from featx.logs import EventLog
     from featx.store import open_store
+    from featx.yamlfile import load_yaml
 
     if args.config and args.configmap:
         raise UsageError("give either --config or --configmap, not both")
@@ -124,14 +123,14 @@ def run_reconcile(args: argparse.Namespace) -> int:
     if args.config:
         config = RunConfig.load(args.config)
     elif args.configmap:
-        config = RunConfig.from_dict(yaml.safe_load(kube.read_run_config(args.configmap)))
+        config = RunConfig.from_dict(load_yaml(kube.read_run_config(args.configmap), f"ConfigMap {args.configmap}"))
     else:
         config = _config_from_values(args, [])
     if args.namespace is None and args.config:
         kube.namespace = config.namespace  # the release's namespace, unless told otherwise
     options = {"endpoint_url": args.s3_endpoint} if args.s3_endpoint else {}
     store = open_store(config.store, connect_timeout=timeouts.connect, read_timeout=timeouts.read,
-                       attempts=STORE_RETRIES, **options)
+                       retries=STORE_RETRIES, **options)
     controller = Controller(config, kube, store, EventLog(args.log_format), workers=WRITE_WORKERS)
     if args.watch:
         interval = config.interval_s if args.interval is None else args.interval

@@ -10,9 +10,10 @@ import sys
 
 from featx import __version__, settings
 from featx.cli.termination import report_termination
-from featx.errors import EXIT_USAGE, FeatxError
+from featx.errors import EXIT_USAGE, FeatxError, clip
 from featx.signals import Interrupted, stop_on_signals
 
+MAX_LINE = 1000  # an error line, whatever went into it: messages name inputs clipped far shorter
 COMMANDS = ("featx.cli.extract", "featx.cli.models", "featx.cli.status", "featx.cli.kube", "featx.cli.align")
 
 
@@ -44,9 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     except FeatxError as e:
         if settings.DEBUG:
             raise
-        print(f"featx: error: {e}", file=sys.stderr)
-        report_termination(f"featx: error: {e}")
+        line = f"featx: error: {clip(e, MAX_LINE, quote=False)}"
+        print(line, file=sys.stderr)
+        report_termination(line)
         return e.exit_code
+    except MemoryError:  # models' own failures are caught per model: this is the input's size
+        if settings.DEBUG:
+            raise
+        line = "featx: error: out of memory reading the input: check the size of the modelset, values or data set files"
+        print(line, file=sys.stderr)
+        report_termination(line)
+        return EXIT_USAGE
     except (Interrupted, KeyboardInterrupt) as e:
         stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
         line = f"featx: interrupted by {stop.name}" + (f" {stop.detail}" if stop.detail else "")

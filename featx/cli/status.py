@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_store(p)
     add_weight_options(p.add_argument_group("what extract was (or will be) run with"))
     flag(p, "json", action="store_true")
+    flag(p, "verify", action="store_true",
+         help="also read every committed data object and check its sha256 (finds bit rot a listing cannot see)")
     k = p.add_argument_group("cluster (adds each model's Job, attempt and phase)")
     flag(k, "namespace", default=None, help="namespace of the release's Jobs")
     flag(k, "release", default=None, help="Helm release name (featx.io/release label)")
@@ -30,7 +32,7 @@ def model_states(args: argparse.Namespace) -> list[dict]:
     """One row per selected model: id, key, state, reason, attempts (pure over a store scan)."""
     from featx.catalog import resolve
     from featx.pipeline.request import RunRequest, judge
-    from featx.pipeline.stored import describe, stored_models
+    from featx.pipeline.stored import describe, stored_models, verified
 
     request = RunRequest.from_args(args)
     store = open_store_from(args)
@@ -41,9 +43,11 @@ def model_states(args: argparse.Namespace) -> list[dict]:
     else:
         specs = stored_models(states, request, args.modality)
         print(f"featx status: {describe(specs, request)}", file=sys.stderr)
+    keys = [request.key(spec) for spec in specs]
+    if getattr(args, "verify", False):
+        states = verified(store, states, [k.stem for k in keys])
     rows = []
-    for spec in specs:
-        key = request.key(spec)
+    for spec, key in zip(specs, keys):
         st = judge(states.get(key.stem), request.identity(spec))
         rows.append({"id": spec.id, "modality": spec.modality, "state": st.state, "reason": st.reason,
                      "attempts": st.failure.attempt if st.failure else 0, "key": key.data, "stem": key.stem})

@@ -191,8 +191,8 @@ def _read_captions(folder: Path) -> list[Caption]:
                 try:
                     rec = json.loads(line)
                     out.append(Caption(f"{jsonl}:{n}", rec["file"], _as_list(rec["text"])))
-                except (ValueError, KeyError, TypeError) as e:
-                    raise UsageError(f"{jsonl}:{n}: each line must be JSON with 'file' and 'text'") from e
+                except (ValueError, KeyError, TypeError, RecursionError):  # also 5000-digit numbers, deep nesting
+                    raise UsageError(f"{jsonl}:{n}: each line must be JSON with 'file' and 'text'") from None
         return out
     for path, delim in ((tsv, "\t"), (csv_path, ",")):
         if path.exists():

@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from featx.catalog import ModelSpec, resolve
 from featx.errors import UsageError
 from featx.plan.sizing import GpuClass, load_classes
 from featx.pipeline.request import RunRequest
 from featx.store.keys import ArtifactKey
 from featx.store.records import RunIdentity
+from featx.yamlfile import read_yaml
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,7 @@ class RunConfig:
     classes: tuple[GpuClass, ...]
     job_template: dict[str, Any] = field(repr=False, hash=False, compare=False)
     raw: dict[str, Any] = field(repr=False, hash=False, compare=False, default_factory=dict)
+    verify: bool = False  # values `verify`: hash committed files before counting them done
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
@@ -73,7 +73,8 @@ class RunConfig:
                 batch_size=int(d["batchSize"]) if d.get("batchSize") else None, store=str(d["store"]),
                 concurrency=int(d["concurrency"]), attempts=int(d["attempts"]),
                 interval_s=int(d.get("intervalSeconds") or 30), kueue_queue=str(d.get("kueueQueue") or ""),
-                extra_args=extra_args, classes=load_classes(d["gpuClasses"]), job_template=d["jobTemplate"], raw=d)
+                extra_args=extra_args, classes=load_classes(d["gpuClasses"]), job_template=d["jobTemplate"], raw=d,
+                verify=bool(d.get("verify")))
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"run config: missing or bad key {e}; render it from the chart "
                              "(helm template / featx render) rather than by hand") from e
@@ -83,7 +84,7 @@ class RunConfig:
         p = Path(path)
         if not p.is_file():
             raise UsageError(f"run config {p} does not exist; it is the chart's ConfigMap (key run.yaml)")
-        return cls.from_dict(yaml.safe_load(p.read_text()))
+        return cls.from_dict(read_yaml(p))
 
     @property
     def modelset_label(self) -> str:

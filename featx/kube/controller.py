@@ -23,7 +23,7 @@ from featx.kube.jobs import release_selector, render_job
 from featx.kube.observe import ObservedJob, observe
 from featx.kube.reconcile import Action, Create, Delete, GiveUp, Settings, Skip, decide
 from featx.logs import EventLog
-from featx.store import FailureRecord, Store
+from featx.store import FailureRecord, Store, StoredState
 
 
 #: API writes (creates, deletes) in flight at once: a cold pass of 139 models is ~5 round trips
@@ -80,6 +80,7 @@ class Controller:
         self.selector = release_selector(config.release)
         self._desired: list[Desired] | None = None
         self._logged: set[tuple[str, str, str]] = set()  # skip lines already logged (no repeats per pass)
+        self._verified: dict[tuple[str, str], StoredState] = {}  # (stem, data etag) -> verified state
 
     @property
     def desired(self) -> list[Desired]:
@@ -96,7 +97,22 @@ class Controller:
     def plan(self) -> list[Action]:
         observed = self.observe()  # first: see the module docstring
         committed = self.store.scan(self.config.scan_prefix)
+        if self.config.verify:
+            committed = self._verify(committed)
         return decide(self.desired, committed, observed, self.settings)
+
+    def _verify(self, committed: dict[str, StoredState]) -> dict[str, StoredState]:
+        """``verify: true``: each desired committed file is read and hashed once per controller
+        process and data ETag (a recommit is a new ETag), not every pass."""
+        def tag(stem: str) -> tuple[str, str]:
+            st = committed[stem]
+            return stem, (st.manifest.etag or st.manifest.sha256) if st.manifest else ""
+
+        done = [d.stem for d in self.desired if d.stem in committed and committed[d.stem].state == "done"]
+        fresh = [s for s in done if tag(s) not in self._verified]
+        checked = self.store.verify_states(committed, fresh)
+        self._verified.update({tag(s): checked[s] for s in fresh})
+        return {**committed, **{s: self._verified[tag(s)] for s in done}}
 
     def run_once(self, dry_run: bool = False) -> PassResult:
         t0 = self.clock()

@@ -9,16 +9,16 @@ controller runs on the mounted ConfigMap, so no second renderer can drift from t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from featx import settings
 from featx.errors import UsageError
+from featx.yamlfile import load_yaml
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "helm" / "featx"
 KUBE_VERSION = "1.36.0"  # helm's offline default (v1.20) is below the chart's kubeVersion
@@ -52,7 +52,8 @@ def _refusal(stderr: str) -> str:
     for ln in (ln for ln in lines if ln and ln not in noise and not ln.startswith("Use --debug")):
         text += ln if not text or text.endswith(": ") else f"; {ln}"
         text += " " if ln.endswith(":") else ""
-    return text.strip()
+    # the schema's regular expressions run to hundreds of characters: the key's name says enough
+    return re.sub(r"does not match pattern '[^']*'", "does not match its pattern in values.schema.json", text).strip()
 
 
 def render_run_config(chart: str | Path | None = None, files: Iterable[str | Path] = (), sets: Iterable[str] = (),
@@ -71,5 +72,5 @@ def render_run_config(chart: str | Path | None = None, files: Iterable[str | Pat
         raise UsageError(f"`helm template` did not finish in {e.timeout:.0f} s; run it by hand: {' '.join(cmd)}") from e
     if out.returncode:
         raise UsageError(f"helm refused the chart values: {_refusal(out.stderr)} (fix with -f FILE or --set KEY=VALUE)")
-    configmap = yaml.safe_load(out.stdout)
-    return yaml.safe_load(configmap["data"]["run.yaml"])
+    configmap = load_yaml(out.stdout, "helm template's ConfigMap")
+    return load_yaml(configmap["data"]["run.yaml"], "run.yaml of helm template's ConfigMap")

@@ -53,6 +53,8 @@ def extract_args(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) ->
         args += ["--token_budget", str(sizing.token_budget)]
     if d.spec.quantised(request.qlora):
         args.append("--qlora")
+    if config.verify:  # the Job must redo what the controller found corrupt, not skip it by its listing
+        args.append("--verify")
     args += ["--attempt", str(attempt), "--gpu_class", sizing.class_name, "--log_format", "json"]
     return args + list(config.extra_args)
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from featx import __version__
 from featx.catalog.spec import ModelSpec
 from featx.data.datasets import Rows
-from featx.errors import EXIT_OK, OOM, PERMANENT, TRANSIENT, FeatxError, policy_of
+from featx.errors import EXIT_OK, OOM, PERMANENT, TRANSIENT, FeatxError, disk_full, policy_of
 from featx.extract.loading import Loaded, pick_device, planned_dtype
 from featx.extract.result import Extraction
 from featx.extract.runner import ExtractOptions, extract_rows, free_memory, load_model
 from featx.logs import EventLog, Progress
 from featx.pipeline.request import RunRequest, judge
+from featx.pipeline.stored import verified
 from featx.signals import Interrupted
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
 from featx.store.base import CommittedByAnother
@@ -32,6 +33,7 @@ class RunOptions:
 
     extract: ExtractOptions = field(default_factory=ExtractOptions)
     force_remake: bool = False
+    verify: bool = False  # read and hash committed files before skipping them
     attempt: int = 1  # set by the Kubernetes controller
     gpu_class: str | None = None
 
@@ -114,6 +116,8 @@ class Runner:
         summary = RunSummary()
         try:
             states = self.store.scan(self.request.scan_prefix)
+            if self.opts.verify and not self.opts.force_remake:
+                states = verified(self.store, states, [k.stem for k in keys])
             for spec, key in zip(specs, keys):
                 state = judge(states.get(key.stem), self.identity(spec))
                 if state.state == "done" and not self.opts.force_remake:
@@ -175,9 +179,13 @@ class Runner:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             if not isinstance(e, FeatxError):
                 reason = f"{type(e).__name__}: {reason}"
-            record = self.store.record_failure(key, FailureRecord(spec.id, reason, kind, self.opts.attempt))
-            self.log.event("failed", model=spec.id, reason=reason, kind=kind, attempt=record.attempt,
-                           retry=policy.retry)
+            attempt, unrecorded = self.opts.attempt, None
+            try:  # a store that cannot take the record (disk full, gone) must not stop the other models
+                attempt = self.store.record_failure(key, FailureRecord(spec.id, reason, kind, attempt)).attempt
+            except (FeatxError, OSError) as rec:
+                unrecorded = str(rec).splitlines()[0] if str(rec) else type(rec).__name__
+            self.log.event("failed", model=spec.id, reason=reason, kind=kind, attempt=attempt, retry=policy.retry,
+                           failure_record_not_written=unrecorded)
             return ModelOutcome(spec.id, "failed", time.perf_counter() - t0, reason=reason, kind=kind)
         finally:
             loaded = None  # drop the model before collecting, so its memory is free for the next one
@@ -189,9 +197,16 @@ class Runner:
         if rows != {len(self.rows)}:
             raise RuntimeError(f"internal: {spec.id} produced {sorted(rows)} rows, expected {len(self.rows)}")
         identity = replace(self.identity(spec), compute_dtype=loaded.dtype)
-        with tempfile.TemporaryDirectory(prefix="featx-") as tmp:
+        try:
+            tmp_dir = tempfile.TemporaryDirectory(prefix="featx-")
+        except OSError as e:
+            raise disk_full(e, f"a temporary directory in {tempfile.gettempdir()}") or e from None
+        with tmp_dir as tmp:
             path = Path(tmp) / f"features.{key.fmt}"
-            write_tensors(result.tensors, path, key.fmt)
+            try:
+                write_tensors(result.tensors, path, key.fmt)
+            except OSError as e:
+                raise disk_full(e, f"the temporary {path}") or e from None
             manifest = Manifest(
                 **asdict(identity), modality=spec.modality,
                 sha256=sha256_file(path), size=path.stat().st_size, shape=feats_shape(feats),

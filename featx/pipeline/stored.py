@@ -1,15 +1,18 @@
 """The models a store already holds for a data set: what ``featx status`` and ``featx align``
 work on when no ``--modelset``/``--models`` is given, so a newcomer's ``extract`` → ``status`` →
-``align`` needs no flag repeated."""
+``align`` needs no flag repeated; and ``verified``, the byte-for-byte check of ``--verify``."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
+from typing import Iterable
 
 from featx.catalog import get_spec
 from featx.catalog.spec import ModelSpec
 from featx.errors import UsageError
 from featx.pipeline.request import RunRequest
+from featx.store.base import Store
 from featx.store.records import StoredState
 
 
@@ -21,7 +24,10 @@ def stored_models(states: dict[str, StoredState], request: RunRequest, modality:
         record = st.manifest or st.failure
         if record is None or record.model_id in found:
             continue
-        spec = get_spec(record.model_id)
+        try:
+            spec = get_spec(record.model_id)
+        except UsageError:  # a record naming no model featx could run is no model of this store's
+            continue
         if st.manifest and st.manifest.modality != spec.modality:  # a local or unknown id: the manifest knows
             spec = replace(spec, modality=st.manifest.modality)
         if modality in ("all", spec.modality) and request.key(spec).stem in states:
@@ -39,3 +45,15 @@ def describe(specs: list[ModelSpec], request: RunRequest) -> str:
     noun = "model" if len(specs) == 1 else "models"
     return (f"no --modelset/--models: using the {len(specs)} {noun} ({detail}) the store holds under "
             f"{request.scan_prefix}")
+
+
+def verified(store: Store, states: dict[str, StoredState], stems: Iterable[str]) -> dict[str, StoredState]:
+    """``store.verify_states`` with a byte progress bar on a terminal (``--verify`` of ``status``
+    and ``extract``; the controller's ``verify: true``, whose log is no terminal, shows none)."""
+    from tqdm import tqdm
+
+    stems = list(stems)
+    total = sum(st.manifest.size for s in stems if (st := states.get(s)) and st.state == "done" and st.manifest)
+    with tqdm(total=total, desc="verifying sha256", unit="B", unit_scale=True, file=sys.stderr, disable=None,
+              leave=False) as bar:
+        return store.verify_states(states, stems, bar.update)

@@ -16,14 +16,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Iterable
 
 from featx import settings, signals
 from featx.errors import FeatxError
 from featx.store.keys import FAILURE_SUFFIX, FORMATS, MANIFEST_SUFFIX, ArtifactKey
 from featx.store.manifest_cache import ManifestCache
-from featx.store.records import FailureRecord, Manifest, StoredState
+from featx.store.records import MAX_RECORD_BYTES, FailureRecord, Manifest, RecordError, StoredState
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,12 @@ class ObjectInfo:
     etag: str  # changes whenever the bytes change (S3 ETag; local size+mtime)
 
 
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 8 << 20, progress: Callable[[int], None] = lambda n: None) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(chunk):
             h.update(block)
+            progress(len(block))
     return h.hexdigest()
 
 
@@ -69,6 +72,7 @@ class Store(ABC):
 
     url: str
     manifest_cache: ManifestCache | None = None  # backends set it from their ``manifest_cache`` option
+    verify_workers = 1  # data objects hashed at once by ``verify_states`` (a disk reads best in order)
 
     @abstractmethod
     def check(self, write: bool = False) -> None:
@@ -107,6 +111,11 @@ class Store(ABC):
     def get_file(self, rel: str, dest: Path) -> None: ...
 
     @abstractmethod
+    def sha256_of(self, rel: str, progress: Callable[[int], None] = lambda n: None) -> str:
+        """The sha256 of the object at ``rel``, read whole (``progress`` gets each chunk's bytes);
+        ``FileNotFoundError`` when it is gone."""
+
+    @abstractmethod
     def delete(self, rel: str) -> None:
         """Remove ``rel``; no error when it is absent."""
 
@@ -124,11 +133,14 @@ class Store(ABC):
         return True
 
     def read_manifest(self, rel: str, info: ObjectInfo) -> Manifest | None:
-        """Manifests never change once written: read through the on-disk ``manifest_cache``."""
+        """Manifests never change once written: read through the on-disk ``manifest_cache``.
+        ``RecordError`` when the object is not a manifest featx could have written."""
+        if info.size > MAX_RECORD_BYTES:  # refused unread: no listing entry makes featx fetch a GiB
+            raise RecordError(f"{info.size} bytes, more than any manifest featx writes")
         cache = self.manifest_cache
         cached = cache.get(rel, info.etag) if cache else None
         if cached is not None:
-            with contextlib.suppress(ValueError, TypeError):
+            with contextlib.suppress(RecordError):
                 return Manifest.from_json(cached)
         got = self.fetch_manifest(rel, info)
         if got is None:
@@ -138,6 +150,16 @@ class Store(ABC):
         if cache and self.cacheable(data, etag or info.etag):
             cache.put(rel, etag or info.etag, data)
         return manifest
+
+    def read_failure(self, rel: str, info: ObjectInfo | None = None) -> FailureRecord | None:
+        """The failure record at ``rel`` (None when absent); ``RecordError`` when unreadable."""
+        if info is not None and info.size > MAX_RECORD_BYTES:
+            raise RecordError(f"{info.size} bytes, more than any failure record featx writes")
+        try:
+            raw = self.get_bytes(rel)
+        except (IsADirectoryError, PermissionError) as e:  # local: something else under the name
+            raise RecordError(e.strerror or type(e).__name__) from None
+        return FailureRecord.from_json(raw) if raw is not None else None
 
     def prefetch_manifests(self, prefix: str, objects: dict[str, ObjectInfo]) -> None:
         """Called by ``scan`` with its listing before it reads manifests one by one; backends may
@@ -158,12 +180,24 @@ class Store(ABC):
                 info = staged.publish()
                 manifest.etag, manifest.size = info.etag, info.size
                 _barrier()
-                if not self.put_bytes_if_absent(key.manifest, manifest.to_json()):
+                try:
+                    written = self.put_bytes_if_absent(key.manifest, manifest.to_json())
+                except BaseException:  # disk full, store down: never leave a data object without its manifest
+                    self._unpublish(key.data, info)
+                    raise
+                if not written:
                     self._settle_race(key, info, manifest)
         finally:
             staged.discard()
         self.delete(key.failure)
         return manifest
+
+    def _unpublish(self, rel: str, ours: ObjectInfo) -> None:
+        """Remove the data object this commit published if it still is ours (best effort: one
+        that stays is a data file without a manifest, ``missing``, never ``done``)."""
+        with contextlib.suppress(FeatxError, OSError):
+            if self.list(rel).get(rel) == ours:
+                self.delete(rel)
 
     def _settle_race(self, key: ArtifactKey, ours: ObjectInfo, manifest: Manifest) -> None:
         """Another writer's manifest got in first. If the data object is still the one this writer
@@ -179,9 +213,10 @@ class Store(ABC):
                                      "rerun `featx extract` to complete it")
 
     def record_failure(self, key: ArtifactKey, failure: FailureRecord) -> FailureRecord:
-        old = self.get_bytes(key.failure)
-        if old is not None:
-            failure.attempt = FailureRecord.from_json(old).attempt + 1
+        with contextlib.suppress(RecordError):  # an unreadable record is replaced, counting from 1
+            old = self.read_failure(key.failure)
+            if old is not None:
+                failure.attempt = old.attempt + 1
         self.put_bytes(key.failure, failure.to_json())
         return failure
 
@@ -199,15 +234,25 @@ class Store(ABC):
         return {stem: self._state(stem, parts, objects) for stem, parts in stems.items()}
 
     def _state(self, stem: str, parts: dict[str, str], objects: dict[str, ObjectInfo]) -> StoredState:
-        failure = None
+        """One stem's state. Bytes under a record's name that are no such record make it
+        ``corrupt`` with the reason (``extract`` redoes it), never an exception: one foreign or
+        damaged object must not stop a scan of the others."""
+        failure, unreadable = None, ""
         if "failure" in parts:
-            raw = self.get_bytes(parts["failure"])
-            failure = FailureRecord.from_json(raw) if raw else None
+            try:
+                failure = self.read_failure(parts["failure"], objects[parts["failure"]])
+            except RecordError as e:
+                unreadable = f"unreadable failure record {parts['failure']}: {e}"
         if "manifest" not in parts:
             if failure:
                 return StoredState("failed", failure=failure, reason=failure.reason)
+            if unreadable:
+                return StoredState("corrupt", reason=unreadable)
             return StoredState("missing", reason="data without manifest (interrupted run)" if "data" in parts else "")
-        manifest = self.read_manifest(parts["manifest"], objects[parts["manifest"]])
+        try:
+            manifest = self.read_manifest(parts["manifest"], objects[parts["manifest"]])
+        except RecordError as e:
+            return StoredState("corrupt", failure=failure, reason=f"unreadable manifest {parts['manifest']}: {e}")
         data = objects.get(manifest.data_key) if manifest else None
         if manifest is not None and manifest.stem != stem:
             return StoredState("corrupt", manifest, failure, f"manifest claims {manifest.data_key} of "
@@ -218,6 +263,28 @@ class Store(ABC):
             return StoredState("corrupt", manifest, failure, "data object changed after commit (size/etag differ)")
         return StoredState("done", manifest, failure)
 
+    def verify_states(self, states: dict[str, StoredState], stems: Iterable[str],
+                      progress: Callable[[int], None] = lambda n: None) -> dict[str, StoredState]:
+        """``states`` with every ``done`` one of ``stems`` checked byte for byte: its data object
+        read and hashed (``verify_workers`` at a time); one whose sha256 is not the manifest's is
+        ``corrupt``. What a listing cannot see (a flipped bit, same size and mtime) shows here."""
+        todo = [s for s in dict.fromkeys(stems) if s in states and states[s].state == "done"]
+
+        def check(stem: str) -> tuple[str, StoredState]:
+            st = states[stem]
+            assert st.manifest is not None
+            try:
+                sha = self.sha256_of(st.manifest.data_key, progress)
+            except FileNotFoundError:
+                return stem, replace(st, state="corrupt", reason="data object vanished while it was verified")
+            if sha == st.manifest.sha256:
+                return stem, st
+            return stem, replace(st, state="corrupt", reason=f"data object's sha256 {sha[:12]} is not the manifest's "
+                                                              f"{st.manifest.sha256[:12]} (bytes changed after commit)")
+
+        with ThreadPoolExecutor(max(1, min(self.verify_workers, len(todo)))) as pool:
+            return {**states, **dict(pool.map(check, todo))}
+
     def state(self, key: ArtifactKey) -> StoredState:
         return self.scan(key.stem).get(key.stem, StoredState("missing"))
 
@@ -226,7 +293,11 @@ class Store(ABC):
         raw = self.get_bytes(key.manifest)
         if raw is None:
             raise FileNotFoundError(f"{key.stem} is not committed in {self.url}; run `featx extract` first")
-        manifest = Manifest.from_json(raw)
+        try:
+            manifest = Manifest.from_json(raw)
+        except RecordError as e:
+            raise ValueError(f"{key.manifest} in {self.url} is not a manifest featx wrote ({e}); re-extract with "
+                             "`featx extract --force_remake`") from None
         if manifest.data_key != key.data:
             raise ValueError(f"{key.manifest} in {self.url} claims {manifest.data_key} of {manifest.model_id}, "
                              f"not {key.data} (copied or mis-synced); re-extract with `featx extract`")

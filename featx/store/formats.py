@@ -7,6 +7,8 @@ is stored as ``feats.0``, ``feats.1``, ... and read back as the list.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from pathlib import Path
 from typing import Any, Union
@@ -37,9 +39,38 @@ def layer_shapes(feats: Feats) -> list[list[int]]:
     return [list(t.shape) for t in feats] if isinstance(feats, list) else []
 
 
+class _WholeWrites:
+    """A file whose ``write`` writes all it is given or raises, and keeps what it raised: torch's
+    writer turns a short write or a failed one (a full disk) into "unexpected pos"."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        try:
+            while len(view):
+                view = view[self.f.write(view):]
+        except OSError as e:
+            self.error = e
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def write_tensors(tensors: dict[str, Any], path: Path, fmt: str) -> None:
+    """Write ``tensors`` to ``path``; a full disk is an ``OSError`` (ENOSPC) in either format."""
     if fmt == "pt":
-        torch.save(tensors, path)
+        with open(path, "wb", buffering=0) as f:
+            out = _WholeWrites(f)
+            try:
+                torch.save(tensors, out)
+            except RuntimeError:
+                if out.error is not None:
+                    raise out.error from None
+                raise
     elif fmt == "safetensors":
         from safetensors.torch import save_file
 
@@ -48,7 +79,12 @@ def write_tensors(tensors: dict[str, Any], path: Path, fmt: str) -> None:
             flat.update({f"feats.{i}": t for i, t in enumerate(flat.pop("feats"))})
         plain = {k: (v.contiguous() if v.dim() else v.reshape(1)) for k, v in flat.items() if isinstance(v, torch.Tensor)}
         meta = {k: str(v) for k, v in flat.items() if not isinstance(v, torch.Tensor)}
-        save_file(plain, str(path), metadata=meta)
+        try:
+            save_file(plain, str(path), metadata=meta)
+        except Exception as e:  # SafetensorError carries the OS error only in its text
+            if f"os error {errno.ENOSPC}" in str(e):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise
     else:
         raise ValueError(f"unknown format {fmt!r}")
 

@@ -15,8 +15,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from featx.errors import StoreError
+from featx.errors import StoreError, disk_full
 from featx.processes import alive
 from featx.store.base import ObjectInfo, Staged, Store, sha256_file
 from featx.store.manifest_cache import ManifestCache
@@ -79,6 +80,8 @@ class LocalStore(Store):
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
+            if full := disk_full(e, self.root):
+                raise full from None
             raise StoreError(f"cannot write to output directory {self.root} ({e.strerror or type(e).__name__}): "
                              "choose a writable --output_dir") from None
         finally:
@@ -102,8 +105,10 @@ class LocalStore(Store):
                 os.fsync(f.fileno())
             if sha256_file(staged.tmp) != sha256:
                 raise OSError(f"{rel}: bytes changed while copying; retry")
-        except BaseException:
+        except BaseException as e:
             staged.discard()
+            if full := disk_full(e, dest):
+                raise full from None
             raise
         return staged
 
@@ -121,11 +126,18 @@ class LocalStore(Store):
         return removed
 
     def _write_tmp(self, dest: Path, data: bytes) -> Path:
+        """``data`` in ``dest``'s temporary, synced; on any failure the temporary is gone."""
         tmp = self._tmp(dest)
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if full := disk_full(e, dest):
+                raise full from None
+            raise
         return tmp
 
     def put_bytes_if_absent(self, rel: str, data: bytes) -> bool:
@@ -151,6 +163,9 @@ class LocalStore(Store):
 
     def get_file(self, rel: str, dest: Path) -> None:
         shutil.copyfile(self._path(rel), dest)
+
+    def sha256_of(self, rel: str, progress: Callable[[int], None] = lambda n: None) -> str:
+        return sha256_file(self._path(rel), progress=progress)
 
     def delete(self, rel: str) -> None:
         self._path(rel).unlink(missing_ok=True)

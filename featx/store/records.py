@@ -4,14 +4,46 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar
+import types
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from featx.clock import now_iso
 from featx.errors import FailureKind
 
 State = Literal["done", "stale", "failed", "missing", "corrupt"]
 R = TypeVar("R", bound="JsonRecord")
+
+
+#: Largest record featx reads (its manifests are a few KiB): a bigger object is not one of them.
+MAX_RECORD_BYTES = 1 << 20
+_MAX_INT = 1 << 63  # sizes, shapes, attempts: anything beyond is no number featx wrote
+_MAX_REASON = 200
+
+
+class RecordError(ValueError):
+    """Bytes under a record's name that are not such a record: the store shows them ``corrupt``
+    with this reason (one short line), never a traceback."""
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    """Whether JSON ``value`` has type ``tp`` (the annotations records use)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_conforms(v, args[1]) for v in value.values())
+    if tp is type(None):
+        return value is None
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool) and -_MAX_INT < value < _MAX_INT
+    return isinstance(value, tp)
 
 
 class JsonRecord:
@@ -22,8 +54,33 @@ class JsonRecord:
 
     @classmethod
     def from_json(cls: type[R], data: bytes) -> R:
-        raw = json.loads(data)
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+        """The record ``data`` holds, checked field by field; ``RecordError`` says what is wrong."""
+        if len(data) > MAX_RECORD_BYTES:
+            raise RecordError(f"{len(data)} bytes, more than any {cls.__name__} featx writes")
+        if not data.strip():
+            raise RecordError("empty")
+        try:
+            raw = json.loads(data)
+        except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, a 5000-digit number, deep nesting
+            raise RecordError(f"not JSON ({_short(str(e) or type(e).__name__, 60)})") from None
+        if not isinstance(raw, dict):
+            raise RecordError(f"a JSON {type(raw).__name__}, not a {cls.__name__} object")
+        hints, wanted = get_type_hints(cls), {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        missing = [n for n, f in wanted.items()
+                   if n not in raw and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise RecordError(f"no {', '.join(missing)}: not a {cls.__name__} featx wrote")
+        for name in wanted.keys() & raw.keys():
+            if not _conforms(raw[name], hints[name]):
+                tp = hints[name]
+                raise RecordError(f"{name} is {_short(json.dumps(raw[name]), 60)}, not "
+                                  f"{getattr(tp, '__name__', str(tp).replace('typing.', ''))}")
+        return cls(**{k: v for k, v in raw.items() if k in wanted})
+
+
+def _short(text: str, limit: int = _MAX_REASON) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 #: Identity fields only ``featx extract`` knows (it loads the data and picks the device).

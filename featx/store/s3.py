@@ -37,28 +37,35 @@ import re
 import tempfile
 import threading
 import uuid
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from featx.errors import FeatxError, StoreError, TransientError
+from featx.errors import FeatxError, StoreError, TransientError, clip
 from featx.keyparts import check_prefix
 from featx.store.base import ObjectInfo, Staged, Store
 from featx.store.keys import MANIFEST_SUFFIX
 from featx.store.manifest_cache import ManifestCache
+from featx.store.records import MAX_RECORD_BYTES
 
 MiB = 1 << 20
 PART_SIZE = 64 * MiB  # multipart part size (S3 allows 5 MiB .. 5 GiB, at most 10,000 parts)
 MULTIPART_THRESHOLD = 64 * MiB  # files at least this large go multipart, in parallel parts
 MAX_WORKERS = 8  # parallel parts per upload/download (memory: about (workers + 1) x part size)
 SCAN_WORKERS = 16  # parallel manifest GETs of a cold scan (small objects: latency-bound)
-CHECK_CONNECT_TIMEOUT_S = 3  # check(): an unreachable endpoint fails in seconds, not minutes
+# check() (the first request of extract and status): an endpoint that is down, or that accepts
+# connections and never answers, fails within CHECK_RETRIES + 1 times (connect + read timeout),
+# 2 x (5 + 20) = 50 s (the README's total), plus at most 2 s of retry back-off.
+CHECK_CONNECT_TIMEOUT_S = 5
+CHECK_READ_TIMEOUT_S = 20
+CHECK_RETRIES = 1
 # urllib3 sends request bodies under the *connect* timeout, so for transfers it is also how long
 # a busy server may stall a 64 MiB part before the send is cut (3 s dropped parts under load).
 CONNECT_TIMEOUT_S = 15
 READ_TIMEOUT_S = 120
-MAX_ATTEMPTS = 5  # botocore "standard" retry mode: throttling, 5xx, connection resets
+RETRIES = 4  # botocore "standard" retry mode (throttling, 5xx, resets, timeouts): 5 attempts a request
 
 # -- one table from S3 error codes to featx errors (``{url}``, ``{endpoint}``, ``{bucket}``) ------
 _ACCESS_DENIED = ("{url}: access denied: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
@@ -116,6 +123,8 @@ class S3Store(Store):
     ``manifest_cache`` is a directory (default ``$FEATX_HOME/manifest-cache``), ``False`` to disable.
     """
 
+    verify_workers = MAX_WORKERS  # objects hashed at once by ``verify_states``: latency-bound GETs
+
     def __init__(self, bucket: str, prefix: str = "", *, client: Any, part_size: int = PART_SIZE,
                  multipart_threshold: int = MULTIPART_THRESHOLD, max_workers: int = MAX_WORKERS,
                  manifest_cache: str | Path | bool | None = None):
@@ -133,19 +142,19 @@ class S3Store(Store):
     @classmethod
     def from_url(cls, url: str, endpoint_url: str | None = None, region: str | None = None, *,
                  connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S,
-                 attempts: int = MAX_ATTEMPTS, **options: Any) -> "S3Store":
+                 retries: int = RETRIES, **options: Any) -> "S3Store":
         """``s3://bucket[/prefix]`` with endpoint/region/credentials from the AWS environment;
         ``endpoint_url`` (``--s3-endpoint``) and ``region`` override it. Timeouts and retries
         bound every request (the controller, which moves no large objects, uses tighter ones).
         ``options`` go to the constructor (``part_size``, ``max_workers``, ``manifest_cache``...)."""
         bucket, prefix = parse_url(url)
         workers = max(1, int(options.get("max_workers", MAX_WORKERS)))
-        client = _make_client(endpoint_url, region, pool=max(workers, SCAN_WORKERS) + 4, attempts=attempts,
+        client = _make_client(endpoint_url, region, pool=max(workers, SCAN_WORKERS) + 4, retries=retries,
                               connect_timeout=connect_timeout, read_timeout=read_timeout)
         store = cls(bucket, prefix, client=client, **options)
-        store._check_client = lambda: _make_client(endpoint_url, region, pool=2, attempts=2,
+        store._check_client = lambda: _make_client(endpoint_url, region, pool=2, retries=min(retries, CHECK_RETRIES),
                                                    connect_timeout=min(connect_timeout, CHECK_CONNECT_TIMEOUT_S),
-                                                   read_timeout=read_timeout)
+                                                   read_timeout=min(read_timeout, CHECK_READ_TIMEOUT_S))
         return store
 
     def __repr__(self) -> str:
@@ -161,7 +170,11 @@ class S3Store(Store):
         if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
             return StoreError(f"{self.url}: no AWS credentials found: set AWS_ACCESS_KEY_ID/"
                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
-        if isinstance(exc, bce.BotoCoreError):  # timeouts, closed connections, SSL...: may pass on retry
+        if isinstance(exc, bce.ReadTimeoutError):
+            return TransientError(f"S3 endpoint {self.endpoint} accepted the connection but did not answer for "
+                                  f"{key or self.url} (read timeout, retried): retry later, or check --s3-endpoint / "
+                                  "AWS_ENDPOINT_URL")
+        if isinstance(exc, bce.BotoCoreError):  # closed connections, SSL...: may pass on retry
             return TransientError(f"{self.url}: {key or self.endpoint}: {type(exc).__name__}; retry")
         code = _error_code(exc)
         kind, text = _ERROR_CODES.get(code, (None, ""))
@@ -353,6 +366,23 @@ class S3Store(Store):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
+    def sha256_of(self, rel: str, progress: Callable[[int], None] = lambda n: None) -> str:
+        """One streamed GET, hashed as it arrives (no temporary file)."""
+        import botocore.exceptions as bce
+
+        key, digest = self._key(rel), hashlib.sha256()
+        with self._errors(key):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            except bce.ClientError as exc:
+                if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    raise FileNotFoundError(f"{rel} is missing in {self.url}") from None
+                raise
+            while chunk := body.read(8 * MiB):
+                digest.update(chunk)
+                progress(len(chunk))
+        return digest.hexdigest()
+
     def delete(self, rel: str) -> None:
         import botocore.exceptions as bce
 
@@ -381,7 +411,8 @@ class S3Store(Store):
         from their folder's index when there are many, the rest by GETs in parallel
         (``SCAN_WORKERS`` at a time); then rewrite the indexes this listing shows stale."""
         self._prefetched = {}
-        manifests = {rel: info for rel, info in objects.items() if rel.endswith(MANIFEST_SUFFIX)}
+        manifests = {rel: info for rel, info in objects.items()
+                     if rel.endswith(MANIFEST_SUFFIX) and info.size <= MAX_RECORD_BYTES}  # larger: refused unread
         cache = self.manifest_cache
         todo = {rel: info for rel, info in manifests.items() if not (cache and cache.has(rel, info.etag))}
         indexes = _indexes_by_folder(objects)
@@ -418,13 +449,14 @@ class S3Store(Store):
         """The entries of index ``rel`` that are byte for byte the listed manifests (MD5 = ETag)."""
         got = self._get(self._key(rel))
         try:
-            doc = json.loads(gzip.decompress(got[0])) if got else {}
-        except (OSError, EOFError, ValueError):
-            return {}  # unreadable: the GETs it would have saved are made instead
-        if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+            doc = json.loads(_gunzip(got[0], INDEX_MAX_BYTES)) if got else {}
+        except (OSError, EOFError, ValueError, RecursionError):
+            return {}  # unreadable (or a gzip bomb): the GETs it would have saved are made instead
+        entries = doc.get("manifests") if isinstance(doc, dict) and doc.get("format") == INDEX_FORMAT else None
+        if not isinstance(entries, dict):
             return {}
         out = {}
-        for key, text in (doc.get("manifests") or {}).items():
+        for key, text in entries.items():
             info, data = manifests.get(key), str(text).encode()
             if info is not None and _md5_is(data, info.etag):
                 out[(key, info.etag)] = (data, info.etag)
@@ -529,6 +561,18 @@ INDEX_STEM = "featx-manifest-index-"
 INDEX_SUFFIX = ".json.gz"
 INDEX_FORMAT = "featx-manifest-index/1"
 INDEX_MIN = 2 * SCAN_WORKERS  # fewer manifests are fetched directly: at most two rounds of GETs
+INDEX_MAX_BYTES = 256 * MiB  # unpacked; ~80,000 manifests of ~3 KiB: a larger one is not featx's (or a gzip bomb)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """``data`` decompressed, refusing (ValueError) more than ``limit`` bytes of output."""
+    try:
+        out = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(data, limit + 1)
+    except zlib.error as e:
+        raise ValueError(f"not gzip ({e})") from None
+    if len(out) > limit:
+        raise ValueError(f"more than {limit} bytes unpacked")
+    return out
 
 
 def _folder(rel: str) -> str:
@@ -593,7 +637,7 @@ def parse_url(url: str) -> tuple[str, str]:
 _LOADER: Any = None
 
 
-def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, attempts: int,
+def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, retries: int,
                  connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S) -> Any:
     """A boto3 S3 client from the AWS environment; path-style addressing for custom endpoints
     and checksums only when required (S3-compatible stores reject boto3's new defaults; featx
@@ -622,12 +666,16 @@ def _make_client(endpoint_url: str | None, region: str | None, *, pool: int, att
     def build(path_style: bool) -> Any:
         config = Config(
             region_name=region, connect_timeout=connect_timeout, read_timeout=read_timeout,
-            retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=pool,
+            # total_max_attempts counts the first try (botocore's "max_attempts" would not)
+            retries={"total_max_attempts": retries + 1, "mode": "standard"}, max_pool_connections=pool,
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
             s3={"addressing_style": "path"} if path_style else None,
         )
         try:
             return session.client("s3", endpoint_url=endpoint, config=config)
+        except bce.InvalidRegionError as exc:
+            raise StoreError(f"AWS region {clip(region)} is not a valid region name: fix AWS_REGION / "
+                             "AWS_DEFAULT_REGION (or the profile's region)") from exc
         except ValueError as exc:  # botocore: "Invalid endpoint: ..."
             raise StoreError(f"invalid S3 endpoint {_public_endpoint(endpoint)!r}: fix --s3-endpoint / "
                              "AWS_ENDPOINT_URL") from exc

@@ -179,6 +179,7 @@ captionIdx: {{ .Values.captionIdx | toJson }}
 numSamples: {{ .Values.numSamples | toJson }}
 batchSize: {{ .Values.batchSize | toJson }}
 qlora: {{ .Values.qlora | toJson }}
+verify: {{ .Values.verify | toJson }}
 store: {{ include "featx.storeUrl" . | toJson }}
 concurrency: {{ .Values.concurrency | toJson }}
 attempts: {{ .Values.attempts | toJson }}
