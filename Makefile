@@ -46,13 +46,12 @@ bench-gpu: ## GPU extraction benchmark (7B-class configs, real-size ViTs, MFU), 
 
 IMAGE ?= featx
 IMAGE_TAG ?= dev
-TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-image: ## GPU image (CUDA 13.0 base, torch 2.14.1+cu130): featx:dev
-	docker build -f docker/Dockerfile -t $(IMAGE):$(IMAGE_TAG) .
+image: ## GPU image featx:dev (PyPI's torch 2.14.1 with its CUDA 13.0 runtime, by hash; skipped when unchanged)
+	IMAGE=$(IMAGE):$(IMAGE_TAG) FEATX_IMAGE_FLAVOR=cuda bash scripts/build-images.sh
 
 image-cpu: ## CPU image for kind and CI: featx-cpu:dev (skipped when nothing that goes into it changed)
-	IMAGE=$(IMAGE)-cpu:$(IMAGE_TAG) TORCH_INDEX_URL=$(TORCH_INDEX_URL) bash scripts/build-images.sh
+	IMAGE=$(IMAGE)-cpu:$(IMAGE_TAG) FEATX_IMAGE_FLAVOR=cpu bash scripts/build-images.sh
 
 local-kind: ## kind + SeaweedFS + the chart (smoke modelset, CPU); waits, prints featx status
 	bash scripts/local-kind.sh

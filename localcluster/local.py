@@ -28,29 +28,12 @@ from localcluster.node import (
 )
 
 IMAGES = ("featx-cpu:dev", "chrislusf/seaweedfs:4.48")  # k8s/local-values.yaml, k8s/seaweedfs.yaml
-OFFICIAL_BASE = "python:3.11.14-slim-trixie"  # docker/Dockerfile.cpu's default BASE_IMAGE
-LOCAL_CAS = Path("/usr/local/share/ca-certificates")
 STATE_DIR = CACHE / "local-cluster"
-
-
-def image_build_env() -> dict[str, str]:
-    """How to build the images on this machine: the official base if the engine has it, else the
-    Debian-made one (no registry, so no PyTorch CPU index either: PyPI's torch); the machine's
-    local CAs (Debian's place for a proxy's CA) for pip inside the build. Explicit settings win."""
-    env = dict(os.environ)
-    have_official = subprocess.run(["docker", "image", "inspect", OFFICIAL_BASE], capture_output=True).returncode == 0
-    if not have_official:
-        env.setdefault("FEATX_LOCAL_BASE", "1")
-        env.setdefault("TORCH_INDEX_URL", "")
-    cas = sorted(LOCAL_CAS.glob("*.crt")) if LOCAL_CAS.is_dir() else []
-    if cas:
-        env.setdefault("EXTRA_CA_CERT_FILE", " ".join(str(c) for c in cas))
-    return env
 
 
 def build_images() -> None:
     """scripts/build-images.sh --node: a no-op when nothing that goes into an image changed."""
-    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "build-images.sh"), "--node"], env=image_build_env(),
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "build-images.sh"), "--node"],
                    stdout=subprocess.DEVNULL, check=True, cwd=REPO_ROOT)
 
 

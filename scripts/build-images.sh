@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# Build the images a local cluster runs, skipping each one whose inputs have not changed:
+# Build featx's image (docker/Dockerfile) and, with --node, the pod sandbox image of the real test
+# node, skipping each one whose inputs have not changed:
 #
-#   featx-cpu:dev        docker/Dockerfile.cpu (`make image-cpu`)
-#   featx.local/pause:1  the pod sandbox image of the real test node (`pause` from
-#                        scripts/build-control-plane.sh, FROM scratch); only with --node
+#   featx-cpu:dev        FEATX_IMAGE_FLAVOR=cpu (the default; `make image-cpu`): kind, CI, local clusters
+#   featx:dev            FEATX_IMAGE_FLAVOR=cuda (`make image`): PyPI's torch, its CUDA runtime, by hash
+#   featx.local/pause:1  `pause` from scripts/build-control-plane.sh, FROM scratch; only with --node
 #
 # Each image carries the label featx.io/inputs = sha256 of what goes into it (Dockerfile, pins,
 # featx's sources, README, build arguments, base image id). A matching image is kept; the Docker
 # engine's layer cache (outside the checkout) makes a rebuild after a source change take about a
-# minute: the pip layer depends only on docker/requirements.lock. The last stdout line is the featx image.
+# minute: the pip layer depends only on docker/requirements.lock and TORCH_INDEX_URL, so the two
+# flavours share it where their torch comes from the same place. The last stdout line is the image.
 #
-# Settings (environment):
-#   IMAGE=featx-cpu:dev
-#   BASE_IMAGE             the Dockerfile's default (official python:3.11-slim) unless FEATX_LOCAL_BASE=1
+# Settings (environment; explicit settings win):
+#   FEATX_IMAGE_FLAVOR     cpu | cuda
+#   IMAGE                  featx-cpu:dev (cpu) or featx:dev (cuda)
+#   BASE_IMAGE             the Dockerfile's default (the official python:3.11-slim) when the engine
+#                          has it or can pull it; otherwise FEATX_LOCAL_BASE=1
 #   FEATX_LOCAL_BASE=1     no registry: make the base from Debian packages (scripts/build-base-images.sh)
-#   TORCH_INDEX_URL        passed to the build (empty: PyPI's torch wheels)
+#   TORCH_INDEX_URL        cpu: the PyTorch CPU index (empty without a registry: nothing but PyPI is
+#                          reachable then); cuda: always empty (PyPI's CUDA build, hash-checked)
 #   EXTRA_CA_CERT_FILE     PEM file(s) of a TLS-intercepting proxy's CA, for pip inside the build;
-#                          the final image never holds it
+#                          the final image never holds it. Default: the machine's local CAs
+#                          (/usr/local/share/ca-certificates/*.crt, Debian's place for them), if any
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${ROOT}"
-IMAGE="${IMAGE:-featx-cpu:dev}"
+FLAVOR="${FEATX_IMAGE_FLAVOR:-cpu}"
+OFFICIAL_BASE="python:3.11.14-slim-trixie"  # docker/Dockerfile's default BASE_IMAGE
+CPU_INDEX="https://download.pytorch.org/whl/cpu"
 PAUSE_IMAGE="featx.local/pause:1"
 
 log() { echo "[build-images] $*" >&2; }
@@ -30,13 +38,33 @@ inputs_of() { docker image inspect -f '{{ index .Config.Labels "featx.io/inputs"
 
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer; start it (scripts/ensure-dockerd.sh) and retry"
 
-build_args=()
+case "${FLAVOR}" in
+    cpu) IMAGE="${IMAGE:-featx-cpu:dev}" ;;
+    cuda) IMAGE="${IMAGE:-featx:dev}"
+          [[ -z "${TORCH_INDEX_URL:-}" ]] || die "FEATX_IMAGE_FLAVOR=cuda takes torch from PyPI (its CUDA build): unset TORCH_INDEX_URL (it is ${TORCH_INDEX_URL})"
+          TORCH_INDEX_URL="" ;;
+    *) die "FEATX_IMAGE_FLAVOR=${FLAVOR}: use cpu or cuda" ;;
+esac
+
+if [[ -z "${BASE_IMAGE:-}" && ! -v FEATX_LOCAL_BASE ]] \
+        && ! docker image inspect "${OFFICIAL_BASE}" >/dev/null 2>&1 \
+        && ! timeout 120 docker pull -q "${OFFICIAL_BASE}" >/dev/null 2>&1; then
+    log "no registry (${OFFICIAL_BASE} cannot be pulled): a Debian-made base, torch from PyPI"
+    FEATX_LOCAL_BASE=1
+    : "${TORCH_INDEX_URL=}"
+fi
+if [[ "${FLAVOR}" == cpu ]]; then : "${TORCH_INDEX_URL=${CPU_INDEX}}"; fi
+
+build_args=(--build-arg "FLAVOR=${FLAVOR}" --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL}")
 if [[ "${FEATX_LOCAL_BASE:-0}" == 1 ]]; then
     BASE_IMAGE="$(bash scripts/build-base-images.sh | tail -n1)"
 fi
 [[ -n "${BASE_IMAGE:-}" ]] && build_args+=(--build-arg "BASE_IMAGE=${BASE_IMAGE}")
-[[ -v TORCH_INDEX_URL ]] && build_args+=(--build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL}")
 extra_ca=""
+if [[ ! -v EXTRA_CA_CERT_FILE ]]; then
+    local_cas=(/usr/local/share/ca-certificates/*.crt)
+    [[ -e "${local_cas[0]}" ]] && EXTRA_CA_CERT_FILE="${local_cas[*]}"
+fi
 if [[ -n "${EXTRA_CA_CERT_FILE:-}" ]]; then
     # shellcheck disable=SC2086  # a glob such as /usr/local/share/ca-certificates/*.crt is allowed
     extra_ca="$(cat ${EXTRA_CA_CERT_FILE})" || die "cannot read EXTRA_CA_CERT_FILE=${EXTRA_CA_CERT_FILE}"
@@ -49,18 +77,18 @@ if [[ -n "${BASE_IMAGE:-}" ]]; then
 fi
 inputs="$(
     {
-        git ls-files -z -co --exclude-standard -- docker/Dockerfile.cpu docker/requirements.lock pyproject.toml README.md featx 2>/dev/null \
+        git ls-files -z -co --exclude-standard -- docker/Dockerfile docker/requirements.lock pyproject.toml README.md featx 2>/dev/null \
             | sort -z | xargs -0 sha256sum
-        printf 'base=%s torch_index=%s ca=%s\n' "${base_id}" "${TORCH_INDEX_URL-default}" \
+        printf 'flavor=%s base=%s torch_index=%s ca=%s\n' "${FLAVOR}" "${base_id}" "${TORCH_INDEX_URL}" \
             "$(printf '%s' "${extra_ca}" | sha256sum | cut -c1-16)"
     } | sha256sum | cut -c1-32
 )"
 if [[ "$(inputs_of "${IMAGE}")" == "${inputs}" ]]; then
     log "have ${IMAGE} (inputs ${inputs})"
 else
-    log "docker build -f docker/Dockerfile.cpu -t ${IMAGE} . (inputs ${inputs}; cold: about 7 min)"
+    log "docker build -f docker/Dockerfile -t ${IMAGE} . (${FLAVOR}; inputs ${inputs}; cold: about 8 min)"
     start=${SECONDS}
-    DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -f docker/Dockerfile.cpu -t "${IMAGE}" \
+    DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -f docker/Dockerfile -t "${IMAGE}" \
         --label "featx.io/inputs=${inputs}" ${build_args[@]+"${build_args[@]}"} . >&2
     log "built ${IMAGE} in $((SECONDS - start)) s"
     # The image it replaced (untagged now) holds gigabytes: drop it; the layer cache stays.

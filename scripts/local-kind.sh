@@ -44,7 +44,7 @@ fi
 
 # 2-3. Image
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "scripts/build-images.sh (docker build -f docker/Dockerfile.cpu -t ${IMAGE} .)"
+    log "scripts/build-images.sh (docker build -f docker/Dockerfile -t ${IMAGE} .)"
     IMAGE="${IMAGE}" bash scripts/build-images.sh >/dev/null
 fi
 log "kind load docker-image ${IMAGE} --name ${CLUSTER}"

@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 
 from featx.catalog import get_spec
 from featx.data.datasets import local_name
@@ -237,6 +238,10 @@ CASES: dict[str, Case] = {
     "pool not a pool": usage("--models", GPT2, "--pool", "mean", error="invalid choice"),
     "unknown modality": usage("--models", GPT2, "--modality", "audio", error="invalid choice"),
     "pool the modality lacks": usage("--models", VIT, "--pool", "last", *SAMPLE, error="--pool last is not defined for vision"),
+    "device not a device": usage("--models", GPT2, *SAMPLE, "--device", "gpu", error="use cpu, cuda or cuda:N"),
+    "device cuda without a GPU": Case(("--models", GPT2, *SAMPLE, "--device", "cuda"), EXIT_USAGE,
+                                      "sees no GPU", marks=(pytest.mark.skipif(
+                                          torch.cuda.is_available(), reason="this machine has a GPU"),)),
     "num_samples 0": usage("--models", GPT2, "--dataset", "featx-sample", "--num_samples", "0", error="positive"),
     "num_samples negative": usage("--models", GPT2, "--dataset", "featx-sample", "--num_samples", "-3", error="positive"),
     "num_samples too large": usage("--models", GPT2, "--dataset", "featx-sample", "--num_samples", "65",

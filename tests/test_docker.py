@@ -1,8 +1,9 @@
 """The images: hadolint-clean, the pins of requirements.txt through a lock with hashes, non-root, ``featx`` as entrypoint, and
 every Job command the chart renders is one that entrypoint accepts.
 
-No Docker engine runs here, so the Dockerfiles are checked as text (parsed below) and the
-commands with featx's own argument parser, the same one the image's ``featx`` runs.
+These checks need no Docker engine: the Dockerfile is checked as text (parsed below) and the
+commands with featx's own argument parser, the same one the image's ``featx`` runs. The built
+images are checked in tests/e2e (test_gpu_image.py; the real-node tier runs featx-cpu:dev).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import yaml
 
 from tests.helpers import REPO, run_cli
 
-GPU, CPU = REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"
-DOCKERFILES = (GPU, CPU)
+DOCKERFILE = REPO / "docker" / "Dockerfile"  # both flavours: cuda (make image) and cpu (make image-cpu)
+DOCKERFILES = (DOCKERFILE,)
 REQUIREMENTS = REPO / "requirements.txt"
 LOCK = REPO / "docker" / "requirements.lock"  # scripts/lock-requirements.sh: runtime pins + deps, with hashes
 TOOLING_MARKER = "# test and tooling"  # requirements.txt: runtime pins above this line, test tools below
@@ -160,7 +161,7 @@ def test_image_installs_the_lock_with_hashes_from_one_index_per_package(dockerfi
         elif "featx-*.whl" in cmd:
             assert "--no-index" in cmd, f"{dockerfile.name}: featx's own wheel is installed offline: {cmd}"
         else:  # the CPU variant: torch and torchvision from TORCH_INDEX_URL alone, at the lock's versions
-            assert dockerfile == CPU and '--index-url "${TORCH_INDEX_URL}"' in cmd, f"{dockerfile.name}: {cmd}"
+            assert '--index-url "${TORCH_INDEX_URL}"' in cmd, f"{dockerfile.name}: {cmd}"
             assert dict(PIN.findall(cmd)) == {"torch": locked["torch"], "torchvision": locked["torchvision"]}, cmd
     assert hashed >= 1, f"{dockerfile.name}: install docker/requirements.lock with --require-hashes"
     # Any version written into the Dockerfile itself must agree with requirements.txt.
@@ -171,11 +172,11 @@ def test_image_installs_the_lock_with_hashes_from_one_index_per_package(dockerfi
 
 
 def test_cpu_index_variant_takes_the_lock_less_torch_and_its_cuda_wheels(tmp_path: Path):
-    """The awk line Dockerfile.cpu runs when TORCH_INDEX_URL is set, run here on the lock: whole
+    """The awk line the Dockerfile runs when TORCH_INDEX_URL is set (the cpu flavour), run here on the lock: whole
     entries (pin and hashes) of everything but torch, torchvision and PyPI torch's CUDA-only wheels."""
-    runs = " ".join(a for stage in stages(CPU) for a in args_of(stage, "RUN"))
+    runs = " ".join(a for stage in stages(DOCKERFILE) for a in args_of(stage, "RUN"))
     m = re.search(r"(awk '[^']*') requirements\.lock > /tmp/pypi\.lock", runs)
-    assert m, "Dockerfile.cpu: awk '...' requirements.lock > /tmp/pypi.lock"
+    assert m, "Dockerfile: awk '...' requirements.lock > /tmp/pypi.lock"
     shutil.copy(LOCK, tmp_path / "requirements.lock")
     subprocess.run(["sh", "-c", f"{m[1]} requirements.lock > pypi.lock"], cwd=tmp_path, check=True, timeout=30)
     whole, kept = lock_entries(LOCK.read_text()), lock_entries((tmp_path / "pypi.lock").read_text())
@@ -242,18 +243,21 @@ def test_pyproject_declares_the_featx_entrypoint():
     assert re.search(r'^featx = "featx\.cli\.main:main"$', text, re.M)
 
 
-def test_both_images_share_python_and_layout():
-    gpu_args = " ".join(a for s in stages(GPU) for a in args_of(s, "ARG"))
-    version = re.search(r"PYTHON_VERSION=(3\.11\.\d+)", gpu_args)
-    assert version, "docker/Dockerfile: ARG PYTHON_VERSION=3.11.x"
-    cpu_bases = base_images(CPU)
-    assert cpu_bases and all(b.startswith(f"python:{version[1]}-slim") for b in cpu_bases), (cpu_bases, version[1])
-    for dockerfile in DOCKERFILES:  # pinned by tag: no floating "latest" or bare image names
-        for image in base_images(dockerfile):
-            assert re.search(r":\d", image), f"{dockerfile.name}: FROM {image} is not pinned to a version tag"
-    gpu_env, cpu_env = env_of(final_stage(GPU)), env_of(final_stage(CPU))
-    assert gpu_env == cpu_env
-    assert args_of(final_stage(GPU), "ENTRYPOINT") == args_of(final_stage(CPU), "ENTRYPOINT")
+def test_flavours_differ_only_after_the_last_layer_they_share():
+    """cuda and cpu are one Dockerfile: FLAVOR is declared after every filesystem layer of the final
+    stage (so the 6.5 GB venv layer is shared) and changes nothing but a label; the base is pinned."""
+    final = final_stage(DOCKERFILE)
+    names = [i for i, _ in final]
+    flavor_at = next(n for n, (i, a) in enumerate(final) if i == "ARG" and a.startswith("FLAVOR="))
+    assert not {"RUN", "COPY", "ADD", "ENV"} & set(names[flavor_at:]), names[flavor_at:]
+    uses = [(i, a) for i, a in final[flavor_at + 1:] + [x for st in stages(DOCKERFILE)[1:-1] for x in st]
+            if "FLAVOR" in a]
+    assert uses and all(i == "LABEL" for i, _ in uses), uses
+    bases = base_images(DOCKERFILE)
+    assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+", b) for b in bases), bases
+    env = env_of(final)
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility", \
+        "the NVIDIA container toolkit's settings, as the CUDA base images carry them"
 
 
 def test_dockerignore_keeps_exactly_the_build_inputs():
@@ -275,8 +279,8 @@ def test_dockerignore_keeps_exactly_the_build_inputs():
 # -- the Job commands the chart renders ------------------------------------------------------
 
 VALUES = {
-    "local-kind": (["-f", "k8s/local-values.yaml", "--release", "featx", "--namespace", "featx"], CPU),
-    "chart-defaults": ([], GPU),
+    "local-kind": ["-f", "k8s/local-values.yaml", "--release", "featx", "--namespace", "featx"],
+    "chart-defaults": [],
 }
 
 
@@ -294,8 +298,8 @@ def test_rendered_job_command_is_accepted_by_the_image_entrypoint(case: str, mon
     from featx.cli.main import build_parser
 
     monkeypatch.chdir(REPO)
-    args, dockerfile = VALUES[case]
-    entrypoint = json.loads(args_of(final_stage(dockerfile), "ENTRYPOINT")[-1])
+    args = VALUES[case]
+    entrypoint = json.loads(args_of(final_stage(DOCKERFILE), "ENTRYPOINT")[-1])
     for job in rendered_jobs(args):
         pod = job["spec"]["template"]["spec"]
         container = next(c for c in pod["containers"] if c["name"] == "extract")

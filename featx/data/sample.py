@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from featx import settings
+from featx.errors import UsageError
 
 SAMPLE_NAME = "featx-sample"
 SAMPLE_ROWS = 64
@@ -79,7 +80,13 @@ def sample_path() -> Path:
     path = settings.FEATX_HOME / "datasets" / SAMPLE_NAME
     if not (path / "captions.jsonl").exists():
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        build_sample(tmp)
+        try:
+            build_sample(tmp)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UsageError(f"{SAMPLE_NAME} is built under FEATX_HOME={settings.FEATX_HOME}, which is not writable "
+                             f"({e.strerror}): set FEATX_HOME to a writable directory (in a container, mount a "
+                             "volume at /cache)") from None
         try:
             tmp.rename(path)
         except OSError:  # another process finished first: its copy is identical

@@ -40,9 +40,23 @@ class Loaded:
 
 
 def pick_device(requested: str | None = None) -> str:
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device to run on: ``requested`` if this machine has it, else a one-line error before any
+    work (a missing GPU would otherwise fail every model, each retried as transient)."""
+    if not requested:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UsageError(f"--device {requested!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not have:
+            raise UsageError(f"--device {requested}: torch {torch.__version__} sees no GPU (CUDA "
+                             f"{torch.version.cuda or 'not built in'}); a GPU node needs the NVIDIA driver and "
+                             "container toolkit, or run with --device cpu")
+        if device.index is not None and device.index >= have:
+            raise UsageError(f"--device {requested}: this machine has {have} GPU(s), cuda:0 to cuda:{have - 1}")
+    return requested
 
 
 def pick_dtype(device: str, fallbacks: list[str]) -> torch.dtype:

@@ -231,7 +231,7 @@ def test_local_kind_script_makes_the_cluster_then_runs_the_shared_deploy_steps(t
     assert p.returncode == 0, p.stderr
     order = [
         index_of(calls, "kind create cluster", "--name featx", "--config k8s/kind-config.yaml"),
-        index_of(calls, "docker build -f docker/Dockerfile.cpu -t featx-cpu:dev", "--label featx.io/inputs="),
+        index_of(calls, "docker build -f docker/Dockerfile -t featx-cpu:dev", "--label featx.io/inputs="),
         index_of(calls, "kind load docker-image featx-cpu:dev --name featx"),
         index_of(calls, "kubectl --context kind-featx apply -f k8s/namespace.yaml"),
         index_of(calls, "helm upgrade --install featx ./helm/featx", "-f k8s/local-values.yaml", "--kube-context kind-featx"),
