@@ -88,15 +88,25 @@ def test_disk_full_at_each_commit_step(step: str, small_disk, sizes, monkeypatch
         monkeypatch.setattr("tempfile.tempdir", None)  # tempfile reads TMPDIR again
 
     r = run_cli(*RUN, *flags, "--output_dir", str(out))
+    failed = check_disk_full(r.code, r.err, out, flags)
+    if step == "failure record":
+        assert all("failure_record_not_written=" in line for line in failed), failed
+    if tmp_free is not None:
+        assert os.listdir(os.environ["TMPDIR"]) == [".filler"]
 
-    assert r.code == EXIT_FAILED, r.err[-3000:]
-    assert "Traceback" not in r.err and "featx: error:" not in r.err, r.err
-    started = [line for line in r.err.splitlines() if " featx start " in line]
-    failed = [line for line in r.err.splitlines() if " featx failed " in line]
-    assert len(started) == len(MODELS), r.err  # the next model was tried
-    assert failed and all("no space left on device (ENOSPC)" in line for line in failed), r.err
-    assert "model=featx-smoke/gpt2 " in failed[0], r.err  # the step named fills the first model's commit
-    (summary,) = [line for line in r.err.splitlines() if " featx summary " in line]
+
+def check_disk_full(code: int, err: str, out: Path, flags: tuple[str, ...] = ()) -> list[str]:
+    """What a run that filled ``out`` must leave: exit 1, ENOSPC per failed model, the next model
+    tried, no traceback, no staged temporaries, no data without its manifest, and `featx status`
+    agreeing. Returns the ``failed`` lines. Also used on the image (tests/e2e/test_gpu_image.py)."""
+    assert code == EXIT_FAILED, err[-3000:]
+    assert "Traceback" not in err and "featx: error:" not in err, err
+    started = [line for line in err.splitlines() if " featx start " in line]
+    failed = [line for line in err.splitlines() if " featx failed " in line]
+    assert len(started) == len(MODELS), err  # the next model was tried
+    assert failed and all("no space left on device (ENOSPC)" in line for line in failed), err
+    assert "model=featx-smoke/gpt2 " in failed[0], err  # the step named fills the first model's commit
+    (summary,) = [line for line in err.splitlines() if " featx summary " in line]
     assert f"failed={len(failed)}" in summary and "ENOSPC" in summary, summary
 
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != ".filler")
@@ -110,8 +120,5 @@ def test_disk_full_at_each_commit_step(step: str, small_disk, sizes, monkeypatch
     for line in failed:  # a failure whose record could not be written leaves the model missing
         model = line.split("model=", 1)[1].split(" ", 1)[0]
         want[model] = "missing" if "failure_record_not_written=" in line else "failed"
-    assert states == want, r.err
-    if step == "failure record":
-        assert all("failure_record_not_written=" in line for line in failed), failed
-    if tmp_free is not None:
-        assert os.listdir(os.environ["TMPDIR"]) == [".filler"]
+    assert states == want, err
+    return failed

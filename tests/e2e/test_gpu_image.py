@@ -20,6 +20,8 @@ import torch
 
 import featx
 from tests.helpers import REPO, run_cli
+from tests import test_disk_full as disk_full
+from tests.test_disk_full import MODELS, STEPS, check_disk_full
 
 pytestmark = pytest.mark.e2e
 IMAGE = "featx:dev"
@@ -27,6 +29,7 @@ LOCK = REPO / "docker" / "requirements.lock"
 HARDENED = ("--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "-e", "HF_HUB_OFFLINE=1")  # as the chart runs it: read-only root, no capabilities
 CACHE = ("--tmpfs", "/cache:uid=10001,gid=10001")  # the chart mounts a volume at /cache
+small_disk, sizes = disk_full.small_disk, disk_full.sizes  # its fixtures, for the disk-full cases
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +106,15 @@ def test_unwritable_cache_is_one_line_and_exit_2(image: str):
     errors = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(errors) == 1 and "FEATX_HOME=/cache/featx" in errors[0], p.stderr
     assert "mount a volume at /cache" in errors[0]
+
+
+@pytest.mark.parametrize("step", [s for s, (_, tmp, _) in STEPS.items() if tmp is None])
+def test_disk_full_in_the_image(image: str, step: str, small_disk, sizes):
+    """The disk-full cases of tests/test_disk_full.py with featx in its image, as a Job runs it:
+    a small tmpfs mounted as the output directory, written by the image's user."""
+    out_free, _, flags = STEPS[step]
+    out = small_disk("out", out_free(sizes))
+    os.chown(out, 10001, 10001)
+    p = docker_run(image, "extract", "--models", *MODELS, "--dataset", "featx-sample", *flags,
+                   "--device", "cpu", "--output_dir", "/work/out", mounts=(*CACHE, "-v", f"{out}:/work/out"))
+    check_disk_full(p.returncode, p.stderr, out, flags)
