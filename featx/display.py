@@ -1,8 +1,8 @@
 """The run's progress in a terminal: models done of the run, failed and skipped, elapsed and the
 run's time left, as a tqdm bar above the model's bar (``featx.logs.Progress``).
 
-The estimate (``time_left``) is pure: seconds per unit of work (``model_work``) measured on the
-models committed so far, times the work still to do. ``RunDisplay`` is the thin terminal adapter:
+The estimate (``time_left``) is pure: a per-model cost and seconds per unit of work
+(``model_work``), fitted on the models committed so far, over the models still to do. ``RunDisplay`` is the thin terminal adapter:
 on a terminal with text logs it draws the bar, writes featx's event lines above it and keeps the
 libraries' own bars and log records off the screen (their warnings become featx ``warning``
 lines); elsewhere (pipes, Jobs, ``--log_format json``) it only counts, and the log is unchanged.
@@ -36,6 +36,28 @@ def model_work(spec: ModelSpec) -> float:
     return float(spec.params or 12 * shape.layers * shape.hidden ** 2)
 
 
+def fit(done: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """Seconds per model and per unit of work, ``seconds ~ a + b * work`` by least squares over the
+    models measured so far, neither below zero (loading and committing cost each model about the
+    same; the rest grows with its size). One size seen: proportional. None before any."""
+    if not done:
+        return None
+    n = len(done)
+    mw, ms = sum(w for w, _ in done) / n, sum(s for _, s in done) / n
+    var = sum((w - mw) ** 2 for w, _ in done)
+    if mw <= 0 or ms <= 0:
+        return None
+    if var == 0:
+        return 0.0, ms / mw
+    b = sum((w - mw) * (s - ms) for w, s in done) / var
+    a = ms - b * mw
+    if b < 0:
+        return ms, 0.0
+    if a < 0:
+        return 0.0, sum(w * s for w, s in done) / sum(w * w for w, _ in done)
+    return a, b
+
+
 def time_left(done: Sequence[tuple[float, float]], todo: Sequence[float], current: tuple[float, float] | None = None
               ) -> float | None:
     """Seconds the run still needs, or None before any model has been measured.
@@ -43,13 +65,13 @@ def time_left(done: Sequence[tuple[float, float]], todo: Sequence[float], curren
     ``done``: (work, seconds) of the models extracted so far; ``todo``: the work of the models not
     started; ``current``: (work, seconds spent) of the model in progress, which counts for what is
     left of it (never less than nothing)."""
-    work, seconds = sum(w for w, _ in done), sum(s for _, s in done)
-    if work <= 0 or seconds <= 0:
+    ab = fit(done)
+    if ab is None:
         return None
-    rate = seconds / work
-    left = rate * sum(todo)
+    a, b = ab
+    left = sum(a + b * w for w in todo)
     if current is not None:
-        left += max(rate * current[0] - current[1], 0.0)
+        left += max(a + b * current[0] - current[1], 0.0)
     return left
 
 
@@ -64,20 +86,30 @@ def clock(seconds: float | None) -> str:
 
 @dataclass
 class RunTally:
-    """Where the run stands: what the bar shows, and what the estimate is computed from."""
+    """Where the run stands: what the bar shows, and what the estimate is computed from. Language
+    and vision models cost differently for their size (texts vs decoded images), so each modality's
+    time left comes from its own committed models, or from all of them until one of it is done."""
 
-    works: dict[str, float]  # every model of the run -> its work, in run order
+    works: dict[str, tuple[str, float]]  # every model of the run -> (modality, work), in run order
     ended: dict[str, str] = field(default_factory=dict)  # model -> committed | skipped | failed
-    measured: list[tuple[float, float]] = field(default_factory=list)  # (work, seconds) of committed models
+    measured: list[tuple[str, float, float]] = field(default_factory=list)  # (modality, work, seconds), committed
     current: str | None = None
 
     def count(self, status: str) -> int:
         return sum(s == status for s in self.ended.values())
 
     def left(self, current_seconds: float = 0.0) -> float | None:
-        todo = [w for m, w in self.works.items() if m not in self.ended and m != self.current]
-        now = (self.works[self.current], current_seconds) if self.current is not None else None
-        return time_left(self.measured, todo, now)
+        total = 0.0
+        for modality in dict.fromkeys(m for m, _ in self.works.values()):
+            done = [(w, s) for m, w, s in self.measured if m == modality] or [(w, s) for _, w, s in self.measured]
+            todo = [w for model, (m, w) in self.works.items()
+                    if m == modality and model not in self.ended and model != self.current]
+            cur = self.works.get(self.current or "")
+            part = time_left(done, todo, (cur[1], current_seconds) if cur and cur[0] == modality else None)
+            if part is None:
+                return None
+            total += part
+        return total
 
     def line(self, elapsed: float, current_seconds: float = 0.0) -> str:
         return (f"failed {self.count('failed')}, skipped {self.count('skipped')}, "
@@ -89,7 +121,7 @@ class RunDisplay:
 
     def __init__(self, log: EventLog, specs: Sequence[ModelSpec]):
         self.log = log
-        self.tally = RunTally({s.id: model_work(s) for s in specs})
+        self.tally = RunTally({s.id: (s.modality, model_work(s)) for s in specs})
         self.on_terminal = log.fmt == "text" and log.stream.isatty()
         self.bar = None
         self.start = self.model_start = self.drawn = time.perf_counter()
@@ -120,7 +152,7 @@ class RunDisplay:
     def ended(self, model: str, status: str, seconds: float = 0.0) -> None:
         self.tally.ended[model] = status
         if status == "committed":
-            self.tally.measured.append((self.tally.works[model], seconds))
+            self.tally.measured.append((*self.tally.works[model], seconds))
         if self.tally.current == model:
             self.tally.current = None
         if self.bar is not None:

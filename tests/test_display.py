@@ -13,26 +13,38 @@ import shlex
 import shutil
 import subprocess
 import time
+import uuid
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from featx.catalog import resolve
-from featx.display import RunTally, clock, model_work, time_left
+from featx.display import RunTally, clock, fit, model_work, time_left
 from tests.helpers import FEATX, REPO
 
 SMOKE3 = ["featx-smoke/gpt2", "featx-smoke/vit", "featx-smoke/llama"]
 
 
-def test_time_left_is_seconds_per_unit_of_work_times_the_work_left():
-    done = [(2.0, 10.0), (6.0, 20.0)]  # 30 s for 8 units of work
-    todo = [4.0, 1.0]
-    assert time_left(done, todo) == pytest.approx(30.0 / 8.0 * 5.0)
+def test_fit_is_least_squares_of_seconds_on_work():
+    done = [(1.0, 3.0), (2.0, 4.5), (4.0, 9.0), (8.0, 14.0)]
+    b, a = np.polyfit([w for w, _ in done], [s for _, s in done], 1)  # numpy's least squares line
+    assert fit(done) == pytest.approx((a, b))
+    todo = [3.0, 16.0]
+    assert time_left(done, todo) == pytest.approx(sum(a + b * w for w in todo))
     # the model in progress counts for what is left of it, never less than nothing
-    assert time_left(done, todo, current=(8.0, 10.0)) == pytest.approx(30.0 / 8.0 * 5.0 + (30.0 - 10.0))
-    assert time_left(done, todo, current=(8.0, 99.0)) == pytest.approx(30.0 / 8.0 * 5.0)
+    assert time_left(done, todo, current=(8.0, 10.0)) == pytest.approx(sum(a + b * w for w in todo) + a + b * 8 - 10)
+    assert time_left(done, todo, current=(8.0, 99.0)) == pytest.approx(sum(a + b * w for w in todo))
     assert time_left(done, []) == 0.0
+
+
+def test_fit_never_goes_below_zero_and_is_proportional_for_one_size():
+    assert fit([(2.0, 10.0)]) == (0.0, 5.0)
+    assert fit([(2.0, 10.0), (2.0, 20.0)]) == (0.0, 7.5)
+    assert fit([(1.0, 9.0), (3.0, 5.0)]) == (7.0, 0.0)  # bigger was faster: a cost per model only
+    through_zero = [(1.0, 0.5), (2.0, 5.0)]  # the line would cut the axis below zero: b through 0
+    assert fit(through_zero) == pytest.approx((0.0, (0.5 + 10.0) / 5.0))
 
 
 def test_time_left_unknown_before_any_model_was_measured():
@@ -41,13 +53,23 @@ def test_time_left_unknown_before_any_model_was_measured():
 
 
 def test_tally_counts_and_leaves_out_skipped_and_failed_from_the_rate():
-    tally = RunTally({"a": 1.0, "b": 3.0, "c": 2.0, "d": 4.0})
+    tally = RunTally({"a": ("language", 1.0), "b": ("language", 3.0), "c": ("language", 2.0),
+                      "d": ("language", 4.0)})
     tally.ended.update(a="skipped", b="committed")
-    tally.measured.append((3.0, 6.0))  # 2 s per unit
+    tally.measured.append(("language", 3.0, 6.0))  # 2 s per unit
     tally.ended["c"] = "failed"
     tally.current = "d"
     assert tally.left(current_seconds=5.0) == pytest.approx(2.0 * 4.0 - 5.0)
     assert tally.line(elapsed=75.0, current_seconds=5.0) == "failed 1, skipped 1, elapsed 1:15, left 0:03"
+
+
+def test_tally_estimates_each_modality_from_its_own_models_once_one_is_done():
+    works = {"l1": ("language", 1.0), "l2": ("language", 2.0), "v1": ("vision", 1.0), "v2": ("vision", 2.0)}
+    tally = RunTally(works, ended={"l1": "committed"}, measured=[("language", 1.0, 1.0)])
+    assert tally.left() == pytest.approx(2.0 + 1.0 + 2.0)  # vision from the language rate, for now
+    tally.ended["v1"] = "committed"
+    tally.measured.append(("vision", 1.0, 5.0))
+    assert tally.left() == pytest.approx(2.0 * 1.0 + 2.0 * 5.0)
 
 
 def test_clock():
@@ -63,20 +85,20 @@ def test_model_work_from_params_else_the_catalog_shape():
 
 
 TMUX = shutil.which("tmux")
-SOCKET = "featx-test-display"
 RUN_BAR = re.compile(r"^run (\d+)/3 models \|.*\| failed (\d+), skipped (\d+), elapsed \d+:\d\d, left (\S+)\s*$")
 EVENT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ featx [a-z_-]+( |$)")
 
 
 def _screens(cmd: str, timeout: float = 600) -> list[str]:
     """Run ``cmd`` in a 200x50 tmux pane; every screen (wrapped lines joined) until it prints its
-    exit status."""
-    subprocess.run([TMUX, "-L", SOCKET, "new-session", "-d", "-s", "t", "-x", "200", "-y", "50",
+    exit status. A tmux server of its own each time: one still shutting down never takes the next."""
+    socket = f"featx-test-display-{uuid.uuid4().hex[:12]}"
+    subprocess.run([TMUX, "-L", socket, "new-session", "-d", "-s", "t", "-x", "200", "-y", "50",
                     f"{cmd}; echo featx-exit=$?; sleep 600"], check=True)
     screens, deadline = [], time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            screen = subprocess.run([TMUX, "-L", SOCKET, "capture-pane", "-p", "-J", "-t", "t"],
+            screen = subprocess.run([TMUX, "-L", socket, "capture-pane", "-p", "-J", "-t", "t"],
                                     capture_output=True, text=True, check=True).stdout
             screens.append(screen)
             if "featx-exit=" in screen:
@@ -84,7 +106,7 @@ def _screens(cmd: str, timeout: float = 600) -> list[str]:
             time.sleep(0.2)
         raise AssertionError(f"no exit within {timeout}s:\n{screens[-1] if screens else ''}")
     finally:
-        subprocess.run([TMUX, "-L", SOCKET, "kill-server"], check=False)
+        subprocess.run([TMUX, "-L", socket, "kill-server"], check=False)
 
 
 def _extract_in_terminal(out: Path) -> list[str]:
