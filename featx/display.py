@@ -2,7 +2,7 @@
 run's time left, as a tqdm bar above the model's bar (``featx.logs.Progress``).
 
 The estimate (``time_left``) is pure: a per-model cost and seconds per unit of work
-(``model_work``), fitted on the models committed so far, over the models still to do. ``RunDisplay`` is the thin terminal adapter:
+(``model_works``), fitted on the models committed so far, over the models still to do. ``RunDisplay`` is the thin terminal adapter:
 on a terminal with text logs it draws the bar, writes featx's event lines above it and keeps the
 libraries' own bars and log records off the screen (their warnings become featx ``warning``
 lines); elsewhere (pipes, Jobs, ``--log_format json``) it only counts, and the log is unchanged.
@@ -27,13 +27,17 @@ LIBRARY_LOGGERS = ("transformers", "huggingface_hub", "timm", "accelerate", "bit
 REFRESH_S = 0.5  # the run bar's elapsed and time left are redrawn at most this often
 
 
-def model_work(spec: ModelSpec) -> float:
-    """A model's size as the time to extract it grows: its parameter count where the catalog has
-    it, else the transformer estimate 12 x layers x hidden^2 from its catalog shape."""
-    from featx.plan.sizing import shape_of
-
-    shape = shape_of(spec)
-    return float(spec.params or 12 * shape.layers * shape.hidden ** 2)
+def model_works(specs: Sequence[ModelSpec]) -> dict[str, tuple[str, float]]:
+    """Each model's modality and size as the time to extract it grows: its parameter count (every
+    catalog entry of the real modelsets has one). A model without one (featx-smoke's, a local
+    directory) counts as the mean of the run's others of its modality, or as 1 when none has one:
+    then each model of the modality costs the same, the mean of those done."""
+    known: dict[str, list[float]] = {}
+    for s in specs:
+        if s.params:
+            known.setdefault(s.modality, []).append(float(s.params))
+    mean = {m: sum(ws) / len(ws) for m, ws in known.items()}
+    return {s.id: (s.modality, float(s.params) if s.params else mean.get(s.modality, 1.0)) for s in specs}
 
 
 def fit(done: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
@@ -121,7 +125,7 @@ class RunDisplay:
 
     def __init__(self, log: EventLog, specs: Sequence[ModelSpec]):
         self.log = log
-        self.tally = RunTally({s.id: (s.modality, model_work(s)) for s in specs})
+        self.tally = RunTally(model_works(specs))
         self.on_terminal = log.fmt == "text" and log.stream.isatty()
         self.bar = None
         self.start = self.model_start = self.drawn = time.perf_counter()

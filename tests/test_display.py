@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from featx.catalog import resolve
-from featx.display import RunTally, clock, fit, model_work, time_left
+from featx.display import RunTally, clock, fit, model_works, time_left
 from tests.helpers import FEATX, REPO
 
 SMOKE3 = ["featx-smoke/gpt2", "featx-smoke/vit", "featx-smoke/llama"]
@@ -76,12 +76,14 @@ def test_clock():
     assert [clock(None), clock(0), clock(59.6), clock(3723)] == ["?", "0:00", "1:00", "1:02:03"]
 
 
-def test_model_work_from_params_else_the_catalog_shape():
-    specs = {s.id: s for s in resolve("val", [], "all")}
-    big = next(s for s in specs.values() if s.params)
-    assert model_work(big) == big.params
-    gpt2 = resolve(None, ["featx-smoke/gpt2"], "all")[0]  # no params in the catalog: 12 L h^2
-    assert not gpt2.params and model_work(gpt2) == 12 * gpt2.layers * gpt2.hidden ** 2
+def test_model_works_are_parameter_counts_else_the_mean_of_the_modality():
+    val = resolve("val", [], "all")
+    language = [s for s in val if s.modality == "language"][:2]
+    smoke = resolve(None, ["featx-smoke/gpt2", "featx-smoke/vit"], "all")  # no params in the catalog
+    works = model_works([*language, *smoke])
+    assert [works[s.id] for s in language] == [("language", float(s.params)) for s in language]
+    assert works["featx-smoke/gpt2"] == ("language", (language[0].params + language[1].params) / 2)
+    assert works["featx-smoke/vit"] == ("vision", 1.0)
 
 
 TMUX = shutil.which("tmux")
