@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from featx import settings
 from featx.clock import now_iso
+
+if TYPE_CHECKING:
+    from featx.display import RunDisplay
 
 FORMATS = ("text", "json")
 
@@ -28,6 +31,7 @@ class EventLog:
         if fmt not in FORMATS:
             raise ValueError(f"log format {fmt!r}: choose text or json")
         self.fmt, self.stream = fmt, stream or sys.stderr
+        self.writer: Callable[[str], None] | None = None  # set while featx.display's bars are up
 
     def event(self, event: str, **fields: Any) -> None:
         fields = {k: v for k, v in fields.items() if v is not None}
@@ -35,15 +39,20 @@ class EventLog:
             line = json.dumps({"ts": now_iso(), "event": event, **fields}, sort_keys=False, default=str)
         else:
             line = " ".join([now_iso(), "featx", event] + [f"{k}={_text_value(v)}" for k, v in fields.items()])
-        print(line, file=self.stream, flush=True)
+        if self.writer is not None:
+            self.writer(line)
+        else:
+            print(line, file=self.stream, flush=True)
 
 
 class Progress:
     """Samples done, rate and ETA: a tqdm bar on a terminal, else a ``progress`` event every
-    ``interval_s`` seconds (readable in ``kubectl logs``)."""
+    ``interval_s`` seconds (readable in ``kubectl logs``). On a terminal the run's bar
+    (``featx.display``) is told of each step, so its elapsed and time left move too."""
 
-    def __init__(self, log: EventLog, model: str, total: int, interval_s: float | None = None):
-        self.log, self.model, self.total = log, model, total
+    def __init__(self, log: EventLog, model: str, total: int, interval_s: float | None = None,
+                 run: RunDisplay | None = None):
+        self.log, self.model, self.total, self.run = log, model, total, run
         self.interval = settings.PROGRESS_INTERVAL_S if interval_s is None else interval_s
         self.done, self.start, self.last = 0, time.perf_counter(), time.perf_counter()
         self.bar = None
@@ -56,6 +65,8 @@ class Progress:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
+            if self.run is not None:
+                self.run.tick()
             return
         now = time.perf_counter()
         if now - self.last >= self.interval or self.done == self.total:

@@ -13,6 +13,7 @@ from pathlib import Path
 from featx import __version__
 from featx.catalog.spec import ModelSpec
 from featx.data.datasets import Rows
+from featx.display import RunDisplay
 from featx.errors import EXIT_OK, OOM, PERMANENT, TRANSIENT, FeatxError, disk_full, policy_of
 from featx.extract.loading import Loaded, pick_device, planned_dtype
 from featx.extract.result import Extraction
@@ -114,21 +115,28 @@ class Runner:
     def run(self, specs: list[ModelSpec]) -> RunSummary:
         keys = [self.request.key(spec) for spec in specs]  # refuses bad pools before any work
         summary = RunSummary()
+        display = RunDisplay(self.log, specs)
         try:
             states = self.store.scan(self.request.scan_prefix)
             if self.opts.verify and not self.opts.force_remake:
                 states = verified(self.store, states, [k.stem for k in keys])
-            for spec, key in zip(specs, keys):
-                state = judge(states.get(key.stem), self.identity(spec))
-                if state.state == "done" and not self.opts.force_remake:
-                    self.log.event("skipped", model=spec.id, reason="already committed", where=f"{self.store.url}/{key.data}")
-                    summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
-                    continue
-                if state.state in ("corrupt", "stale"):
-                    self.log.event("redo", model=spec.id, reason=state.reason)
-                summary.in_progress = spec.id
-                summary.outcomes.append(self.run_one(spec, key))
-                summary.in_progress = None
+            with display:
+                for spec, key in zip(specs, keys):
+                    state = judge(states.get(key.stem), self.identity(spec))
+                    if state.state == "done" and not self.opts.force_remake:
+                        self.log.event("skipped", model=spec.id, reason="already committed",
+                                       where=f"{self.store.url}/{key.data}")
+                        summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
+                        display.ended(spec.id, "skipped")
+                        continue
+                    if state.state in ("corrupt", "stale"):
+                        self.log.event("redo", model=spec.id, reason=state.reason)
+                    summary.in_progress = spec.id
+                    display.started(spec.id)
+                    outcome = self.run_one(spec, key, display)
+                    summary.outcomes.append(outcome)
+                    display.ended(spec.id, outcome.status, outcome.seconds)
+                    summary.in_progress = None
         except Interrupted as stop:  # SIGTERM/SIGINT under featx.signals.stop_on_signals
             summary.interrupted = stop
             now = None
@@ -145,7 +153,7 @@ class Runner:
                            not_started=len(summary.not_started))
         return summary
 
-    def run_one(self, spec: ModelSpec, key: ArtifactKey) -> ModelOutcome:
+    def run_one(self, spec: ModelSpec, key: ArtifactKey, display: RunDisplay | None = None) -> ModelOutcome:
         t0 = time.perf_counter()
         ex = self.opts.extract
         self.log.event("start", model=spec.id, attempt=self.opts.attempt, gpu_class=self.opts.gpu_class or self.device,
@@ -156,7 +164,7 @@ class Runner:
         try:
             loaded = load_model(spec, self.device, self.request.init, self.request.seed,
                                 spec.quantised(self.request.qlora))
-            progress = Progress(self.log, spec.id, len(self.rows))
+            progress = Progress(self.log, spec.id, len(self.rows), run=display)
             try:
                 result = extract_rows(spec, loaded, self.rows, key.pool, ex, progress)
             finally:
