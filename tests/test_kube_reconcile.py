@@ -192,6 +192,28 @@ def test_decide(name):
         assert case.reason_has in first.reason
 
 
+def test_committed_models_keep_their_finished_jobs_for_the_ttl():
+    observed = [job(A, 1, "failed", code=1), job(A, 2, "succeeded")]
+    for ttl, deleted in ((0, {"job-org_a-a1", "job-org_a-a2"}), (3600, set())):
+        actions = decide([A], {A.stem: done()}, observed, Settings(classes=CLASSES, ttl_s=ttl))
+        assert {a.name for a in actions if isinstance(a, Delete)} == deleted
+        assert short(actions[-1]) == ("skip", A.id, "done")
+
+
+def test_a_given_up_models_last_job_is_kept_until_its_record_is_cleared():
+    settings = Settings(attempts=2, classes=CLASSES, ttl_s=3600)
+    gone = [job(A, 1, code=1), replace(job(A, 2, code=1), ttl_s=3600)]
+    (give_up,) = decide([A], {}, gone, settings)  # first give-up: record it, keep the last Job
+    assert isinstance(give_up, GiveUp) and give_up.record and give_up.keep == "job-org_a-a2"
+    kept = [gone[0], replace(gone[1], ttl_s=None, kept=True)]
+    recorded = {A.stem: failed("permanent", "gave up after 2 attempt(s)", attempt=2)}
+    (again,) = decide([A], recorded, kept, settings)  # later passes: nothing more to write
+    assert isinstance(again, GiveUp) and not again.record and again.keep == ""
+    # the record cleared (deleted by the user, or never written by a pod) while the Job is kept: start over
+    assert [short(a) for a in decide([A], {}, kept, settings)] == [("delete", "job-org_a-a1"), ("delete", "job-org_a-a2")]
+    assert [short(a) for a in decide([A], {}, [], settings)] == [("create", A.id, 1, "l4-24gb", 1)]
+
+
 def test_decide_is_pure_and_deterministic():
     observed = [job(A, 1, code=1), job(B, 1, "running")]
     settings = Settings(concurrency=5, classes=CLASSES)
@@ -281,6 +303,14 @@ class FakeKube:
         self.calls.append("delete_job")
         return self.jobs.pop(name, None) is not None
 
+    def keep_job(self, name, reason):
+        self.calls.append("keep_job")
+        if name not in self.jobs:
+            return False
+        self.jobs[name]["spec"].pop("ttlSecondsAfterFinished", None)
+        self.jobs[name]["metadata"].setdefault("annotations", {})["featx.io/gave-up"] = reason
+        return True
+
     def finish(self, name, ok: bool, code: int = 0):
         cond = {"type": "Complete" if ok else "Failed", "status": "True", "reason": "" if ok else "BackoffLimitExceeded"}
         self.jobs[name]["status"] = {"conditions": [cond]}
@@ -334,9 +364,10 @@ def test_controller_passes(config, tmp_path, capsys):
     kube.calls.clear()
     r = ctl.run_once()
     assert kube.calls[:2] == ["list_jobs", "list_pods"]
-    assert [short(a) for a in r.actions] == [("delete", gpt2_job), ("skip", gpt2.id, "done"),
+    # the chart's default TTL: the finished Job stays for Kubernetes to remove, with its logs
+    assert [short(a) for a in r.actions] == [("skip", gpt2.id, "done"),
                                              ("create", vit.id, 2, "l4-24gb", 1), ("create", opt.id, 1, "l4-24gb", 1)]
-    assert gpt2_job not in kube.jobs
+    assert kube.jobs[gpt2_job]["spec"]["ttlSecondsAfterFinished"] == 3600
 
     # vit fails again at the attempts limit (2): give up, recorded once in the store
     kube.finish(vit_job.replace("-a1", "-a2"), ok=False, code=1)
@@ -346,10 +377,13 @@ def test_controller_passes(config, tmp_path, capsys):
     assert state.state == "failed" and state.failure.kind == "permanent" and state.failure.attempt == 2
     assert "gave up after 2 attempt(s)" in state.failure.reason
     assert ctl.run_once().gave_up == 0  # not recorded twice
+    last = kube.jobs[vit_job.replace("-a1", "-a2")]  # kept until the record is cleared
+    assert "ttlSecondsAfterFinished" not in last["spec"] and "gave up" in last["metadata"]["annotations"]["featx.io/gave-up"]
+    assert kube.calls.count("keep_job") == 1
 
     events = [line for line in capsys.readouterr().err.splitlines()]
     kinds = [__import__("json").loads(e)["event"] for e in events]
-    assert {"create", "retry", "give-up", "skip-done", "delete", "pass"} <= set(kinds)
+    assert {"create", "retry", "give-up", "skip-done", "pass"} <= set(kinds)
     assert kinds.count("give-up") == 1  # logged once, not once per pass
 
 

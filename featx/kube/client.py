@@ -20,7 +20,7 @@ from featx.errors import TransientError, UsageError
 
 #: (API group, resource, verb) the controller uses; helm/featx/templates/rbac.yaml grants exactly these.
 VERBS = frozenset({("batch", "jobs", "list"), ("batch", "jobs", "create"), ("batch", "jobs", "delete"),
-                   ("", "pods", "list")})
+                   ("batch", "jobs", "patch"), ("", "pods", "list")})
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -90,7 +90,7 @@ class KubeClient:
         except ApiException as e:
             if e.status in (401, 403):
                 raise UsageError(f"{what}: the API server refused ({e.status} {e.reason}); the ServiceAccount or "
-                                 "kubeconfig user needs the chart's Role (jobs: list/create/delete, pods: list) in "
+                                 "kubeconfig user needs the chart's Role (jobs: list/create/delete/patch, pods: list) in "
                                  f"namespace {self.namespace}") from e
             if e.status == 0:  # the client's wrapping of a TLS failure: no answer from the server
                 raise TransientError(f"{what}: cannot reach the Kubernetes API ({' '.join(str(e.reason).split())}); "
@@ -166,6 +166,23 @@ class KubeClient:
             if e.status == 404:
                 return False
             raise TransientError(f"delete job {name}: {e.status} {e.reason}") from e
+
+    def keep_job(self, name: str, reason: str) -> bool:
+        """Keep a given-up model's last Job until its failure record is cleared: remove its
+        ttlSecondsAfterFinished and mark it (``A_GAVE_UP``); False if it is already gone."""
+        from kubernetes.client.rest import ApiException
+
+        from featx.kube.jobs import A_GAVE_UP
+
+        patch = {"metadata": {"annotations": {A_GAVE_UP: reason[:1000]}}, "spec": {"ttlSecondsAfterFinished": None}}
+        try:
+            self._call("patch job", self._batch.patch_namespaced_job, name, self.namespace, patch,
+                       _preload_content=False).data
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise TransientError(f"patch job {name}: {e.status} {e.reason}") from e
 
 
 def _own_client(api_client: Any, parallel: int) -> Any:

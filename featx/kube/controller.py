@@ -40,11 +40,13 @@ class Kube(Protocol):
     def list_pods(self, selector: str) -> list[dict[str, Any]]: ...
     def create_job(self, manifest: dict[str, Any]) -> bool: ...
     def delete_job(self, name: str) -> bool: ...
+    def keep_job(self, name: str, reason: str) -> bool: ...
 
 
 def settings_for(config: RunConfig) -> Settings:
     return Settings(attempts=config.attempts, concurrency=config.concurrency, classes=config.classes,
                     qlora=config.request.qlora, batch_size=config.batch_size, release=config.release,
+                    ttl_s=int(config.job_template.get("ttlSecondsAfterFinished") or 0),
                     render=lambda d, sizing, attempt: render_job(config, d, sizing, attempt))
 
 
@@ -166,6 +168,8 @@ class Controller:
                 record = FailureRecord(action.model, action.reason, "permanent", action.attempt)
                 self.store.put_bytes(action.key.failure, record.to_json())
                 result.gave_up += 1
+            if action.keep:  # after the record: a kept Job without one reads as "record cleared, retry"
+                self.kube.keep_job(action.keep, action.reason)
             self._event(action)
         else:
             self._event(action)

@@ -68,6 +68,31 @@ def test_local_deploy_brings_every_smoke_model_to_done(deployed):
     assert f"done={SMOKE}" in last and "failed=0" in last and "missing=0" in last, last
 
 
+def test_every_next_command_it_prints_works(kubectl, deployed):
+    """The "Next:" block, pasted into a shell as printed (the followed log is read, not followed; the
+    port-forward gets a moment; the cluster is not removed): each command succeeds, and the Jobs and
+    logs of a committed model are still there (job.ttlSecondsAfterFinished)."""
+    block = deployed.proc.stdout.split("\nNext:\n", 1)[1]
+    lines = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("make ")]
+    assert lines[0].startswith("export KUBECONFIG=/") or lines[0].startswith("kubectl config use-context ")
+    script = ["set -euo pipefail"]
+    for line in lines:
+        line = re.sub(r" -f(\s|$)", r" --tail=3\1", line)  # `logs deploy/featx -f` follows forever
+        script.append(f"echo '>>> {line.split('#')[0].strip()}'; {line}")
+        if line.endswith("&"):
+            script.append("trap 'kill %1' EXIT; sleep 3")
+    env = kubectl.env | {"PATH": f"{Path(sys.executable).parent}:{kubectl.env['PATH']}"}
+    p = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    outputs = dict(re.findall(r">>> (.*)\n((?:(?!>>> ).*\n)*)", p.stdout))
+    jobs = next(v for k, v in outputs.items() if " get jobs " in k)
+    assert "featx-smoke_gpt2" in jobs, jobs  # the model label of its Job
+    logs = next(v for k, v in outputs.items() if "featx.io/model=featx-smoke_gpt2" in k)
+    assert '"event"' in logs, logs
+    assert outputs and all(v.strip() for k, v in outputs.items() if not k.startswith(("export", "kubectl config"))
+                           and "port-forward" not in k), outputs
+
+
 def test_the_namespace_enforces_pod_security_restricted(kubectl, deployed):
     privileged = kubectl("-n", NS, "run", "privileged", "--image=featx-cpu:dev", "--image-pull-policy=Never",
                          "--dry-run=server", "--overrides",

@@ -57,6 +57,10 @@ if attempt == "1" and mode in ("transient", "oom"):
 os.execv(featx, [featx, *args])
 """
 
+JOB = {"env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "FEATX_NUM_WORKERS", "value": "0"}],
+       "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+       "activeDeadlineSeconds": 900}
+
 
 def featx_map(argv: list[str]) -> list[str]:
     return [FEATX, *argv[1:]] if argv and argv[0] == "featx" else argv
@@ -143,9 +147,7 @@ def release_factory(k8s_cluster, k8s_api, gpu_nodes, k8s_namespace, seaweedfs, t
             "s3": {"bucket": seaweedfs.bucket, "prefix": k8s_namespace, "endpoint": seaweedfs.endpoint},
             "modelCache": {"mountPath": str(tmp_path / "cache")},
             "concurrency": 3, "attempts": 3, "controller": {"replicas": 0},
-            "job": {"env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "FEATX_NUM_WORKERS", "value": "0"}],
-                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
-                    "activeDeadlineSeconds": 900},
+            "job": {**JOB, **overrides.pop("job", {})},
             **overrides,
         }
         path = tmp_path / "values.yaml"
@@ -180,7 +182,7 @@ def active(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_smoke_modelset_end_to_end(release_factory, pod_runner_factory):  # noqa: F811
-    rel = release_factory(modelset="smoke")
+    rel = release_factory(modelset="smoke", job={"ttlSecondsAfterFinished": 0})  # the controller deletes them
     first = rel.reconcile()
     assert first.created == 3  # the concurrency limit
     runner = pod_runner_factory(rel.namespace, command_map=featx_map)
@@ -267,6 +269,21 @@ def test_transient_failure_is_retried_and_ends_done(release_factory, pod_runner_
     retries = rel.events("retry")
     assert len(retries) == 1 and retries[0]["attempt"] == 2 and "exit code 1" in retries[0]["reason"]
     assert retries[0]["gpu_class"] == "l4-24gb"
+    # finished Jobs stay for the chart's default TTL (Kubernetes removes them): logs stay readable
+    for _ in range(2):
+        rel.reconcile()
+    jobs = rel.jobs()
+    assert sorted(j["metadata"]["labels"]["featx.io/attempt"] for j in jobs) == ["1", "2"]
+    assert {j["spec"]["ttlSecondsAfterFinished"] for j in jobs} == {3600}
+    assert not rel.events("delete")
+
+
+def test_kubernetes_removes_finished_jobs_after_their_ttl(release_factory, pod_runner_factory):  # noqa: F811
+    rel = release_factory(modelset=["featx-smoke/gpt2"], job={"ttlSecondsAfterFinished": 2})
+    pod_runner_factory(rel.namespace, command_map=featx_map)
+    rel.reconcile_until(lambda: rel.states() == {"featx-smoke/gpt2": "done"}, 300, "gpt2 committed")
+    wait_until(lambda: not rel.jobs(), 120, "the TTL controller to remove the finished Job")
+    assert not rel.events("delete")  # Kubernetes did, not featx
 
 
 def test_out_of_memory_retries_on_the_next_larger_class(release_factory, pod_runner_factory, tmp_path):  # noqa: F811
@@ -298,7 +315,16 @@ def test_a_model_that_cannot_load_fails_permanently_after_one_attempt(release_fa
     assert scan == {"nonexistent_arch_patch16_224": "failed"}
     for _ in range(2):  # and it stays that way
         assert rel.reconcile().created == 0
-    assert len(rel.jobs()) == 1
+    (job,) = rel.jobs()  # kept until the record is cleared: no TTL, marked
+    assert "ttlSecondsAfterFinished" not in job["spec"]
+    assert "cannot succeed on retry" in job["metadata"]["annotations"]["featx.io/gave-up"]
+    # clearing the record retries it from attempt 1
+    config = rel.config()
+    store = open_store(config.store)
+    (d,) = rel.controller().desired
+    store.delete(d.key.failure)
+    rel.reconcile_until(lambda: bool(rel.events("create")[1:]), 120, "a new first attempt")
+    assert [e["attempt"] for e in rel.events("create")] == [1, 1]
 
 
 def test_raising_the_concurrency_limit_runs_more_jobs(release_factory):
