@@ -18,7 +18,9 @@ import pytest
 
 from featx.catalog.spec import ModelSpec
 from featx.kube.config import Desired, RunConfig
+from featx.errors import TransientError
 from featx.kube.controller import Controller
+from featx.kube.events import event_for
 from featx.kube.jobs import A_GPUS, A_MODEL_ID, A_STEM, L_ATTEMPT, L_CLASS, render_job
 from featx.kube.observe import ObservedJob, observe, observe_job
 from featx.kube.reconcile import Create, Delete, GiveUp, Settings, Skip, classify, decide
@@ -281,6 +283,8 @@ class FakeKube:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
         self.calls: list[str] = []
+        self.events: list[dict[str, Any]] | None = []  # None: every Event write fails
+        self.namespace = "ns"
 
     def list_jobs(self, selector):
         self.calls.append("list_jobs")
@@ -295,9 +299,15 @@ class FakeKube:
         self.calls.append("create_job")
         name = manifest["metadata"]["name"]
         if name in self.jobs:
-            return False
-        self.jobs[name] = {**manifest, "status": {}}
-        return True
+            return None
+        self.jobs[name] = {**manifest, "metadata": {**manifest["metadata"], "uid": f"uid-{name}"}, "status": {}}
+        return f"uid-{name}"
+
+    def create_event(self, event):
+        self.calls.append("create_event")
+        if self.events is None:
+            raise TransientError("create event: 403 forbidden")
+        self.events.append(event)
 
     def delete_job(self, name):
         self.calls.append("delete_job")
@@ -347,7 +357,10 @@ def test_controller_passes(config, tmp_path, capsys):
 
     r = ctl.run_once()
     assert (r.created, r.errors) == (2, [])
-    assert kube.calls == ["list_jobs", "create_job", "create_job"]  # no pods listed: nothing failed
+    # no pods listed: nothing failed; each created Job gets its Event
+    assert kube.calls[0] == "list_jobs" and sorted(kube.calls[1:]) == ["create_event"] * 2 + ["create_job"] * 2
+    assert {(e["reason"], e["regarding"]["name"], e["regarding"]["uid"]) for e in kube.events} == {
+        ("Created", n, f"uid-{n}") for n in kube.jobs}
     names = sorted(kube.jobs)
     assert all(n.startswith("rel-featx-smoke-") and n.endswith("-a1") for n in names)
 
@@ -380,11 +393,37 @@ def test_controller_passes(config, tmp_path, capsys):
     last = kube.jobs[vit_job.replace("-a1", "-a2")]  # kept until the record is cleared
     assert "ttlSecondsAfterFinished" not in last["spec"] and "gave up" in last["metadata"]["annotations"]["featx.io/gave-up"]
     assert kube.calls.count("keep_job") == 1
+    seen = [(e["reason"], e["type"], e["regarding"]["name"]) for e in kube.events[2:]]
+    assert len(seen) == 3 and set(seen[:2]) == {  # one per decision that acts, none per later pass
+        ("Retried", "Normal", vit_job.replace("-a1", "-a2")), ("Created", "Normal", next(n for n in kube.jobs if "opt" in n))}
+    assert seen[2] == ("GaveUp", "Warning", vit_job.replace("-a1", "-a2"))
+    assert "model featx-smoke/vit, attempt 2, GPU class l4-24gb: gave up after 2" in kube.events[-1]["note"]
+    assert any("attempt 1 failed: exit code 1" in e["note"] for e in kube.events[2:4] if e["reason"] == "Retried")
 
     events = [line for line in capsys.readouterr().err.splitlines()]
     kinds = [__import__("json").loads(e)["event"] for e in events]
     assert {"create", "retry", "give-up", "skip-done", "pass"} <= set(kinds)
     assert kinds.count("give-up") == 1  # logged once, not once per pass
+
+
+def test_an_event_that_cannot_be_written_never_fails_a_pass(config, tmp_path, capsys):
+    kube = FakeKube()
+    kube.events = None  # every write refused
+    r = Controller(config, kube, LocalStore(tmp_path / "store"), EventLog("json")).run_once()
+    assert (r.created, r.errors) == (2, []) and kube.calls.count("create_event") == 2
+    lines = [__import__("json").loads(x) for x in capsys.readouterr().err.splitlines()]
+    assert [x["reason"] for x in lines if x["event"] == "error"] == ["create event: 403 forbidden"] * 2
+
+
+def test_a_stale_file_redone_records_redone():
+    (create,) = decide([A], {A.stem: done(A, num_samples=8, num_rows=8)}, [], Settings(classes=CLASSES))
+    event = event_for(create, "ns", "ctl-0", uid="u1")
+    assert (event["reason"], event["action"], event["type"]) == ("Redone", "Create", "Normal")
+    assert event["regarding"] == {"apiVersion": "batch/v1", "kind": "Job", "name": create.name, "namespace": "ns",
+                                  "uid": "u1"}
+    assert event["note"].startswith("model org/a, attempt 1, GPU class l4-24gb x1: store says stale: ")
+    assert event_for(Skip(A.id, "done"), "ns", "ctl-0") is None
+    assert event["metadata"]["name"].startswith(create.name + ".")
 
 
 def test_controller_lists_jobs_before_scanning_the_store(config, tmp_path):

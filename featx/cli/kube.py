@@ -62,7 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(h, "request_timeout", type=float, default=30.0, metavar="S",
          help="seconds to wait for any one Kubernetes API or S3 response before the pass fails (default 30)")
     flag(h, "health_port", type=int, default=None, metavar="PORT",
-         help="with --watch: serve /healthz (a pass completed lately) and /readyz (and it had no error) on PORT")
+         help="with --watch: serve /healthz (a pass completed lately), /readyz (and it had no error) and "
+              "Prometheus /metrics on PORT")
     flag(h, "health_host", default="0.0.0.0", metavar="ADDR", help="address of the health endpoint (default 0.0.0.0)")
     flag(h, "fail_after_intervals", type=int, default=None, metavar="N",
          help="/healthz fails after N intervals without a completed pass (default 3)")
@@ -136,7 +137,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
         interval = config.interval_s if args.interval is None else args.interval
         health = Health((args.fail_after_intervals or FAIL_AFTER_INTERVALS) * interval)
         if args.health_port is not None:
-            serve(health, args.health_port, args.health_host)
+            serve(health, args.health_port, args.health_host, metrics=controller.metrics)
         return controller.watch(interval, health=health)
     result = controller.run_once(dry_run=args.dry_run)
     return 1 if result.errors else 0

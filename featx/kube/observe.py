@@ -34,6 +34,7 @@ class ObservedJob:
     deleting: bool = False
     pod_message: str = ""  # terminated.message: featx's one-line error (featx/cli/termination.py)
     ttl_s: int | None = None  # spec.ttlSecondsAfterFinished: Kubernetes deletes the Job that long after it finished
+    uid: str = ""
     kept: bool = False  # the controller kept it as a given-up model's last Job (annotation featx.io/gave-up)
 
     @property
@@ -101,7 +102,7 @@ def observe_job(job: dict[str, Any], pods: Iterable[dict[str, Any]] = ()) -> Obs
         message=pod_message or message, exit_code=exit_code, pod_reason=pod_reason,
         pod_message=pod_message.strip().splitlines()[-1] if pod_message.strip() else "",
         deleting=bool(meta.get("deletionTimestamp")), ttl_s=(job.get("spec") or {}).get("ttlSecondsAfterFinished"),
-        kept=A_GAVE_UP in ann)
+        uid=str(meta.get("uid") or ""), kept=A_GAVE_UP in ann)
 
 
 def pods_by_job(pods: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

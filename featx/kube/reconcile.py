@@ -44,6 +44,8 @@ from featx.plan.sizing import GpuClass, Sizing, choose, escalate, size_on
 from featx.store.keys import ArtifactKey
 from featx.store.records import StoredState
 
+#: Created: a first attempt; Retried: the next after a failure; Redone: a first attempt at a stale file.
+CreateReason = Literal["Created", "Retried", "Redone"]
 SkipKind = Literal["done", "running", "pending", "deleting", "failed", "unsized", "waiting"]
 
 
@@ -58,6 +60,8 @@ class Create:
     sizing: Sizing
     job: dict[str, Any] = field(repr=False, hash=False, compare=False)
     why: str = ""  # "first attempt" or the previous attempt's failure
+    reason: CreateReason = "Created"  # of its Kubernetes Event (featx.kube.events)
+    cause: str = ""  # a retry's: the previous attempt's failure kind (oom, transient)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class GiveUp:
     reason: str
     record: bool = True  # False when the store already holds a permanent failure record
     keep: str = ""  # the last Job, whose TTL is to be removed so that it stays ("" = it stays already)
+    job: str = ""  # the last Job (its Event goes there)
+    cause: str = "permanent"  # permanent (cannot succeed on retry), attempts (the limit), oom (no larger class)
+    uid: str = ""
     gpu_class: str = ""
 
 
@@ -152,7 +159,7 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
     budget = settings.concurrency - sum(j.active for j in observed)
     actions: list[Action] = []
 
-    def create(d: Desired, sizing: Sizing, attempt: int, why: str) -> None:
+    def create(d: Desired, sizing: Sizing, attempt: int, why: str, reason: CreateReason, cause: str = "") -> None:
         nonlocal budget
         # 6. no enabled class holds the model: a configuration matter, nothing to record
         if not sizing.fits:
@@ -165,7 +172,7 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
         budget -= 1
         name = job_name(settings.release, d.stem, d.id, attempt)
         job = settings.render(d, sizing, attempt) if settings.render else {"metadata": {"name": name}}
-        actions.append(Create(d.id, attempt, job["metadata"]["name"], sizing, job, why))
+        actions.append(Create(d.id, attempt, job["metadata"]["name"], sizing, job, why, reason, cause))
 
     for d in desired:
         jobs = sorted(by_stem.get(d.stem, ()), key=lambda j: j.attempt)
@@ -197,30 +204,32 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
                 continue
             failure = classify(last, state)
 
-            def give_up(reason: str) -> None:
+            def give_up(reason: str, cause: str) -> None:
                 keep = last.name if last.ttl_s is not None or not last.kept else ""
-                actions.append(GiveUp(d.id, d.key, last.attempt, reason, record, keep, last.gpu_class))
+                actions.append(GiveUp(d.id, d.key, last.attempt, reason, record, keep, last.name, cause, last.uid,
+                                      last.gpu_class))
 
             # 3a. cannot succeed on retry
             if failure.kind == "permanent":
-                give_up(failure.reason)
+                give_up(failure.reason, "permanent")
                 continue
             # 3b. attempts limit
             if last.attempt >= settings.attempts:
-                give_up(f"gave up after {last.attempt} attempt(s); last: {failure.reason}")
+                give_up(f"gave up after {last.attempt} attempt(s); last: {failure.reason}", "attempts")
                 continue
             # 3c. out of memory: a larger option
             if failure.kind == "oom":
                 sizing = escalate(d.spec, settings.classes, last.gpu_class, last.gpus, settings.qlora,
                                   batch_size=settings.batch_size)
                 if not sizing.fits:
-                    give_up(f"{failure.reason}; no larger GPU class is configured")
+                    give_up(f"{failure.reason}; no larger GPU class is configured", "oom")
                     continue
             # 3d. anything else: the same class again
             else:
                 sizing = size_on(d.spec, settings.classes, last.gpu_class, last.gpus, settings.qlora,
                                  batch_size=settings.batch_size)
-            create(d, sizing, last.attempt + 1, f"attempt {last.attempt} failed: {failure.reason}")
+            create(d, sizing, last.attempt + 1, f"attempt {last.attempt} failed: {failure.reason}", "Retried",
+                   failure.kind)
             continue
 
         # 4. no Job, and a permanent failure on record
@@ -232,5 +241,6 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
         # 5. first attempt
         sizing = choose(d.spec, settings.classes, settings.qlora, batch_size=settings.batch_size)
         create(d, sizing, 1, "first attempt" if state.state == "missing"
-               else f"store says {state.state}: {state.reason}".rstrip(": "))
+               else f"store says {state.state}: {state.reason}".rstrip(": "),
+               "Redone" if state.state == "stale" else "Created")
     return actions
