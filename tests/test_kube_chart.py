@@ -64,6 +64,11 @@ BAD_VALUES = {
     "prefix with ..": ({"s3": {"prefix": "/features/../x/"}}, "prefix"),
     "model id with ..": ({"modelset": ["gpt2", "org/../x"]}, "modelset"),
     "subset with a backslash": ({"subset": "a\\b"}, "subset"),
+    "negative job TTL": ({"job": {"ttlSecondsAfterFinished": -1}}, "ttlSecondsAfterFinished"),
+    "ServiceMonitor without the health port": (
+        {"metrics": {"serviceMonitor": {"enabled": True}}, "controller": {"health": {"port": 0, "failAfterIntervals": 3}}},
+        "metrics.serviceMonitor.enabled needs controller.health.port"),
+    "ServiceMonitor interval not a duration": ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
 }
 
 
@@ -97,7 +102,7 @@ def test_lint_is_clean(helm):
 def test_objects_names_and_labels(helm):
     objs = docs(helm)
     assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "Role",
-                                               "RoleBinding", "ServiceAccount"]
+                                               "RoleBinding", "Service", "ServiceAccount"]
     for o in objs:
         meta = o["metadata"]
         assert meta["namespace"] == "research" and meta["name"].startswith("rel-featx")
@@ -283,6 +288,34 @@ def test_probes_call_the_health_endpoint_the_command_serves(helm):
     (off,) = by_kind(docs(helm, "--set", "controller.health.port=0"), "Deployment")
     c = off["spec"]["template"]["spec"]["containers"][0]
     assert "--health_port" not in c["command"] and not {"ports", "livenessProbe", "readinessProbe"} & set(c)
+    assert not by_kind(docs(helm, "--set", "controller.health.port=0"), "Service")
+
+
+def test_metrics_port_in_the_service_and_an_optional_service_monitor(helm):
+    objs = docs(helm, "--set", "controller.health.port=9090")
+    (dep,) = by_kind(objs, "Deployment")
+    (svc,) = by_kind(objs, "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "health", "protocol": "TCP"}]
+    assert not by_kind(objs, "ServiceMonitor")  # off by default
+    on = docs(helm, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=kps")
+    (sm,) = by_kind(on, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "kps"
+    assert sm["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]  # selects the Service (its labels)
+    (svc_on,) = by_kind(on, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc_on["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": ["research"]}
+
+
+def test_jobs_carry_the_ttl_and_zero_means_none(helm, tmp_path):
+    for args, want in (((), 3600), (("--set", "job.ttlSecondsAfterFinished=60"), 60),
+                       (("--set", "job.ttlSecondsAfterFinished=0"), None)):
+        (cm,) = by_kind(docs(helm, *args), "ConfigMap")
+        config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
+        d = config.desired()[0]
+        job = render_job(config, d, choose(d.spec, config.classes, False), 1)
+        assert job["spec"].get("ttlSecondsAfterFinished") == want
 
 
 @pytest.mark.parametrize("name", list(BAD_VALUES))

@@ -230,6 +230,9 @@ values.schema.json has already checked each value on its own.
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) (gt (int .Values.controller.replicas) 0) }}
 {{- $errors = append $errors "serviceAccount.create=false needs serviceAccount.name (an existing ServiceAccount allowed to list/create/delete/patch Jobs and list Pods)" }}
 {{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.controller.health.port) }}
+{{- $errors = append $errors "metrics.serviceMonitor.enabled needs controller.health.port (where /metrics is served); set it, e.g. 8080" }}
+{{- end }}
 {{- if $errors }}
 {{- fail (printf "\nfeatx: invalid values:\n  - %s" (join "\n  - " $errors)) }}
 {{- end }}
