@@ -101,8 +101,8 @@ def test_lint_is_clean(helm):
 
 def test_objects_names_and_labels(helm):
     objs = docs(helm)
-    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "Role",
-                                               "RoleBinding", "Service", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "Pod",
+                                               "Role", "RoleBinding", "Service", "ServiceAccount"]
     for o in objs:
         meta = o["metadata"]
         assert meta["namespace"] == "research" and meta["name"].startswith("rel-featx")
@@ -161,8 +161,9 @@ def test_featx_render_prints_the_controllers_jobs_from_helms_configmap(helm, tmp
 
 
 def _pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Every pod spec the release creates: the controller's, and each rendered Job's."""
+    """Every pod spec the release creates: the controller's, `helm test`'s, and each rendered Job's."""
     specs = [(f"Deployment/{o['metadata']['name']}", o["spec"]["template"]["spec"]) for o in by_kind(objs, "Deployment")]
+    specs += [(f"Pod/{o['metadata']['name']}", o["spec"]) for o in by_kind(objs, "Pod")]
     (cm,) = by_kind(objs, "ConfigMap")
     config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
     for d in config.desired():
@@ -224,8 +225,15 @@ def test_network_policies_deny_ingress_and_select_the_controller_and_every_job(h
     objs = docs(helm)
     policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"] for p in by_kind(objs, "NetworkPolicy")}
     assert set(policies) == {"controller", "extract"}
+    (test,) = by_kind(objs, "Pod")  # `helm test`'s: the one ingress, to the health port
+    assert policies["controller"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
+        **policies["controller"]["podSelector"]["matchLabels"], "app.kubernetes.io/component": "test"}}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}]}]
+    assert _matches(policies["controller"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+                    test["metadata"]["labels"])
+    assert policies["extract"]["ingress"] == []
     for spec in policies.values():
-        assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []  # default deny ingress
+        assert spec["policyTypes"] == ["Ingress", "Egress"]  # default deny ingress
         assert spec["egress"] == [{}]  # egress open by default (API server, S3, hub differ per cluster)
     (dep,) = by_kind(objs, "Deployment")
     assert _matches(policies["controller"]["podSelector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
@@ -306,6 +314,27 @@ def test_metrics_port_in_the_service_and_an_optional_service_monitor(helm):
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc_on["metadata"]["labels"].items()
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
     assert sm["spec"]["namespaceSelector"] == {"matchNames": ["research"]}
+
+
+def test_helm_test_pod_runs_featx_check_on_the_store_and_the_controller(helm):
+    from featx.cli.main import build_parser
+
+    objs = docs(helm, "--set", "controller.health.port=9090")
+    (pod,) = by_kind(objs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (c,) = pod["spec"]["containers"]
+    args = build_parser().parse_args(c["command"][1:])  # featx's own parser accepts the command
+    (cm,) = by_kind(objs, "ConfigMap")
+    assert args.store == yaml.safe_load(cm["data"]["run.yaml"])["store"]
+    assert args.ready_url == "http://rel-featx:9090/readyz"
+    (svc,) = by_kind(objs, "Service")
+    assert svc["metadata"]["name"] == "rel-featx"
+    (dep,) = by_kind(objs, "Deployment")
+    assert [e for e in c["env"] if e["name"].startswith("AWS_")] == [
+        e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"].startswith("AWS_")]
+    assert not pod["spec"]["automountServiceAccountToken"]
+    (idle,) = by_kind(docs(helm, "--set", "controller.replicas=0"), "Pod")  # no controller: the store only
+    assert "--ready_url" not in idle["spec"]["containers"][0]["command"]
 
 
 def test_jobs_carry_the_ttl_and_zero_means_none(helm, tmp_path):

@@ -43,6 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(p, "config", default=None, help="a rendered run.yaml (the chart's ConfigMap) instead of values")
     p.set_defaults(run=run_render)
 
+    c = sub.add_parser("check", help="is the store reachable and writable, and the controller ready? "
+                                     "(what `helm test` runs)")
+    flag(c, "store", required=True, help="s3://bucket/prefix or a directory: checked with a probe write")
+    flag(c, "ready_url", default=None, metavar="URL",
+         help="the controller's /readyz, e.g. http://featx:8080/readyz (default: not checked)")
+    flag(c, "timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
+    c.set_defaults(run=run_check)
+
     r = sub.add_parser("reconcile", help="create, retry and clean up the per-model Jobs of a run",
                        epilog=RECONCILE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = r.add_argument_group("run settings (one of)")
@@ -104,6 +112,33 @@ def run_render(args: argparse.Namespace) -> int:
             continue
         docs.append(render_job(config, d, sizing, 1))
     sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """One line per check; the first that fails raises featx's one-line error (exit non-zero).
+    Credentials come from the environment (the chart's Secret) and are never printed."""
+    import urllib.error
+    import urllib.request
+
+    from featx.errors import TransientError
+    from featx.store import open_store
+
+    store = open_store(args.store, connect_timeout=args.timeout, read_timeout=args.timeout)
+    store.check(write=True)
+    print(f"ok  store {args.store}: reachable and writable")
+    if args.ready_url:
+        try:
+            with urllib.request.urlopen(args.ready_url, timeout=args.timeout) as r:
+                said = r.read().decode(errors="replace").strip()
+        except urllib.error.HTTPError as e:
+            said = e.read().decode(errors="replace").strip()
+            raise TransientError(f"the controller is not ready ({args.ready_url}: {e.code}): {said}; "
+                                 "see its log (kubectl logs deploy/<release>)") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise TransientError(f"cannot reach the controller at {args.ready_url} ({getattr(e, 'reason', e)}); "
+                                 "is its pod running (kubectl get pods)?") from e
+        print(f"ok  controller {args.ready_url}: {said}")
     return 0
 
 
