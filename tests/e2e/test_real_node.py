@@ -93,6 +93,24 @@ def test_every_next_command_it_prints_works(kubectl, deployed):
                            and "port-forward" not in k), outputs
 
 
+def test_helm_test_passes_and_fails_in_one_line_with_wrong_credentials(kubectl, deployed, tmp_path):
+    out = kubectl.helm("test", "featx", "-n", NS, "--logs", "--timeout", "5m")
+    assert "Phase:          Succeeded" in out or "Phase: Succeeded" in " ".join(out.split()), out
+    assert f"ok  store {STORE}: reachable and writable" in out and "ok  controller http://featx:8080/readyz: ok" in out
+    rel = install_release(kubectl, "featx-badkeys", ["featx-smoke/gpt2"], {"controller": {"replicas": 0}}, tmp_path)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "featx-s3", "namespace": rel.namespace},
+              "stringData": {"AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong-secret"}}
+    kubectl("apply", "-f", "-", stdin=json.dumps(secret))
+    p = subprocess.run(["helm", "test", "featx", "-n", rel.namespace, "--logs", "--timeout", "3m"],
+                       capture_output=True, text=True, env=kubectl.env, timeout=300, cwd=REPO)
+    assert p.returncode != 0
+    pod = kubectl.json("-n", rel.namespace, "get", "pod", "featx-test")
+    (status,) = pod["status"]["containerStatuses"]
+    (line,) = status["state"]["terminated"]["message"].strip().splitlines()  # featx's one line
+    assert line.startswith("featx: error: s3://featx-features/featx-badkeys: access denied"), line
+    assert "wrong-secret" not in p.stdout + p.stderr
+
+
 def test_the_namespace_enforces_pod_security_restricted(kubectl, deployed):
     privileged = kubectl("-n", NS, "run", "privileged", "--image=featx-cpu:dev", "--image-pull-policy=Never",
                          "--dry-run=server", "--overrides",
@@ -142,9 +160,9 @@ def test_featx_status_agrees_and_every_file_loads_with_its_checksum(kubectl, dep
 def test_kubectl_logs_show_the_lines_the_readme_promises(kubectl, deployed):
     controller = kubectl("-n", NS, "logs", "deploy/featx")
     assert re.search(r"\bcreate\b.*model=featx-smoke/gpt2", controller), controller[-2000:]
-    assert re.search(r"\bdelete\b.*model is committed", controller), controller[-2000:]
+    assert not re.search(r"\bdelete\b.*model is committed", controller), controller[-2000:]  # the TTL's job
     committed = {name: text for name, text in deployed.pods.logs.items() if '"event": "committed"' in text}
-    assert committed, "no extraction pod's log was taken before the controller deleted its Job"
+    assert committed, "no extraction pod's log was taken"
     pod, extract = sorted(committed.items())[0]
     assert '"event": "start"' in extract, extract[-2000:]
     CAPTURED.write_text(
