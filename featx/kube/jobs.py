@@ -7,7 +7,7 @@
   3 model missing, gated, unsupported) fail the Job at once (condition reason ``PodFailurePolicy``); a pod disrupted by preemption or a node
   drain is ignored (the Job makes a new pod, no attempt is spent).
 - ``ttlSecondsAfterFinished`` (``job.ttlSecondsAfterFinished``): finished Jobs and their logs stay
-  that long, then Kubernetes removes them; a given-up model's last Job loses it (``Keep``).
+  that long, then Kubernetes removes them; a given-up model's last Job loses it (``GiveUp.keep``).
 - GPU: ``resources.limits[<class resource>] = gpus``; node affinity ``<memoryLabel> Gt memoryMiB-1``
   (GPU Feature Discovery labels device memory in MiB) plus the class's nodeSelector and tolerations.
 Pure: the same inputs give the same manifest.
