@@ -21,6 +21,6 @@ export PATH="${ROOT}/.venv/bin:${PATH}"
 bash scripts/ensure-dockerd.sh
 kubeconfig="$("${PYTHON}" -m localcluster.local up | tail -n1)" \
     || { echo "local-cluster: the cluster did not start (see above)" >&2; exit 1; }
-echo "local-cluster: export KUBECONFIG=${kubeconfig}" >&2
+echo "export KUBECONFIG=${kubeconfig}" >&2  # pasteable as is; the "Next:" lines repeat it
 KUBECONFIG="${kubeconfig}" FEATX_DOWN_HINT="make local-cluster-down                                # remove the cluster" \
     exec bash scripts/local-deploy.sh

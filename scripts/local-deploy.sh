@@ -125,10 +125,12 @@ printf '%s\n' "${final}"
 
 cat <<NEXT
 
-Next:
+Next:${KUBECONFIG:+
+  export KUBECONFIG=${KUBECONFIG}}${KUBE_CONTEXT:+
+  kubectl config use-context ${KUBE_CONTEXT}}
   kubectl -n ${NS} get jobs -l featx.io/release=${RELEASE} -L featx.io/model,featx.io/attempt,featx.io/gpu-class
   kubectl -n ${NS} logs deploy/${RELEASE} -f                      # controller decisions
-  kubectl -n ${NS} logs -l featx.io/release=${RELEASE},featx.io/model=featx-smoke_gpt2 --tail=20
+  kubectl -n ${NS} logs -l featx.io/release=${RELEASE},featx.io/model=featx-smoke_gpt2 --tail=20   # kept for job.ttlSecondsAfterFinished
   kubectl -n ${NS} exec deploy/${RELEASE} -- ${status_cmd[*]} --json
   # the features, from your machine:
   kubectl -n ${NS} port-forward svc/seaweedfs 8333:8333 &

@@ -64,6 +64,11 @@ BAD_VALUES = {
     "prefix with ..": ({"s3": {"prefix": "/features/../x/"}}, "prefix"),
     "model id with ..": ({"modelset": ["gpt2", "org/../x"]}, "modelset"),
     "subset with a backslash": ({"subset": "a\\b"}, "subset"),
+    "negative job TTL": ({"job": {"ttlSecondsAfterFinished": -1}}, "ttlSecondsAfterFinished"),
+    "ServiceMonitor without the health port": (
+        {"metrics": {"serviceMonitor": {"enabled": True}}, "controller": {"health": {"port": 0, "failAfterIntervals": 3}}},
+        "metrics.serviceMonitor.enabled needs controller.health.port"),
+    "ServiceMonitor interval not a duration": ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
 }
 
 
@@ -96,8 +101,8 @@ def test_lint_is_clean(helm):
 
 def test_objects_names_and_labels(helm):
     objs = docs(helm)
-    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "Role",
-                                               "RoleBinding", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "Pod",
+                                               "Role", "RoleBinding", "Service", "ServiceAccount"]
     for o in objs:
         meta = o["metadata"]
         assert meta["namespace"] == "research" and meta["name"].startswith("rel-featx")
@@ -156,8 +161,9 @@ def test_featx_render_prints_the_controllers_jobs_from_helms_configmap(helm, tmp
 
 
 def _pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Every pod spec the release creates: the controller's, and each rendered Job's."""
+    """Every pod spec the release creates: the controller's, `helm test`'s, and each rendered Job's."""
     specs = [(f"Deployment/{o['metadata']['name']}", o["spec"]["template"]["spec"]) for o in by_kind(objs, "Deployment")]
+    specs += [(f"Pod/{o['metadata']['name']}", o["spec"]) for o in by_kind(objs, "Pod")]
     (cm,) = by_kind(objs, "ConfigMap")
     config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
     for d in config.desired():
@@ -219,8 +225,15 @@ def test_network_policies_deny_ingress_and_select_the_controller_and_every_job(h
     objs = docs(helm)
     policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"] for p in by_kind(objs, "NetworkPolicy")}
     assert set(policies) == {"controller", "extract"}
+    (test,) = by_kind(objs, "Pod")  # `helm test`'s: the one ingress, to the health port
+    assert policies["controller"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
+        **policies["controller"]["podSelector"]["matchLabels"], "app.kubernetes.io/component": "test"}}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}]}]
+    assert _matches(policies["controller"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+                    test["metadata"]["labels"])
+    assert policies["extract"]["ingress"] == []
     for spec in policies.values():
-        assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []  # default deny ingress
+        assert spec["policyTypes"] == ["Ingress", "Egress"]  # default deny ingress
         assert spec["egress"] == [{}]  # egress open by default (API server, S3, hub differ per cluster)
     (dep,) = by_kind(objs, "Deployment")
     assert _matches(policies["controller"]["podSelector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
@@ -283,6 +296,55 @@ def test_probes_call_the_health_endpoint_the_command_serves(helm):
     (off,) = by_kind(docs(helm, "--set", "controller.health.port=0"), "Deployment")
     c = off["spec"]["template"]["spec"]["containers"][0]
     assert "--health_port" not in c["command"] and not {"ports", "livenessProbe", "readinessProbe"} & set(c)
+    assert not by_kind(docs(helm, "--set", "controller.health.port=0"), "Service")
+
+
+def test_metrics_port_in_the_service_and_an_optional_service_monitor(helm):
+    objs = docs(helm, "--set", "controller.health.port=9090")
+    (dep,) = by_kind(objs, "Deployment")
+    (svc,) = by_kind(objs, "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "health", "protocol": "TCP"}]
+    assert not by_kind(objs, "ServiceMonitor")  # off by default
+    on = docs(helm, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=kps")
+    (sm,) = by_kind(on, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "kps"
+    assert sm["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]  # selects the Service (its labels)
+    (svc_on,) = by_kind(on, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc_on["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": ["research"]}
+
+
+def test_helm_test_pod_runs_featx_check_on_the_store_and_the_controller(helm):
+    from featx.cli.main import build_parser
+
+    objs = docs(helm, "--set", "controller.health.port=9090")
+    (pod,) = by_kind(objs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (c,) = pod["spec"]["containers"]
+    args = build_parser().parse_args(c["command"][1:])  # featx's own parser accepts the command
+    (cm,) = by_kind(objs, "ConfigMap")
+    assert args.store == yaml.safe_load(cm["data"]["run.yaml"])["store"]
+    assert args.ready_url == "http://rel-featx:9090/readyz"
+    (svc,) = by_kind(objs, "Service")
+    assert svc["metadata"]["name"] == "rel-featx"
+    (dep,) = by_kind(objs, "Deployment")
+    assert [e for e in c["env"] if e["name"].startswith("AWS_")] == [
+        e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"].startswith("AWS_")]
+    assert not pod["spec"]["automountServiceAccountToken"]
+    (idle,) = by_kind(docs(helm, "--set", "controller.replicas=0"), "Pod")  # no controller: the store only
+    assert "--ready_url" not in idle["spec"]["containers"][0]["command"]
+
+
+def test_jobs_carry_the_ttl_and_zero_means_none(helm, tmp_path):
+    for args, want in (((), 3600), (("--set", "job.ttlSecondsAfterFinished=60"), 60),
+                       (("--set", "job.ttlSecondsAfterFinished=0"), None)):
+        (cm,) = by_kind(docs(helm, *args), "ConfigMap")
+        config = RunConfig.from_dict(yaml.safe_load(cm["data"]["run.yaml"]))
+        d = config.desired()[0]
+        job = render_job(config, d, choose(d.spec, config.classes, False), 1)
+        assert job["spec"].get("ttlSecondsAfterFinished") == want
 
 
 @pytest.mark.parametrize("name", list(BAD_VALUES))

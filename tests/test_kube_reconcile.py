@@ -18,7 +18,9 @@ import pytest
 
 from featx.catalog.spec import ModelSpec
 from featx.kube.config import Desired, RunConfig
+from featx.errors import TransientError
 from featx.kube.controller import Controller
+from featx.kube.events import event_for
 from featx.kube.jobs import A_GPUS, A_MODEL_ID, A_STEM, L_ATTEMPT, L_CLASS, render_job
 from featx.kube.observe import ObservedJob, observe, observe_job
 from featx.kube.reconcile import Create, Delete, GiveUp, Settings, Skip, classify, decide
@@ -192,6 +194,28 @@ def test_decide(name):
         assert case.reason_has in first.reason
 
 
+def test_committed_models_keep_their_finished_jobs_for_the_ttl():
+    observed = [job(A, 1, "failed", code=1), job(A, 2, "succeeded")]
+    for ttl, deleted in ((0, {"job-org_a-a1", "job-org_a-a2"}), (3600, set())):
+        actions = decide([A], {A.stem: done()}, observed, Settings(classes=CLASSES, ttl_s=ttl))
+        assert {a.name for a in actions if isinstance(a, Delete)} == deleted
+        assert short(actions[-1]) == ("skip", A.id, "done")
+
+
+def test_a_given_up_models_last_job_is_kept_until_its_record_is_cleared():
+    settings = Settings(attempts=2, classes=CLASSES, ttl_s=3600)
+    gone = [job(A, 1, code=1), replace(job(A, 2, code=1), ttl_s=3600)]
+    (give_up,) = decide([A], {}, gone, settings)  # first give-up: record it, keep the last Job
+    assert isinstance(give_up, GiveUp) and give_up.record and give_up.keep == "job-org_a-a2"
+    kept = [gone[0], replace(gone[1], ttl_s=None, kept=True)]
+    recorded = {A.stem: failed("permanent", "gave up after 2 attempt(s)", attempt=2)}
+    (again,) = decide([A], recorded, kept, settings)  # later passes: nothing more to write
+    assert isinstance(again, GiveUp) and not again.record and again.keep == ""
+    # the record cleared (deleted by the user, or never written by a pod) while the Job is kept: start over
+    assert [short(a) for a in decide([A], {}, kept, settings)] == [("delete", "job-org_a-a1"), ("delete", "job-org_a-a2")]
+    assert [short(a) for a in decide([A], {}, [], settings)] == [("create", A.id, 1, "l4-24gb", 1)]
+
+
 def test_decide_is_pure_and_deterministic():
     observed = [job(A, 1, code=1), job(B, 1, "running")]
     settings = Settings(concurrency=5, classes=CLASSES)
@@ -259,6 +283,8 @@ class FakeKube:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
         self.calls: list[str] = []
+        self.events: list[dict[str, Any]] | None = []  # None: every Event write fails
+        self.namespace = "ns"
 
     def list_jobs(self, selector):
         self.calls.append("list_jobs")
@@ -273,13 +299,27 @@ class FakeKube:
         self.calls.append("create_job")
         name = manifest["metadata"]["name"]
         if name in self.jobs:
-            return False
-        self.jobs[name] = {**manifest, "status": {}}
-        return True
+            return None
+        self.jobs[name] = {**manifest, "metadata": {**manifest["metadata"], "uid": f"uid-{name}"}, "status": {}}
+        return f"uid-{name}"
+
+    def create_event(self, event):
+        self.calls.append("create_event")
+        if self.events is None:
+            raise TransientError("create event: 403 forbidden")
+        self.events.append(event)
 
     def delete_job(self, name):
         self.calls.append("delete_job")
         return self.jobs.pop(name, None) is not None
+
+    def keep_job(self, name, reason):
+        self.calls.append("keep_job")
+        if name not in self.jobs:
+            return False
+        self.jobs[name]["spec"].pop("ttlSecondsAfterFinished", None)
+        self.jobs[name]["metadata"].setdefault("annotations", {})["featx.io/gave-up"] = reason
+        return True
 
     def finish(self, name, ok: bool, code: int = 0):
         cond = {"type": "Complete" if ok else "Failed", "status": "True", "reason": "" if ok else "BackoffLimitExceeded"}
@@ -317,7 +357,10 @@ def test_controller_passes(config, tmp_path, capsys):
 
     r = ctl.run_once()
     assert (r.created, r.errors) == (2, [])
-    assert kube.calls == ["list_jobs", "create_job", "create_job"]  # no pods listed: nothing failed
+    # no pods listed: nothing failed; each created Job gets its Event
+    assert kube.calls[0] == "list_jobs" and sorted(kube.calls[1:]) == ["create_event"] * 2 + ["create_job"] * 2
+    assert {(e["reason"], e["regarding"]["name"], e["regarding"]["uid"]) for e in kube.events} == {
+        ("Created", n, f"uid-{n}") for n in kube.jobs}
     names = sorted(kube.jobs)
     assert all(n.startswith("rel-featx-smoke-") and n.endswith("-a1") for n in names)
 
@@ -334,9 +377,10 @@ def test_controller_passes(config, tmp_path, capsys):
     kube.calls.clear()
     r = ctl.run_once()
     assert kube.calls[:2] == ["list_jobs", "list_pods"]
-    assert [short(a) for a in r.actions] == [("delete", gpt2_job), ("skip", gpt2.id, "done"),
+    # the chart's default TTL: the finished Job stays for Kubernetes to remove, with its logs
+    assert [short(a) for a in r.actions] == [("skip", gpt2.id, "done"),
                                              ("create", vit.id, 2, "l4-24gb", 1), ("create", opt.id, 1, "l4-24gb", 1)]
-    assert gpt2_job not in kube.jobs
+    assert kube.jobs[gpt2_job]["spec"]["ttlSecondsAfterFinished"] == 3600
 
     # vit fails again at the attempts limit (2): give up, recorded once in the store
     kube.finish(vit_job.replace("-a1", "-a2"), ok=False, code=1)
@@ -346,11 +390,40 @@ def test_controller_passes(config, tmp_path, capsys):
     assert state.state == "failed" and state.failure.kind == "permanent" and state.failure.attempt == 2
     assert "gave up after 2 attempt(s)" in state.failure.reason
     assert ctl.run_once().gave_up == 0  # not recorded twice
+    last = kube.jobs[vit_job.replace("-a1", "-a2")]  # kept until the record is cleared
+    assert "ttlSecondsAfterFinished" not in last["spec"] and "gave up" in last["metadata"]["annotations"]["featx.io/gave-up"]
+    assert kube.calls.count("keep_job") == 1
+    seen = [(e["reason"], e["type"], e["regarding"]["name"]) for e in kube.events[2:]]
+    assert len(seen) == 3 and set(seen[:2]) == {  # one per decision that acts, none per later pass
+        ("Retried", "Normal", vit_job.replace("-a1", "-a2")), ("Created", "Normal", next(n for n in kube.jobs if "opt" in n))}
+    assert seen[2] == ("GaveUp", "Warning", vit_job.replace("-a1", "-a2"))
+    assert "model featx-smoke/vit, attempt 2, GPU class l4-24gb: gave up after 2" in kube.events[-1]["note"]
+    assert any("attempt 1 failed: exit code 1" in e["note"] for e in kube.events[2:4] if e["reason"] == "Retried")
 
     events = [line for line in capsys.readouterr().err.splitlines()]
     kinds = [__import__("json").loads(e)["event"] for e in events]
-    assert {"create", "retry", "give-up", "skip-done", "delete", "pass"} <= set(kinds)
+    assert {"create", "retry", "give-up", "skip-done", "pass"} <= set(kinds)
     assert kinds.count("give-up") == 1  # logged once, not once per pass
+
+
+def test_an_event_that_cannot_be_written_never_fails_a_pass(config, tmp_path, capsys):
+    kube = FakeKube()
+    kube.events = None  # every write refused
+    r = Controller(config, kube, LocalStore(tmp_path / "store"), EventLog("json")).run_once()
+    assert (r.created, r.errors) == (2, []) and kube.calls.count("create_event") == 2
+    lines = [__import__("json").loads(x) for x in capsys.readouterr().err.splitlines()]
+    assert [x["reason"] for x in lines if x["event"] == "error"] == ["create event: 403 forbidden"] * 2
+
+
+def test_a_stale_file_redone_records_redone():
+    (create,) = decide([A], {A.stem: done(A, num_samples=8, num_rows=8)}, [], Settings(classes=CLASSES))
+    event = event_for(create, "ns", "ctl-0", uid="u1")
+    assert (event["reason"], event["action"], event["type"]) == ("Redone", "Create", "Normal")
+    assert event["regarding"] == {"apiVersion": "batch/v1", "kind": "Job", "name": create.name, "namespace": "ns",
+                                  "uid": "u1"}
+    assert event["note"].startswith("model org/a, attempt 1, GPU class l4-24gb x1: store says stale: ")
+    assert event_for(Skip(A.id, "done"), "ns", "ctl-0") is None
+    assert event["metadata"]["name"].startswith(create.name + ".")
 
 
 def test_controller_lists_jobs_before_scanning_the_store(config, tmp_path):

@@ -43,6 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(p, "config", default=None, help="a rendered run.yaml (the chart's ConfigMap) instead of values")
     p.set_defaults(run=run_render)
 
+    c = sub.add_parser("check", help="is the store reachable and writable, and the controller ready? "
+                                     "(what `helm test` runs)")
+    flag(c, "store", required=True, help="s3://bucket/prefix or a directory: checked with a probe write")
+    flag(c, "ready_url", default=None, metavar="URL",
+         help="the controller's /readyz, e.g. http://featx:8080/readyz (default: not checked)")
+    flag(c, "timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
+    c.set_defaults(run=run_check)
+
     r = sub.add_parser("reconcile", help="create, retry and clean up the per-model Jobs of a run",
                        epilog=RECONCILE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = r.add_argument_group("run settings (one of)")
@@ -62,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(h, "request_timeout", type=float, default=30.0, metavar="S",
          help="seconds to wait for any one Kubernetes API or S3 response before the pass fails (default 30)")
     flag(h, "health_port", type=int, default=None, metavar="PORT",
-         help="with --watch: serve /healthz (a pass completed lately) and /readyz (and it had no error) on PORT")
+         help="with --watch: serve /healthz (a pass completed lately), /readyz (and it had no error) and "
+              "Prometheus /metrics on PORT")
     flag(h, "health_host", default="0.0.0.0", metavar="ADDR", help="address of the health endpoint (default 0.0.0.0)")
     flag(h, "fail_after_intervals", type=int, default=None, metavar="N",
          help="/healthz fails after N intervals without a completed pass (default 3)")
@@ -106,6 +115,33 @@ def run_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_check(args: argparse.Namespace) -> int:
+    """One line per check; the first that fails raises featx's one-line error (exit non-zero).
+    Credentials come from the environment (the chart's Secret) and are never printed."""
+    import urllib.error
+    import urllib.request
+
+    from featx.errors import TransientError
+    from featx.store import open_store
+
+    store = open_store(args.store, connect_timeout=args.timeout, read_timeout=args.timeout)
+    store.check(write=True)
+    print(f"ok  store {args.store}: reachable and writable")
+    if args.ready_url:
+        try:
+            with urllib.request.urlopen(args.ready_url, timeout=args.timeout) as r:
+                said = r.read().decode(errors="replace").strip()
+        except urllib.error.HTTPError as e:
+            said = e.read().decode(errors="replace").strip()
+            raise TransientError(f"the controller is not ready ({args.ready_url}: {e.code}): {said}; "
+                                 "see its log (kubectl logs deploy/<release>)") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise TransientError(f"cannot reach the controller at {args.ready_url} ({getattr(e, 'reason', e)}); "
+                                 "is its pod running (kubectl get pods)?") from e
+        print(f"ok  controller {args.ready_url}: {said}")
+    return 0
+
+
 def run_reconcile(args: argparse.Namespace) -> int:
     from featx.errors import UsageError
     from featx.kube.client import KubeClient, Timeouts
@@ -136,7 +172,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
         interval = config.interval_s if args.interval is None else args.interval
         health = Health((args.fail_after_intervals or FAIL_AFTER_INTERVALS) * interval)
         if args.health_port is not None:
-            serve(health, args.health_port, args.health_host)
+            serve(health, args.health_port, args.health_host, metrics=controller.metrics)
         return controller.watch(interval, health=health)
     result = controller.run_once(dry_run=args.dry_run)
     return 1 if result.errors else 0

@@ -20,7 +20,7 @@ from featx.errors import TransientError, UsageError
 
 #: (API group, resource, verb) the controller uses; helm/featx/templates/rbac.yaml grants exactly these.
 VERBS = frozenset({("batch", "jobs", "list"), ("batch", "jobs", "create"), ("batch", "jobs", "delete"),
-                   ("", "pods", "list")})
+                   ("batch", "jobs", "patch"), ("", "pods", "list"), ("events.k8s.io", "events", "create")})
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -90,7 +90,7 @@ class KubeClient:
         except ApiException as e:
             if e.status in (401, 403):
                 raise UsageError(f"{what}: the API server refused ({e.status} {e.reason}); the ServiceAccount or "
-                                 "kubeconfig user needs the chart's Role (jobs: list/create/delete, pods: list) in "
+                                 "kubeconfig user needs the chart's Role (jobs: list/create/delete/patch, pods: list, events: create) in "
                                  f"namespace {self.namespace}") from e
             if e.status == 0:  # the client's wrapping of a TLS failure: no answer from the server
                 raise TransientError(f"{what}: cannot reach the Kubernetes API ({' '.join(str(e.reason).split())}); "
@@ -136,19 +136,19 @@ class KubeClient:
     def list_pods(self, selector: str) -> list[dict[str, Any]]:
         return self._list("list pods", self._core.list_namespaced_pod, selector)
 
-    def create_job(self, manifest: dict[str, Any]) -> bool:
-        """Create a Job; False if one of that name exists already (another reconciler made it)."""
+    def create_job(self, manifest: dict[str, Any]) -> str | None:
+        """Create a Job; its uid, or None if one of that name exists already (another reconciler made it)."""
         from kubernetes.client.rest import ApiException
 
         try:
-            # the raw response, read and dropped: parsing the created Job into model classes
-            # costs more client CPU than the request itself
-            self._call("create job", self._batch.create_namespaced_job, self.namespace, manifest,
-                       _preload_content=False).data
-            return True
+            # the raw JSON response: parsing the created Job into model classes costs more client
+            # CPU than the request itself
+            res = self._call("create job", self._batch.create_namespaced_job, self.namespace, manifest,
+                             _preload_content=False)
+            return str((json.loads(res.data).get("metadata") or {}).get("uid") or "")
         except ApiException as e:
             if e.status == 409:
-                return False
+                return None
             if e.status == 422:
                 raise UsageError(f"the API server rejected Job {manifest['metadata']['name']}: {_message(e)}; "
                                  "check the chart values") from e
@@ -166,6 +166,34 @@ class KubeClient:
             if e.status == 404:
                 return False
             raise TransientError(f"delete job {name}: {e.status} {e.reason}") from e
+
+    def create_event(self, event: dict[str, Any]) -> None:
+        """Write an Event (events.k8s.io/v1, ``featx.kube.events``)."""
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self._call("create event", client.EventsV1Api(self.api_client).create_namespaced_event, self.namespace,
+                       event, _preload_content=False).data
+        except ApiException as e:
+            raise TransientError(f"create event: {e.status} {_message(e)}") from e
+
+    def keep_job(self, name: str, reason: str) -> bool:
+        """Keep a given-up model's last Job until its failure record is cleared: remove its
+        ttlSecondsAfterFinished and mark it (``A_GAVE_UP``); False if it is already gone."""
+        from kubernetes.client.rest import ApiException
+
+        from featx.kube.jobs import A_GAVE_UP
+
+        patch = {"metadata": {"annotations": {A_GAVE_UP: reason[:1000]}}, "spec": {"ttlSecondsAfterFinished": None}}
+        try:
+            self._call("patch job", self._batch.patch_namespaced_job, name, self.namespace, patch,
+                       _preload_content=False).data
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise TransientError(f"patch job {name}: {e.status} {e.reason}") from e
 
 
 def _own_client(api_client: Any, parallel: int) -> Any:

@@ -8,6 +8,8 @@ Complete but its commit not yet, and spend an attempt on a model that is done.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import traceback
@@ -18,8 +20,10 @@ from typing import Any, Callable, Protocol
 from featx import settings as featx_settings
 from featx.errors import FeatxError
 from featx.kube.config import Desired, RunConfig
+from featx.kube.events import event_for
 from featx.kube.health import FAIL_AFTER_INTERVALS, Health
 from featx.kube.jobs import release_selector, render_job
+from featx.kube.metrics import Metrics, model_states
 from featx.kube.observe import ObservedJob, observe
 from featx.kube.reconcile import Action, Create, Delete, GiveUp, Settings, Skip, decide
 from featx.logs import EventLog
@@ -36,15 +40,19 @@ STORE_RETRIES = 1
 class Kube(Protocol):
     """What the controller needs from the API (``featx.kube.client.KubeClient``; fakes in tests)."""
 
+    namespace: str
     def list_jobs(self, selector: str) -> list[dict[str, Any]]: ...
     def list_pods(self, selector: str) -> list[dict[str, Any]]: ...
-    def create_job(self, manifest: dict[str, Any]) -> bool: ...
+    def create_job(self, manifest: dict[str, Any]) -> str | None: ...
     def delete_job(self, name: str) -> bool: ...
+    def keep_job(self, name: str, reason: str) -> bool: ...
+    def create_event(self, event: dict[str, Any]) -> None: ...
 
 
 def settings_for(config: RunConfig) -> Settings:
     return Settings(attempts=config.attempts, concurrency=config.concurrency, classes=config.classes,
                     qlora=config.request.qlora, batch_size=config.batch_size, release=config.release,
+                    ttl_s=int(config.job_template.get("ttlSecondsAfterFinished") or 0),
                     render=lambda d, sizing, attempt: render_job(config, d, sizing, attempt))
 
 
@@ -70,8 +78,10 @@ class PassResult:
 
 class Controller:
     def __init__(self, config: RunConfig, kube: Kube, store: Store, log: EventLog | None = None,
-                 clock: Callable[[], float] = time.monotonic, workers: int = WRITE_WORKERS):
+                 clock: Callable[[], float] = time.monotonic, workers: int = WRITE_WORKERS,
+                 metrics: Metrics | None = None):
         self.config, self.kube, self.store = config, kube, store
+        self.metrics = metrics or Metrics()
         self.workers = max(1, workers)  # API writes (creates, deletes) in flight at once
         self._lock = threading.Lock()
         self.log = log or EventLog()
@@ -81,6 +91,7 @@ class Controller:
         self._desired: list[Desired] | None = None
         self._logged: set[tuple[str, str, str]] = set()  # skip lines already logged (no repeats per pass)
         self._verified: dict[tuple[str, str], StoredState] = {}  # (stem, data etag) -> verified state
+        self.instance = os.environ.get("HOSTNAME") or socket.gethostname()  # the pod's name in a pod
 
     @property
     def desired(self) -> list[Desired]:
@@ -95,10 +106,12 @@ class Controller:
         return observe(jobs, pods)
 
     def plan(self) -> list[Action]:
+        """This pass's actions; the models' states go to ``metrics`` on the way."""
         observed = self.observe()  # first: see the module docstring
         committed = self.store.scan(self.config.scan_prefix)
         if self.config.verify:
             committed = self._verify(committed)
+        self.metrics.observed(model_states(self.desired, committed, observed))
         return decide(self.desired, committed, observed, self.settings)
 
     def _verify(self, committed: dict[str, StoredState]) -> dict[str, StoredState]:
@@ -133,6 +146,8 @@ class Controller:
             for action in rest:
                 self._apply_safely(action, result)
         result.seconds = self.clock() - t0
+        if not dry_run:
+            self.metrics.passed(result.seconds, ok=not result.errors)
         self.log.event("pass", **result.summary())
         return result
 
@@ -146,15 +161,18 @@ class Controller:
 
     def _apply(self, action: Action, result: PassResult) -> None:
         if isinstance(action, Create):
-            created = self.kube.create_job(action.job)
+            uid = self.kube.create_job(action.job)
             with self._lock:
-                if created:
+                if uid is not None:
                     result.created += 1
+                    self.metrics.acted(action)
                     self._event(action)
                 else:
                     result.existed += 1
                     self.log.event("exists", model=action.model, job=action.name, attempt=action.attempt,
                                    reason="another reconciler created it")
+            if uid is not None:
+                self._record(action, uid)
         elif isinstance(action, Delete):
             deleted = self.kube.delete_job(action.name)
             with self._lock:
@@ -166,9 +184,25 @@ class Controller:
                 record = FailureRecord(action.model, action.reason, "permanent", action.attempt)
                 self.store.put_bytes(action.key.failure, record.to_json())
                 result.gave_up += 1
+            if action.keep:  # after the record: a kept Job without one reads as "record cleared, retry"
+                self.kube.keep_job(action.keep, action.reason)
+            if action.record or action.keep:  # it acted (once per give-up)
+                self.metrics.acted(action)
+                self._record(action, action.uid)
             self._event(action)
         else:
             self._event(action)
+
+    def _record(self, action: Action, uid: str) -> None:
+        """The action's Kubernetes Event on its Job; one that cannot be written is logged, the pass goes on."""
+        event = event_for(action, self.kube.namespace, self.instance, uid=uid)
+        if event is None:
+            return
+        try:
+            self.kube.create_event(event)
+        except Exception as e:  # noqa: BLE001 - an Event is a courtesy: the decision stands without it
+            cause = str(e) if isinstance(e, FeatxError) else f"{type(e).__name__}: {e}"
+            self.log.event("error", model=action.model, action="event", reason=" ".join(cause.split()))
 
     def _event(self, action: Action, dry_run: bool = False) -> None:
         extra = {"dry_run": True} if dry_run else {}

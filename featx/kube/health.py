@@ -10,7 +10,7 @@
 ``stale_after_s`` is a number of reconcile intervals (``controller.health.failAfterIntervals``).
 The state is plain data with an injected clock, so it is tested without a server or sleeping;
 ``serve`` puts it behind a tiny HTTP endpoint (no privileges, no files: fits a restricted,
-read-only-root pod).
+read-only-root pod), with the controller's Prometheus ``/metrics`` (``featx.kube.metrics``) beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from featx.kube.metrics import Metrics
 
 #: Default reconcile intervals without a completed pass before the controller counts as unhealthy.
 FAIL_AFTER_INTERVALS = 3
@@ -71,13 +74,20 @@ class Health:
 
 class _Handler(BaseHTTPRequestHandler):
     health: Health  # set on the subclass that ``serve`` makes
+    metrics: Metrics | None
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        check = {"/healthz": self.health.live, "/readyz": self.health.ready}.get(self.path.split("?", 1)[0])
-        ok, text = check() if check else (False, "not found: try /healthz or /readyz")
-        self.send_response(200 if ok else (503 if check else 404))
-        body = (text + "\n").encode()
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics" and self.metrics is not None:
+            self._reply(200, self.metrics.exposition(), self.metrics.content_type)
+            return
+        check = {"/healthz": self.health.live, "/readyz": self.health.ready}.get(path)
+        ok, text = check() if check else (False, "not found: try /healthz, /readyz or /metrics")
+        self._reply(200 if ok else (503 if check else 404), (text + "\n").encode(), "text/plain; charset=utf-8")
+
+    def _reply(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -86,10 +96,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Silent: probes every few seconds would drown the controller's own lines."""
 
 
-def serve(health: Health, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """``/healthz`` and ``/readyz`` on ``host:port`` (0 = any free port) in a daemon thread;
-    ``server.shutdown()`` stops it."""
-    handler = type("HealthHandler", (_Handler,), {"health": health})
+def serve(health: Health, port: int, host: str = "0.0.0.0", metrics: Metrics | None = None) -> ThreadingHTTPServer:
+    """``/healthz``, ``/readyz`` and (given ``metrics``) Prometheus' ``/metrics`` on ``host:port``
+    (0 = any free port) in a daemon thread; ``server.shutdown()`` stops it."""
+    handler = type("HealthHandler", (_Handler,), {"health": health, "metrics": metrics})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="featx-health", daemon=True).start()

@@ -6,6 +6,8 @@
 - ``podFailurePolicy``: the exit codes whose failure policy says so (``featx.errors``: 2 usage,
   3 model missing, gated, unsupported) fail the Job at once (condition reason ``PodFailurePolicy``); a pod disrupted by preemption or a node
   drain is ignored (the Job makes a new pod, no attempt is spent).
+- ``ttlSecondsAfterFinished`` (``job.ttlSecondsAfterFinished``): finished Jobs and their logs stay
+  that long, then Kubernetes removes them; a given-up model's last Job loses it (``GiveUp.keep``).
 - GPU: ``resources.limits[<class resource>] = gpus``; node affinity ``<memoryLabel> Gt memoryMiB-1``
   (GPU Feature Discovery labels device memory in MiB) plus the class's nodeSelector and tolerations.
 Pure: the same inputs give the same manifest.
@@ -27,6 +29,8 @@ L_RELEASE, L_MODEL, L_MODELSET, L_ATTEMPT, L_CLASS = (f"{GROUP}/release", f"{GRO
 A_MODEL_ID, A_STEM, A_GPUS, A_TOKEN_BUDGET, A_BATCH, A_PEAK, A_SIZING = (
     f"{GROUP}/model-id", f"{GROUP}/stem", f"{GROUP}/gpus", f"{GROUP}/token-budget", f"{GROUP}/batch-size",
     f"{GROUP}/est-peak-gib", f"{GROUP}/sizing")
+#: on a given-up model's last Job, whose TTL the controller removed: it stays until the failure record is cleared
+A_GAVE_UP = f"{GROUP}/gave-up"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 CONTAINER = "extract"
 
@@ -142,6 +146,8 @@ def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> d
     }
     if tpl.get("activeDeadlineSeconds"):
         spec["activeDeadlineSeconds"] = int(tpl["activeDeadlineSeconds"])
+    if tpl.get("ttlSecondsAfterFinished"):  # 0 = none: the controller deletes a committed model's Jobs itself
+        spec["ttlSecondsAfterFinished"] = int(tpl["ttlSecondsAfterFinished"])
     if config.kueue_queue:
         spec["suspend"] = True  # Kueue admits (unsuspends) it when its quota allows
     return {"apiVersion": "batch/v1", "kind": "Job",

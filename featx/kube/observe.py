@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from featx.kube.jobs import A_GPUS, A_MODEL_ID, A_STEM, CONTAINER, L_ATTEMPT, L_CLASS
+from featx.kube.jobs import A_GAVE_UP, A_GPUS, A_MODEL_ID, A_STEM, CONTAINER, L_ATTEMPT, L_CLASS
 
 Phase = Literal["pending", "running", "succeeded", "failed"]
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
@@ -33,6 +33,9 @@ class ObservedJob:
     pod_reason: str = ""  # terminated.reason: Completed, Error, OOMKilled, ...
     deleting: bool = False
     pod_message: str = ""  # terminated.message: featx's one-line error (featx/cli/termination.py)
+    ttl_s: int | None = None  # spec.ttlSecondsAfterFinished: Kubernetes deletes the Job that long after it finished
+    uid: str = ""
+    kept: bool = False  # the controller kept it as a given-up model's last Job (annotation featx.io/gave-up)
 
     @property
     def finished(self) -> bool:
@@ -98,7 +101,8 @@ def observe_job(job: dict[str, Any], pods: Iterable[dict[str, Any]] = ()) -> Obs
         gpu_class=str(lab.get(L_CLASS, "")), gpus=gpus, phase=phase, reason=reason,
         message=pod_message or message, exit_code=exit_code, pod_reason=pod_reason,
         pod_message=pod_message.strip().splitlines()[-1] if pod_message.strip() else "",
-        deleting=bool(meta.get("deletionTimestamp")))
+        deleting=bool(meta.get("deletionTimestamp")), ttl_s=(job.get("spec") or {}).get("ttlSecondsAfterFinished"),
+        uid=str(meta.get("uid") or ""), kept=A_GAVE_UP in ann)
 
 
 def pods_by_job(pods: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

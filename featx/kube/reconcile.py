@@ -4,11 +4,14 @@ the cluster shows to a list of actions. Purely computational, no side effects: t
 
 Per model, numbered steps, the first that applies wins (level-triggered, as in kueue's reconciler):
 
-1. committed in the store with the run's identity -> nothing to run; its finished Jobs are deleted
-   (the manifest is the record). A file committed with other inputs (``stale``: rows, caption
+1. committed in the store with the run's identity -> nothing to run; with ``job.ttlSecondsAfterFinished``
+   0 its finished Jobs are deleted (the manifest is the record), else Kubernetes removes them after
+   the TTL, so that ``kubectl logs`` still works meanwhile. A file committed with other inputs (``stale``: rows, caption
    index, init, format...) is not done: the steps below redo it.
 2. a Job of it is pending, running or being deleted -> leave it alone.
-3. its last attempt finished without a commit -> classify the failure:
+3. its last attempt finished without a commit -> if it was kept as a given-up model's last Job
+   and the store no longer holds the permanent failure record (the user cleared it to retry), delete
+   the model's finished Jobs (the next pass starts again at attempt 1); else classify the failure:
    a. permanent (exit code 2/3, or the Job failed by its podFailurePolicy) -> give up now;
    b. the attempts limit is reached -> give up with the last attempt's reason;
    c. out of memory (exit code 4, or OOMKilled) -> next attempt on the next larger option
@@ -21,8 +24,9 @@ Per model, numbered steps, the first that applies wins (level-triggered, as in k
 6. no enabled GPU class holds it -> skip with the reason (a configuration matter, not recorded).
 7. the concurrency limit (active Jobs of the release) is reached -> wait for the next pass.
 
-Giving up writes a permanent failure record to the store once (``GiveUp.record``); the Jobs of a
-model that gave up stay for ``kubectl logs``. Job names are deterministic per release + artifact +
+Giving up writes a permanent failure record to the store once (``GiveUp.record``) and removes the
+TTL of the model's last Job (``GiveUp.keep``), so that it stays for ``kubectl logs`` until the
+record is cleared. Job names are deterministic per release + artifact +
 attempt, so a racing or restarted reconciler creates the same names and the API refuses duplicates.
 """
 
@@ -40,6 +44,8 @@ from featx.plan.sizing import GpuClass, Sizing, choose, escalate, size_on
 from featx.store.keys import ArtifactKey
 from featx.store.records import StoredState
 
+#: Created: a first attempt; Retried: the next after a failure; Redone: a first attempt at a stale file.
+CreateReason = Literal["Created", "Retried", "Redone"]
 SkipKind = Literal["done", "running", "pending", "deleting", "failed", "unsized", "waiting"]
 
 
@@ -54,6 +60,8 @@ class Create:
     sizing: Sizing
     job: dict[str, Any] = field(repr=False, hash=False, compare=False)
     why: str = ""  # "first attempt" or the previous attempt's failure
+    reason: CreateReason = "Created"  # of its Kubernetes Event (featx.kube.events)
+    cause: str = ""  # a retry's: the previous attempt's failure kind (oom, transient)
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,11 @@ class GiveUp:
     attempt: int
     reason: str
     record: bool = True  # False when the store already holds a permanent failure record
+    keep: str = ""  # the last Job, whose TTL is to be removed so that it stays ("" = it stays already)
+    job: str = ""  # the last Job (its Event goes there)
+    cause: str = "permanent"  # permanent (cannot succeed on retry), attempts (the limit), oom (no larger class)
+    uid: str = ""
+    gpu_class: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,7 @@ class Settings:
     qlora: bool = False
     batch_size: int | None = None
     release: str = "featx"
+    ttl_s: int = 0  # the Jobs' ttlSecondsAfterFinished; 0 = delete a committed model's finished Jobs
     render: Callable[[Desired, Sizing, int], dict[str, Any]] | None = field(default=None, compare=False)
 
 
@@ -145,7 +159,7 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
     budget = settings.concurrency - sum(j.active for j in observed)
     actions: list[Action] = []
 
-    def create(d: Desired, sizing: Sizing, attempt: int, why: str) -> None:
+    def create(d: Desired, sizing: Sizing, attempt: int, why: str, reason: CreateReason, cause: str = "") -> None:
         nonlocal budget
         # 6. no enabled class holds the model: a configuration matter, nothing to record
         if not sizing.fits:
@@ -158,7 +172,7 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
         budget -= 1
         name = job_name(settings.release, d.stem, d.id, attempt)
         job = settings.render(d, sizing, attempt) if settings.render else {"metadata": {"name": name}}
-        actions.append(Create(d.id, attempt, job["metadata"]["name"], sizing, job, why))
+        actions.append(Create(d.id, attempt, job["metadata"]["name"], sizing, job, why, reason, cause))
 
     for d in desired:
         jobs = sorted(by_stem.get(d.stem, ()), key=lambda j: j.attempt)
@@ -166,7 +180,8 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
 
         # 1. committed with the run's identity: nothing to run; clean up its finished Jobs
         if state.state == "done":
-            actions += [Delete(d.id, j.name, "model is committed") for j in jobs if j.finished and not j.deleting]
+            if not settings.ttl_s:  # else Kubernetes removes them after the TTL
+                actions += [Delete(d.id, j.name, "model is committed") for j in jobs if j.finished and not j.deleting]
             actions.append(Skip(d.id, "done"))
             continue
 
@@ -181,30 +196,40 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
         # 3. the last attempt finished without a commit
         if jobs:
             last = jobs[-1]
-            failure = classify(last, state)
             record = not _recorded_permanent(state)
+            # the given-up model's record was cleared: start over
+            if last.kept and record:
+                actions += [Delete(d.id, j.name, "its failure record was cleared: retry from attempt 1")
+                            for j in jobs if not j.deleting]
+                continue
+            failure = classify(last, state)
+
+            def give_up(reason: str, cause: str) -> None:
+                keep = last.name if last.ttl_s is not None or not last.kept else ""
+                actions.append(GiveUp(d.id, d.key, last.attempt, reason, record, keep, last.name, cause, last.uid,
+                                      last.gpu_class))
+
             # 3a. cannot succeed on retry
             if failure.kind == "permanent":
-                actions.append(GiveUp(d.id, d.key, last.attempt, failure.reason, record))
+                give_up(failure.reason, "permanent")
                 continue
             # 3b. attempts limit
             if last.attempt >= settings.attempts:
-                actions.append(GiveUp(d.id, d.key, last.attempt,
-                                      f"gave up after {last.attempt} attempt(s); last: {failure.reason}", record))
+                give_up(f"gave up after {last.attempt} attempt(s); last: {failure.reason}", "attempts")
                 continue
             # 3c. out of memory: a larger option
             if failure.kind == "oom":
                 sizing = escalate(d.spec, settings.classes, last.gpu_class, last.gpus, settings.qlora,
                                   batch_size=settings.batch_size)
                 if not sizing.fits:
-                    actions.append(GiveUp(d.id, d.key, last.attempt,
-                                          f"{failure.reason}; no larger GPU class is configured", record))
+                    give_up(f"{failure.reason}; no larger GPU class is configured", "oom")
                     continue
             # 3d. anything else: the same class again
             else:
                 sizing = size_on(d.spec, settings.classes, last.gpu_class, last.gpus, settings.qlora,
                                  batch_size=settings.batch_size)
-            create(d, sizing, last.attempt + 1, f"attempt {last.attempt} failed: {failure.reason}")
+            create(d, sizing, last.attempt + 1, f"attempt {last.attempt} failed: {failure.reason}", "Retried",
+                   failure.kind)
             continue
 
         # 4. no Job, and a permanent failure on record
@@ -216,5 +241,6 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
         # 5. first attempt
         sizing = choose(d.spec, settings.classes, settings.qlora, batch_size=settings.batch_size)
         create(d, sizing, 1, "first attempt" if state.state == "missing"
-               else f"store says {state.state}: {state.reason}".rstrip(": "))
+               else f"store says {state.state}: {state.reason}".rstrip(": "),
+               "Redone" if state.state == "stale" else "Created")
     return actions

@@ -68,6 +68,49 @@ def test_local_deploy_brings_every_smoke_model_to_done(deployed):
     assert f"done={SMOKE}" in last and "failed=0" in last and "missing=0" in last, last
 
 
+def test_every_next_command_it_prints_works(kubectl, deployed):
+    """The "Next:" block, pasted into a shell as printed (the followed log is read, not followed; the
+    port-forward gets a moment; the cluster is not removed): each command succeeds, and the Jobs and
+    logs of a committed model are still there (job.ttlSecondsAfterFinished)."""
+    block = deployed.proc.stdout.split("\nNext:\n", 1)[1]
+    lines = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("make ")]
+    assert lines[0].startswith("export KUBECONFIG=/") or lines[0].startswith("kubectl config use-context ")
+    script = ["set -euo pipefail"]
+    for line in lines:
+        line = re.sub(r" -f(\s|$)", r" --tail=3\1", line)  # `logs deploy/featx -f` follows forever
+        script.append(f"echo '>>> {line.split('#')[0].strip()}'; {line}")
+        if line.endswith("&"):
+            script.append("trap 'kill %1' EXIT; sleep 3")
+    env = kubectl.env | {"PATH": f"{Path(sys.executable).parent}:{kubectl.env['PATH']}"}
+    p = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    outputs = dict(re.findall(r">>> (.*)\n((?:(?!>>> ).*\n)*)", p.stdout))
+    jobs = next(v for k, v in outputs.items() if " get jobs " in k)
+    assert "featx-smoke_gpt2" in jobs, jobs  # the model label of its Job
+    logs = next(v for k, v in outputs.items() if "featx.io/model=featx-smoke_gpt2" in k)
+    assert '"event"' in logs, logs
+    assert outputs and all(v.strip() for k, v in outputs.items() if not k.startswith(("export", "kubectl config"))
+                           and "port-forward" not in k), outputs
+
+
+def test_helm_test_passes_and_fails_in_one_line_with_wrong_credentials(kubectl, deployed, tmp_path):
+    out = kubectl.helm("test", "featx", "-n", NS, "--logs", "--timeout", "5m")
+    assert "Phase:          Succeeded" in out or "Phase: Succeeded" in " ".join(out.split()), out
+    assert f"ok  store {STORE}: reachable and writable" in out and "ok  controller http://featx:8080/readyz: ok" in out
+    rel = install_release(kubectl, "featx-badkeys", ["featx-smoke/gpt2"], {"controller": {"replicas": 0}}, tmp_path)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "featx-s3", "namespace": rel.namespace},
+              "stringData": {"AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong-secret"}}
+    kubectl("apply", "-f", "-", stdin=json.dumps(secret))
+    p = subprocess.run(["helm", "test", "featx", "-n", rel.namespace, "--logs", "--timeout", "3m"],
+                       capture_output=True, text=True, env=kubectl.env, timeout=300, cwd=REPO)
+    assert p.returncode != 0
+    pod = kubectl.json("-n", rel.namespace, "get", "pod", "featx-test")
+    (status,) = pod["status"]["containerStatuses"]
+    (line,) = status["state"]["terminated"]["message"].strip().splitlines()  # featx's one line
+    assert line.startswith("featx: error: s3://featx-features/featx-badkeys: access denied"), line
+    assert "wrong-secret" not in p.stdout + p.stderr
+
+
 def test_the_namespace_enforces_pod_security_restricted(kubectl, deployed):
     privileged = kubectl("-n", NS, "run", "privileged", "--image=featx-cpu:dev", "--image-pull-policy=Never",
                          "--dry-run=server", "--overrides",
@@ -117,9 +160,9 @@ def test_featx_status_agrees_and_every_file_loads_with_its_checksum(kubectl, dep
 def test_kubectl_logs_show_the_lines_the_readme_promises(kubectl, deployed):
     controller = kubectl("-n", NS, "logs", "deploy/featx")
     assert re.search(r"\bcreate\b.*model=featx-smoke/gpt2", controller), controller[-2000:]
-    assert re.search(r"\bdelete\b.*model is committed", controller), controller[-2000:]
+    assert not re.search(r"\bdelete\b.*model is committed", controller), controller[-2000:]  # the TTL's job
     committed = {name: text for name, text in deployed.pods.logs.items() if '"event": "committed"' in text}
-    assert committed, "no extraction pod's log was taken before the controller deleted its Job"
+    assert committed, "no extraction pod's log was taken"
     pod, extract = sorted(committed.items())[0]
     assert '"event": "start"' in extract, extract[-2000:]
     CAPTURED.write_text(

@@ -32,6 +32,7 @@ from featx.catalog import load_modelset
 from featx.kube.client import KubeClient
 from featx.kube.config import RunConfig
 from featx.kube.controller import Controller, PassResult
+from featx.kube.events import REPORTING_CONTROLLER
 from featx.logs import EventLog
 from featx.store import open_store
 from localcluster.controlplane import wait_until
@@ -56,6 +57,10 @@ if attempt == "1" and mode in ("transient", "oom"):
     sys.exit({"transient": 1, "oom": 4}[mode])
 os.execv(featx, [featx, *args])
 """
+
+JOB = {"env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "FEATX_NUM_WORKERS", "value": "0"}],
+       "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+       "activeDeadlineSeconds": 900}
 
 
 def featx_map(argv: list[str]) -> list[str]:
@@ -114,6 +119,17 @@ class Release:
         lines = [json.loads(x) for x in self.log.getvalue().splitlines() if x.strip()]
         return [e for e in lines if kind is None or e["event"] == kind]
 
+    def k8s_events(self, job: str) -> list[tuple[str, str, str]]:
+        """(reason, type, message) of featx's Events on Job ``job`` as `kubectl describe job` finds
+        them (core/v1, by the involved object's name and uid; not the Job controller's own)."""
+        from kubernetes import client
+
+        uid = client.BatchV1Api(self.api).read_namespaced_job(job, self.namespace).metadata.uid
+        items = client.CoreV1Api(self.api).list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={job},involvedObject.uid={uid}").items
+        ours = [e for e in items if e.reporting_component == REPORTING_CONTROLLER]
+        return [(e.reason, e.type, e.message) for e in sorted(ours, key=lambda e: e.event_time)]
+
     def reconcile_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         def step() -> bool:
             self.reconcile()
@@ -143,9 +159,7 @@ def release_factory(k8s_cluster, k8s_api, gpu_nodes, k8s_namespace, seaweedfs, t
             "s3": {"bucket": seaweedfs.bucket, "prefix": k8s_namespace, "endpoint": seaweedfs.endpoint},
             "modelCache": {"mountPath": str(tmp_path / "cache")},
             "concurrency": 3, "attempts": 3, "controller": {"replicas": 0},
-            "job": {"env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "FEATX_NUM_WORKERS", "value": "0"}],
-                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
-                    "activeDeadlineSeconds": 900},
+            "job": {**JOB, **overrides.pop("job", {})},
             **overrides,
         }
         path = tmp_path / "values.yaml"
@@ -180,7 +194,7 @@ def active(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_smoke_modelset_end_to_end(release_factory, pod_runner_factory):  # noqa: F811
-    rel = release_factory(modelset="smoke")
+    rel = release_factory(modelset="smoke", job={"ttlSecondsAfterFinished": 0})  # the controller deletes them
     first = rel.reconcile()
     assert first.created == 3  # the concurrency limit
     runner = pod_runner_factory(rel.namespace, command_map=featx_map)
@@ -267,6 +281,21 @@ def test_transient_failure_is_retried_and_ends_done(release_factory, pod_runner_
     retries = rel.events("retry")
     assert len(retries) == 1 and retries[0]["attempt"] == 2 and "exit code 1" in retries[0]["reason"]
     assert retries[0]["gpu_class"] == "l4-24gb"
+    # finished Jobs stay for the chart's default TTL (Kubernetes removes them): logs stay readable
+    for _ in range(2):
+        rel.reconcile()
+    jobs = rel.jobs()
+    assert sorted(j["metadata"]["labels"]["featx.io/attempt"] for j in jobs) == ["1", "2"]
+    assert {j["spec"]["ttlSecondsAfterFinished"] for j in jobs} == {3600}
+    assert not rel.events("delete")
+
+
+def test_kubernetes_removes_finished_jobs_after_their_ttl(release_factory, pod_runner_factory):  # noqa: F811
+    rel = release_factory(modelset=["featx-smoke/gpt2"], job={"ttlSecondsAfterFinished": 2})
+    pod_runner_factory(rel.namespace, command_map=featx_map)
+    rel.reconcile_until(lambda: rel.states() == {"featx-smoke/gpt2": "done"}, 300, "gpt2 committed")
+    wait_until(lambda: not rel.jobs(), 120, "the TTL controller to remove the finished Job")
+    assert not rel.events("delete")  # Kubernetes did, not featx
 
 
 def test_out_of_memory_retries_on_the_next_larger_class(release_factory, pod_runner_factory, tmp_path):  # noqa: F811
@@ -283,6 +312,50 @@ def test_out_of_memory_retries_on_the_next_larger_class(release_factory, pod_run
     assert by_attempt["1"]["metadata"]["labels"]["featx.io/gpu-class"] == "l4-24gb"
     assert by_attempt["2"]["metadata"]["labels"]["featx.io/gpu-class"] == "a100-40gb"
     assert memory_floor(by_attempt["2"]) == 40959
+    # what `kubectl describe job` shows: why each attempt was made
+    (created,) = rel.k8s_events(by_attempt["1"]["metadata"]["name"])
+    assert created[:2] == ("Created", "Normal") and "model featx-smoke/gpt2, attempt 1, GPU class l4-24gb" in created[2]
+    (retried,) = rel.k8s_events(by_attempt["2"]["metadata"]["name"])
+    assert retried[:2] == ("Retried", "Normal")
+    assert "attempt 2, GPU class a100-40gb x1: attempt 1 failed: out of memory on 1x l4-24gb (exit code 4)" in retried[2]
+
+
+def test_metrics_scraped_from_a_controller_agree_with_featx_status(release_factory, pod_runner_factory,  # noqa: F811
+                                                                  tmp_path):
+    from featx.kube.health import Health, serve
+    from tests.test_kube_metrics import scrape
+
+    models = ["featx-smoke/gpt2", "nonexistent_arch_patch16_224"]
+    rel = release_factory(modelset=models)
+    pod_runner_factory(rel.namespace, command_map=wrapper_map(tmp_path, "oom"))  # attempt 1 of each: exit 4
+    ctl = rel.controller()  # one controller: its counters add up over the passes
+    server = serve(Health(600), 0, "127.0.0.1", metrics=ctl.metrics)
+    try:
+        def settled() -> bool:
+            assert not ctl.run_once().errors
+            return rel.states() == {models[0]: "done", models[1]: "failed"} and not active(rel.jobs())
+
+        wait_until(settled, 300, "gpt2 done after an OOM, the missing model given up")
+        ctl.run_once()
+        got = scrape(server.server_address[1])
+    finally:
+        server.shutdown()
+    out = subprocess.run([FEATX, "status", "--store", rel.config().store, "--models", *models, "--dataset",
+                          "featx-sample", "--num_samples", "4", "--namespace", rel.namespace, "--release", RELEASE,
+                          "--kubeconfig", str(rel.cluster.kubeconfig), "--json"],
+                         capture_output=True, text=True, timeout=120, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    status = {state: sum(r["state"] == state for r in rows) for state in {r["state"] for r in rows}}
+    metrics = {dict(k[1])["state"]: int(v) for k, v in got.items() if k[0] == "featx_models" and v}
+    assert metrics == status == {"done": 1, "failed": 1}
+    counters = {(k[0], dict(k[1])["reason"], dict(k[1])["gpu_class"]): v for k, v in got.items()
+                if k[0].endswith("_total")}
+    assert counters == {("featx_jobs_created_total", "Created", "l4-24gb"): 2,
+                        ("featx_jobs_retried_total", "oom", "a100-40gb"): 2,
+                        ("featx_models_given_up_total", "permanent", "a100-40gb"): 1}
+    assert got[("featx_reconcile_pass_seconds_count", ())] >= 3
+    assert got[("featx_reconcile_last_success_timestamp_seconds", ())] > 0
 
 
 def test_a_model_that_cannot_load_fails_permanently_after_one_attempt(release_factory, pod_runner_factory):  # noqa: F811
@@ -298,7 +371,18 @@ def test_a_model_that_cannot_load_fails_permanently_after_one_attempt(release_fa
     assert scan == {"nonexistent_arch_patch16_224": "failed"}
     for _ in range(2):  # and it stays that way
         assert rel.reconcile().created == 0
-    assert len(rel.jobs()) == 1
+    (job,) = rel.jobs()  # kept until the record is cleared: no TTL, marked
+    assert [e[:2] for e in rel.k8s_events(job["metadata"]["name"])] == [("Created", "Normal"), ("GaveUp", "Warning")]
+    assert "model nonexistent_arch_patch16_224, attempt 1" in rel.k8s_events(job["metadata"]["name"])[1][2]
+    assert "ttlSecondsAfterFinished" not in job["spec"]
+    assert "cannot succeed on retry" in job["metadata"]["annotations"]["featx.io/gave-up"]
+    # clearing the record retries it from attempt 1
+    config = rel.config()
+    store = open_store(config.store)
+    (d,) = rel.controller().desired
+    store.delete(d.key.failure)
+    rel.reconcile_until(lambda: bool(rel.events("create")[1:]), 120, "a new first attempt")
+    assert [e["attempt"] for e in rel.events("create")] == [1, 1]
 
 
 def test_raising_the_concurrency_limit_runs_more_jobs(release_factory):

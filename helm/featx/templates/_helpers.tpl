@@ -125,6 +125,7 @@ the ConfigMap helm renders.
 */}}
 {{- define "featx.jobTemplate" -}}
 activeDeadlineSeconds: {{ .Values.job.activeDeadlineSeconds | toJson }}
+ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished | toJson }}
 podAnnotations: {{ .Values.job.podAnnotations | default dict | toJson }}
 podSpec:
   restartPolicy: Never
@@ -227,7 +228,10 @@ values.schema.json has already checked each value on its own.
 {{- $errors = append $errors "hfToken.key is empty: name the Secret key holding the token (--set hfToken.key=HF_TOKEN)" }}
 {{- end }}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) (gt (int .Values.controller.replicas) 0) }}
-{{- $errors = append $errors "serviceAccount.create=false needs serviceAccount.name (an existing ServiceAccount allowed to list/create/delete Jobs and list Pods)" }}
+{{- $errors = append $errors "serviceAccount.create=false needs serviceAccount.name (an existing ServiceAccount allowed to list/create/delete/patch Jobs and list Pods)" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.controller.health.port) }}
+{{- $errors = append $errors "metrics.serviceMonitor.enabled needs controller.health.port (where /metrics is served); set it, e.g. 8080" }}
 {{- end }}
 {{- if $errors }}
 {{- fail (printf "\nfeatx: invalid values:\n  - %s" (join "\n  - " $errors)) }}
