@@ -20,6 +20,7 @@ from featx.data.datasets import dataset_naming
 from featx.errors import UsageError
 from featx.flags import flag
 from featx.pipeline.keys import artifact_key, dataset_prefix
+from featx.pipeline.shards import ShardLayout, committed_shards, layout_for, shard_count
 from featx.store.keys import FORMATS, ArtifactKey
 from featx.store.records import RunIdentity, StoredState
 
@@ -64,6 +65,14 @@ def add_format_option(g: argparse._ActionsContainer) -> None:
     flag(g, "format", choices=FORMATS, default="pt", help="pt (the reference's dict) or safetensors")
 
 
+def add_shard_options(g: argparse._ActionsContainer) -> None:
+    """How a model's rows are split into files (``featx.pipeline.shards``) and which shard a process runs."""
+    flag(g, "shard_rows", type=int, default=None,
+         help="rows per shard file (default: about 1 GiB of features per shard; small models stay one file)")
+    flag(g, "num_shards", type=int, default=None, help="split each model's rows into this many shards")
+    flag(g, "shard_index", type=int, default=None, help="run only this shard (0-based; needs --num_shards)")
+
+
 def add_policy_options(g: argparse._ActionsContainer) -> None:
     """Options that allow a run without changing its bytes."""
     flag(g, "trust_remote_code", action="store_true",
@@ -85,8 +94,12 @@ class RunRequest:
     qlora: bool = False
     format: str = "pt"
     trust_remote_code: bool = False
+    shard_rows: int | None = None  # None (and no num_shards): automatic, ``featx.pipeline.shards``
+    num_shards: int | None = None
+    shard_index: int | None = None  # None: every shard not yet committed
 
     def __post_init__(self) -> None:
+        self._check_shards()
         if self.num_samples is not None and (not isinstance(self.num_samples, int) or self.num_samples < 1):
             raise UsageError(f"--num_samples {self.num_samples}: give a positive number of rows")
         if not isinstance(self.caption_idx, int) or self.caption_idx < 0:
@@ -98,6 +111,20 @@ class RunRequest:
         if self.pool is not None and self.pool not in POOL_CHOICES:
             raise UsageError(f"--pool {self.pool!r}: use one of {', '.join(POOL_CHOICES)}")
         self.naming  # a data set or subset that cannot name a store key is refused here
+
+    def _check_shards(self) -> None:
+        for name in ("shard_rows", "num_shards"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"--{name} {value}: give a positive number")
+        if self.shard_rows is not None and self.num_shards is not None:
+            raise UsageError("--shard_rows and --num_shards both set the shard layout: give one of them")
+        if self.shard_index is not None:
+            if self.num_shards is None:
+                raise UsageError(f"--shard_index {self.shard_index} needs --num_shards (the layout it indexes)")
+            if not isinstance(self.shard_index, int) or not 0 <= self.shard_index < self.num_shards:
+                raise UsageError(f"--shard_index {self.shard_index}: give 0..{self.num_shards - 1} "
+                                 f"for --num_shards {self.num_shards}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunRequest":
@@ -144,16 +171,27 @@ class RunRequest:
         return artifact_key(spec, self.dataset, self.subset, self.pool, self.caption_idx, self.format)
 
     def identity(self, spec: ModelSpec, *, rows_fingerprint: str | None = None, num_rows: int | None = None,
-                 compute_dtype: str | None = None) -> RunIdentity:
-        """What this run produces for ``spec``; the keyword fields only where the data and device are
-        known (``featx extract``), else None (not compared)."""
+                 compute_dtype: str | None = None, shard: tuple[int, ShardLayout] | None = None) -> RunIdentity:
+        """What this run produces for ``spec`` (for ``shard`` = (index, layout): that row shard's
+        file, whose ``rows_fingerprint`` and ``num_rows`` are the shard's); the keyword fields only
+        where the data and device are known (``featx extract``), else None (not compared)."""
         key = self.key(spec)
+        place: dict[str, Any] = {}
+        if shard is not None:
+            index, layout = shard
+            key = key.shard(index, layout.num_shards)
+            start, end = layout.bounds(index)
+            place = dict(num_shards=layout.num_shards, row_start=start, row_end=end)
         random = spec.init == "random" or self.init == "random"
         return RunIdentity(model_id=spec.id, data_key=key.data, dataset=key.dataset, subset=key.subset,
                            num_samples=self.num_samples, rows_fingerprint=rows_fingerprint, num_rows=num_rows,
                            caption_idx=key.caption_idx, pool=key.pool, init="random" if random else "pretrained",
                            seed=self.seed if random else 0, qlora=spec.quantised(self.qlora),
-                           compute_dtype=compute_dtype, model_revision=spec.revision, format=self.format)
+                           compute_dtype=compute_dtype, model_revision=spec.revision, format=self.format, **place)
+
+    def layout(self, num_rows: int, bytes_per_row: int | None = None) -> ShardLayout | None:
+        """The row-shard layout this request asks for over ``num_rows`` rows (``featx.pipeline.shards``)."""
+        return layout_for(num_rows, self.shard_rows, self.num_shards, bytes_per_row)
 
     def check(self, specs: Iterable[ModelSpec]) -> None:
         """The run-level refusals, before any work: two models that would write one file, a model
@@ -176,6 +214,29 @@ class RunRequest:
             return [f"--qlora quantises language models only: {len(unquantised)} vision model(s) of this run "
                     "load unquantised, as the reference runs them"]
         return []
+
+
+def judge_model(states: dict[str, StoredState], request: RunRequest, spec: ModelSpec) -> StoredState:
+    """``spec``'s state for ``request`` from one scan, without the data (``featx status``): its one
+    file as ``judge`` sees it, else its row shards: ``done`` when every shard of the layout their
+    manifests record is done, else ``missing`` with ``shards`` = (committed, of)."""
+    key = request.key(spec)
+    single = judge(states.get(key.stem), request.identity(spec))
+    shards = committed_shards(states, key.model_stem)
+    if single.state == "done" or not shards:
+        return single
+    wanted = request.identity(spec)
+    judged = [(st, judge(st, replace(wanted, data_key=f"{stem}.{request.format}"))) for stem, st in shards.items()]
+    totals = {n for stem in shards if (n := shard_count(stem))}
+    if request.num_shards is not None:
+        totals = {request.num_shards}
+    total = max(totals, default=0)
+    done = sum(j.state == "done" and st.manifest is not None and st.manifest.num_shards == total for st, j in judged)
+    bad = next((j for _, j in judged if j.state in ("stale", "corrupt")), None)
+    if done == total:
+        return StoredState("done", reason=f"{total}/{total} shards", shards=(done, total))
+    reason = f"{done}/{total} shards" + (f"; a shard is {bad.state}: {bad.reason}" if bad else "")
+    return StoredState("missing", failure=single.failure, reason=reason, shards=(done, total))
 
 
 def judge(state: StoredState | None, wanted: RunIdentity) -> StoredState:
