@@ -38,6 +38,11 @@ class Features:
         """One ``[N, C_l]`` tensor per layer, whichever form ``feats`` has."""
         return feature_layers(self.feats)
 
+    @property
+    def layer_indices(self) -> list[int]:
+        """The model's layer each of ``layers`` is (``--layers`` kept only these; else all)."""
+        return self.manifest.layer_indices or list(range(_depth(self.manifest)))
+
 
 @dataclass
 class ShardedFeatures:
@@ -63,6 +68,11 @@ class ShardedFeatures:
         """The first shard's manifest (identity, dtype, layers: every shard's are the same)."""
         return self.manifests[0]
 
+    @property
+    def layer_indices(self) -> list[int]:
+        """The model's layer each layer of the view is (as ``Features.layer_indices``)."""
+        return self.manifest.layer_indices or list(range(_depth(self.manifest)))
+
     def shard(self, index: int) -> Features:
         return load_key(self.store, self.keys[index], self.model_id)
 
@@ -87,6 +97,11 @@ class ShardedFeatures:
     @property
     def layers(self) -> list[torch.Tensor]:
         return feature_layers(self.feats)
+
+
+def _depth(manifest: Manifest) -> int:
+    """Layers in a file from its manifest alone (``shape`` is ``[N, L, D]`` or ``[N, L]``)."""
+    return manifest.shape[1]
 
 
 def _rows(feats: torch.Tensor | list[torch.Tensor], start: int, end: int) -> torch.Tensor | list[torch.Tensor]:

@@ -20,6 +20,7 @@ from featx.data.datasets import dataset_naming
 from featx.errors import UsageError
 from featx.flags import flag
 from featx.pipeline.keys import artifact_key, dataset_prefix
+from featx.pipeline.layers import FEATURE_DTYPES, parse_layers
 from featx.pipeline.shards import ShardLayout, committed_shards, layout_for, shard_count
 from featx.store.keys import FORMATS, ArtifactKey
 from featx.store.records import RunIdentity, StoredState
@@ -59,10 +60,18 @@ def add_weight_options(g: argparse._ActionsContainer) -> None:
     flag(g, "init", choices=INITS, default="pretrained", help="random: weights from the config with --seed")
     flag(g, "seed", type=int, default=0)
     add_format_option(g)
+    add_selection_options(g)
 
 
 def add_format_option(g: argparse._ActionsContainer) -> None:
     flag(g, "format", choices=FORMATS, default="pt", help="pt (the reference's dict) or safetensors")
+
+
+def add_selection_options(g: argparse._ActionsContainer) -> None:
+    """Fewer bytes where users choose (``featx.pipeline.layers``): part of a file's identity."""
+    flag(g, "layers", default=None, help="layers to keep: 0,8,16,-1 | every:4 | last (default: all, as the reference)")
+    flag(g, "feature_dtype", choices=FEATURE_DTYPES, default=None,
+         help="dtype of the stored features (default: the model's compute dtype, as before)")
 
 
 def add_shard_options(g: argparse._ActionsContainer) -> None:
@@ -97,9 +106,15 @@ class RunRequest:
     shard_rows: int | None = None  # None (and no num_shards): automatic, ``featx.pipeline.shards``
     num_shards: int | None = None
     shard_index: int | None = None  # None: every shard not yet committed
+    layers: str | None = None  # None: every layer; else ``featx.pipeline.layers`` syntax
+    feature_dtype: str | None = None  # None: the model's compute dtype
 
     def __post_init__(self) -> None:
         self._check_shards()
+        if self.layers is not None:
+            parse_layers(self.layers)
+        if self.feature_dtype is not None and self.feature_dtype not in FEATURE_DTYPES:
+            raise UsageError(f"--feature_dtype {self.feature_dtype!r}: use one of {', '.join(FEATURE_DTYPES)}")
         if self.num_samples is not None and (not isinstance(self.num_samples, int) or self.num_samples < 1):
             raise UsageError(f"--num_samples {self.num_samples}: give a positive number of rows")
         if not isinstance(self.caption_idx, int) or self.caption_idx < 0:
@@ -154,7 +169,8 @@ class RunRequest:
         return cls(dataset=str(values["dataset"]), subset=values.get("subset"), pool=values.get("pool"),
                    caption_idx=int(values.get("captionIdx") or 0), num_samples=values.get("numSamples"),
                    init=given.init, seed=given.seed, qlora=bool(values.get("qlora")) or given.qlora,
-                   format=given.format, trust_remote_code=given.trust_remote_code)
+                   format=given.format, trust_remote_code=given.trust_remote_code, layers=given.layers,
+                   feature_dtype=given.feature_dtype)
 
     @cached_property
     def naming(self) -> tuple[str, str]:
@@ -187,7 +203,8 @@ class RunRequest:
                            num_samples=self.num_samples, rows_fingerprint=rows_fingerprint, num_rows=num_rows,
                            caption_idx=key.caption_idx, pool=key.pool, init="random" if random else "pretrained",
                            seed=self.seed if random else 0, qlora=spec.quantised(self.qlora),
-                           compute_dtype=compute_dtype, model_revision=spec.revision, format=self.format, **place)
+                           compute_dtype=compute_dtype, model_revision=spec.revision, format=self.format,
+                           layers=self.layers, feature_dtype=self.feature_dtype, **place)
 
     def layout(self, num_rows: int, bytes_per_row: int | None = None) -> ShardLayout | None:
         """The row-shard layout this request asks for over ``num_rows`` rows (``featx.pipeline.shards``)."""

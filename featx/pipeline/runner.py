@@ -25,6 +25,7 @@ from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
 from featx.store.base import CommittedByAnother
 from featx.store.formats import feats_dtype, feats_shape, feature_layers, layer_shapes, write_tensors
 from featx.store.records import RunIdentity, StoredState
+from featx.pipeline.layers import layer_indices, select
 from featx.pipeline.shards import ShardLayout, stored_layout
 
 
@@ -249,6 +250,11 @@ class Runner:
         if result.info.get("truncated_rows"):  # the manifest records it too
             self.log.event("truncated", model=spec.id, rows=result.info["truncated_rows"],
                            max_tokens=result.info["max_positions"])
+        feats = result.feats
+        if self.request.layers is not None:
+            result.layer_indices = layer_indices(self.request.layers, len(feature_layers(feats)))
+        if result.layer_indices or self.request.feature_dtype:
+            result.tensors["feats"] = select(feats, result.layer_indices or None, self.request.feature_dtype)
         return result
 
     def _run_shards(self, spec: ModelSpec, key: ArtifactKey, loaded: Loaded, layout: ShardLayout,
@@ -294,7 +300,7 @@ class Runner:
             manifest = Manifest(
                 **asdict(identity), modality=spec.modality,
                 sha256=sha256_file(path), size=path.stat().st_size, shape=feats_shape(feats),
-                layer_shapes=layer_shapes(feats), dtype=feats_dtype(feats), featx_version=__version__,
+                layer_shapes=layer_shapes(feats), layer_indices=result.layer_indices, dtype=feats_dtype(feats), featx_version=__version__,
                 dataset_revision=self.rows.revision, device=loaded.device,
                 attn_implementation=loaded.attn_implementation, fallbacks=loaded.fallbacks, extraction=result.info)
             return self.store.commit(key, path, manifest)

@@ -116,6 +116,8 @@ class RunIdentity:
     num_shards: int | None = None
     row_start: int | None = None
     row_end: int | None = None
+    layers: str | None = None  # --layers as given (None: every layer); the indices are the manifest's
+    feature_dtype: str | None = None  # --feature_dtype (None: the compute dtype)
 
     @property
     def stem(self) -> str:
@@ -158,6 +160,7 @@ class Manifest(RunIdentity, JsonRecord):
     fallbacks: list[str] = field(default_factory=list)
     extraction: dict[str, Any] = field(default_factory=dict)  # batch plan, timings, padding...
     layer_shapes: list[list[int]] = field(default_factory=list)  # [N, C_l] per layer; empty when stacked
+    layer_indices: list[int] = field(default_factory=list)  # the model's layers the file holds; empty: all
     host: str = field(default_factory=socket.gethostname)
     created_at: str = field(default_factory=now_iso)
 
