@@ -155,3 +155,26 @@ def test_bad_shard_flags_are_one_line_exit_2_and_write_nothing(tmp_path, flags, 
     lines = [line for line in r.err.splitlines() if line.strip()]
     assert r.code == 2 and len(lines) == 1 and message in lines[0], r.err
     assert not list((tmp_path / "out").rglob("*.pt")) if (tmp_path / "out").exists() else True
+
+
+def test_controller_decide_counts_a_model_done_only_when_every_shard_is():
+    """The controller's pure ``decide`` reads shards as `featx status` does: all 2 of 2 shards
+    committed is done (no Job), 1 of 2 is missing (a Job, whose run extracts the missing one)."""
+    from dataclasses import asdict, replace
+
+    from featx.kube.reconcile import Create, Settings, decide
+    from featx.store.records import Manifest, StoredState
+    from tests.test_kube_reconcile import A, CLASSES, short
+
+    def shard(i: int) -> tuple[str, StoredState]:
+        key = A.key.shard(i, 2)
+        identity = {**asdict(replace(A.identity, data_key=key.data)), "rows_fingerprint": "f" * 64, "num_rows": 512,
+                    "num_shards": 2, "row_start": 512 * i, "row_end": 512 * i + 512}
+        return key.stem, StoredState("done", Manifest(**identity, modality="language", sha256="0" * 64, size=1,
+                                                      shape=[512, 13, 768], dtype="bfloat16", featx_version="test"))
+
+    settings = Settings(concurrency=5, classes=CLASSES)
+    both = dict(map(shard, range(2)))
+    assert [short(a) for a in decide([A], both, [], settings)] == [("skip", A.id, "done")]
+    actions = decide([A], dict([shard(1)]), [], settings)
+    assert [type(a) for a in actions] == [Create]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from featx import settings
 from featx.catalog.spec import POOL_CHOICES, ModelSpec
@@ -234,19 +234,23 @@ class RunRequest:
 
 
 def judge_model(states: dict[str, StoredState], request: RunRequest, spec: ModelSpec) -> StoredState:
-    """``spec``'s state for ``request`` from one scan, without the data (``featx status``): its one
-    file as ``judge`` sees it, else its row shards: ``done`` when every shard of the layout their
-    manifests record is done, else ``missing`` with ``shards`` = (committed, of)."""
+    """``spec``'s state for ``request`` from one scan, without the data (``featx status``)."""
     key = request.key(spec)
-    single = judge(states.get(key.stem), request.identity(spec))
-    shards = committed_shards(states, key.model_stem)
+    return judge_stored(states, key.model_stem, request.identity(spec), request.num_shards)
+
+
+def judge_stored(states: Mapping[str, StoredState], stem: str, wanted: RunIdentity,
+                 num_shards: int | None = None) -> StoredState:
+    """The model at ``stem`` as a run wanting ``wanted`` sees it (pure: ``featx status`` and the
+    controller's ``decide``): its one file as ``judge`` sees it, else its row shards: ``done`` when
+    every shard of their layout (``num_shards`` when asked) is done, else ``missing`` with
+    ``shards`` = (committed, of)."""
+    single = judge(states.get(stem), wanted)
+    shards = committed_shards(states, stem)
     if single.state == "done" or not shards:
         return single
-    wanted = request.identity(spec)
-    judged = [(st, judge(st, replace(wanted, data_key=f"{stem}.{request.format}"))) for stem, st in shards.items()]
-    totals = {n for stem in shards if (n := shard_count(stem))}
-    if request.num_shards is not None:
-        totals = {request.num_shards}
+    judged = [(st, judge(st, replace(wanted, data_key=f"{s}.{wanted.format}"))) for s, st in shards.items()]
+    totals = {num_shards} if num_shards is not None else {n for s in shards if (n := shard_count(s))}
     total = max(totals, default=0)
     done = sum(j.state == "done" and st.manifest is not None and st.manifest.num_shards == total for st, j in judged)
     bad = next((j for _, j in judged if j.state in ("stale", "corrupt")), None)

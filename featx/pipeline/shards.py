@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 from featx import settings
 from featx.errors import UsageError
@@ -48,7 +49,7 @@ def layout_for(num_rows: int, shard_rows: int | None, num_shards: int | None,
     return ShardLayout(num_rows, count) if count > 1 else None
 
 
-def committed_shards(states: dict[str, StoredState], model_stem: str) -> dict[str, StoredState]:
+def committed_shards(states: Mapping[str, StoredState], model_stem: str) -> dict[str, StoredState]:
     """The states of ``model_stem``'s shards in one scan, by their stems."""
     prefix = f"{model_stem}/{SHARD_PREFIX}"
     return {stem: st for stem, st in states.items() if stem.startswith(prefix)}
