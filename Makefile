@@ -38,6 +38,7 @@ bench: ## CPU benchmarks (featx vs the reference loops: extraction, alignment; t
 	$(BIN)/python -m bench.extract --mode cpu --device cpu
 	$(BIN)/python -m bench.align
 	$(BIN)/python -m bench.estimator
+	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.report --update-readme
 
 bench-gpu: ## GPU extraction benchmark (7B-class configs, real-size ViTs, MFU), then the README's table

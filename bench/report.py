@@ -163,6 +163,17 @@ def reconcile(r: dict[str, Any]) -> list[str]:
             f"{half['seconds']} s ({half['api_calls']} calls). Machine: {provenance(r)}."]
 
 
+def scale(r: dict[str, Any]) -> list[str]:
+    rows = ["| rows | layout | seconds | rows/s | peak RSS MiB | output MiB (files) |", "|---|---|---|---|---|---|"]
+    for c in r["cases"]:
+        layout = f"shards of {c['shard_rows']:,} rows" if c["shard_rows"] else "one file"
+        rows.append(f"| {c['rows']:,} | {layout} | {c['seconds']} | {c['rows_per_s']} | {c['peak_rss_mib']} | "
+                    f"{c['output_bytes'] / 2**20:.1f} ({c['files']}) |")
+    return [f"**Scale, `scale-cpu.json`**: `featx extract` of `{r['model']}` over `save_to_disk` data sets of short "
+            "captions, each run its own process (peak RSS from `wait4`; rows/s over the whole process: start, "
+            f"fingerprint, tokenise, extract, commit). Machine: {provenance(r)}.", ""] + rows
+
+
 def render(results: dict[str, dict[str, Any]]) -> str:
     """The section's markdown for these results (file stem -> contents)."""
     lines: list[str] = []
@@ -173,7 +184,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         lines += ["**GPU** (`make bench-gpu`: 7B-class configs, real-size ViTs, MFU, estimator vs measured peak): "
                   "unmeasured: no GPU lent to this task.", ""]
     for name, fn in (("align-cpu", alignment), ("estimator-cpu", estimator), ("store", store),
-                     ("reconcile", reconcile)):
+                     ("reconcile", reconcile), ("scale-cpu", scale)):
         if name in results:
             lines += fn(results[name]) + [""]
     return "\n".join(lines).rstrip() + "\n"

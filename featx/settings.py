@@ -31,6 +31,12 @@ HF_TOKEN_ENV = "HF_TOKEN"
 TERMINATION_LOG = "/dev/termination-log"
 
 
+def auto_shard_bytes() -> int:
+    """``$FEATX_SHARD_BYTES``: about how many feature bytes one row shard holds when
+    ``--shard_rows``/``--num_shards`` are not given (default 1 GiB); a model with less is one file."""
+    return int(os.environ.get("FEATX_SHARD_BYTES", str(1 << 30)))
+
+
 def helm_override() -> str:
     """``$FEATX_HELM``: the helm binary to run instead of the one found beside featx or on PATH."""
     return os.environ.get("FEATX_HELM", "")

@@ -11,7 +11,7 @@ from featx.cli.options import add_selection, add_store, open_store_from, unique_
 from featx.flags import flag
 from featx.cli.termination import report_termination
 from featx.errors import clip
-from featx.pipeline.request import add_data_options, add_policy_options, add_weight_options
+from featx.pipeline.request import add_data_options, add_policy_options, add_shard_options, add_weight_options
 from featx.signals import Interrupted, deferred
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "verify", action="store_true",
          help="read committed files and check their sha256 before skipping them; redo those that fail")
     add_weight_options(g)
+    add_shard_options(p.add_argument_group("row shards"))
     add_policy_options(g)
     flag(g, "device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     flag(g, "num_workers", type=int, default=settings.NUM_WORKERS, help="image decoding/transform worker processes")

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def model_states(args: argparse.Namespace) -> list[dict]:
     """One row per selected model: id, key, state, reason, attempts (pure over a store scan)."""
     from featx.catalog import resolve
-    from featx.pipeline.request import RunRequest, judge
+    from featx.pipeline.request import RunRequest, judge_model
     from featx.pipeline.stored import describe, stored_models, verified
 
     request = RunRequest.from_args(args)
@@ -48,9 +48,10 @@ def model_states(args: argparse.Namespace) -> list[dict]:
         states = verified(store, states, [k.stem for k in keys])
     rows = []
     for spec, key in zip(specs, keys):
-        st = judge(states.get(key.stem), request.identity(spec))
+        st = judge_model(states, request, spec)
         rows.append({"id": spec.id, "modality": spec.modality, "state": st.state, "reason": st.reason,
-                     "attempts": st.failure.attempt if st.failure else 0, "key": key.data, "stem": key.stem})
+                     "attempts": st.failure.attempt if st.failure else 0, "key": key.data, "stem": key.stem,
+                     "shards": f"{st.shards[0]}/{st.shards[1]}" if st.shards else None})
     if getattr(args, "release", None) or getattr(args, "namespace", None):
         from featx.kube.status import job_rows
 

@@ -36,6 +36,12 @@ class ImageList:
     def __len__(self) -> int:
         return len(self._files) if self._files is not None else len(self._dataset)
 
+    def slice(self, start: int, end: int) -> "ImageList":
+        """Rows ``[start, end)``, still undecoded (Arrow's ``select`` maps the rows, copies nothing)."""
+        if self._files is not None:
+            return ImageList(files=self._files[start:end])
+        return ImageList(dataset=self._dataset.select(range(start, end)))
+
     def raw(self, i: int) -> bytes:
         if self._files is not None:
             return self._files[i].read_bytes()
@@ -76,6 +82,11 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def slice(self, start: int, end: int) -> "Rows":
+        """Rows ``[start, end)`` of these (a row shard); its ``fingerprint`` is of those rows only."""
+        return replace(self, texts=self.texts[start:end], images=self.images.slice(start, end),
+                       all_texts=self.all_texts[start:end])
 
     @property
     def fingerprint(self) -> str:

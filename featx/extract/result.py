@@ -15,6 +15,7 @@ class Extraction:
 
     tensors: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
+    layer_indices: list[int] = field(default_factory=list)  # the layers kept (--layers); empty: all
 
     @property
     def feats(self) -> Union[torch.Tensor, list[torch.Tensor]]:

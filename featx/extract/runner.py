@@ -79,6 +79,21 @@ def extract_rows(spec: ModelSpec, loaded: Loaded, rows: Rows, pool: str, opts: E
                                                           opts.num_workers, progress)
 
 
+def feature_bytes_per_row(loaded: Loaded) -> int | None:
+    """Bytes of one row's features from the loaded model (what sizes automatic row shards):
+    language models' L+1 states and ViT blocks; None where the widths are only known by running
+    it (convnets' stages), which stay one file unless sharding is asked for."""
+    model = loaded.model
+    config = getattr(model, "config", None)
+    if hasattr(config, "num_hidden_layers") and hasattr(config, "hidden_size"):
+        itemsize = torch.empty((), dtype=getattr(torch, loaded.dtype)).element_size()
+        return (config.num_hidden_layers + 1) * config.hidden_size * itemsize
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, (torch.nn.Sequential, torch.nn.ModuleList)) and len(blocks):
+        return len(blocks) * model.num_features * 4  # float32
+    return None
+
+
 def free_memory() -> None:
     """Give a finished model's memory back before the next one loads (drop references first)."""
     gc.collect()

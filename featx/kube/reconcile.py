@@ -39,7 +39,7 @@ from featx.errors import FailureKind, policy_for_exit
 from featx.kube.config import Desired
 from featx.kube.naming import job_name
 from featx.kube.observe import ObservedJob
-from featx.pipeline.request import judge
+from featx.pipeline.request import judge_stored
 from featx.plan.sizing import GpuClass, Sizing, choose, escalate, size_on
 from featx.store.keys import ArtifactKey
 from featx.store.records import StoredState
@@ -176,7 +176,7 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
 
     for d in desired:
         jobs = sorted(by_stem.get(d.stem, ()), key=lambda j: j.attempt)
-        state = judge(committed.get(d.stem), d.identity)
+        state = judge_stored(committed, d.stem, d.identity)  # one file, or every row shard
 
         # 1. committed with the run's identity: nothing to run; clean up its finished Jobs
         if state.state == "done":

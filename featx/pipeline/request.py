@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from featx import settings
 from featx.catalog.spec import POOL_CHOICES, ModelSpec
@@ -20,6 +20,8 @@ from featx.data.datasets import dataset_naming
 from featx.errors import UsageError
 from featx.flags import flag
 from featx.pipeline.keys import artifact_key, dataset_prefix
+from featx.pipeline.layers import FEATURE_DTYPES, parse_layers
+from featx.pipeline.shards import ShardLayout, committed_shards, layout_for, shard_count
 from featx.store.keys import FORMATS, ArtifactKey
 from featx.store.records import RunIdentity, StoredState
 
@@ -58,10 +60,26 @@ def add_weight_options(g: argparse._ActionsContainer) -> None:
     flag(g, "init", choices=INITS, default="pretrained", help="random: weights from the config with --seed")
     flag(g, "seed", type=int, default=0)
     add_format_option(g)
+    add_selection_options(g)
 
 
 def add_format_option(g: argparse._ActionsContainer) -> None:
     flag(g, "format", choices=FORMATS, default="pt", help="pt (the reference's dict) or safetensors")
+
+
+def add_selection_options(g: argparse._ActionsContainer) -> None:
+    """Fewer bytes where users choose (``featx.pipeline.layers``): part of a file's identity."""
+    flag(g, "layers", default=None, help="layers to keep: 0,8,16,-1 | every:4 | last (default: all, as the reference)")
+    flag(g, "feature_dtype", choices=FEATURE_DTYPES, default=None,
+         help="dtype of the stored features (default: the model's compute dtype, as before)")
+
+
+def add_shard_options(g: argparse._ActionsContainer) -> None:
+    """How a model's rows are split into files (``featx.pipeline.shards``) and which shard a process runs."""
+    flag(g, "shard_rows", type=int, default=None,
+         help="rows per shard file (default: about 1 GiB of features per shard; small models stay one file)")
+    flag(g, "num_shards", type=int, default=None, help="split each model's rows into this many shards")
+    flag(g, "shard_index", type=int, default=None, help="run only this shard (0-based; needs --num_shards)")
 
 
 def add_policy_options(g: argparse._ActionsContainer) -> None:
@@ -85,8 +103,18 @@ class RunRequest:
     qlora: bool = False
     format: str = "pt"
     trust_remote_code: bool = False
+    shard_rows: int | None = None  # None (and no num_shards): automatic, ``featx.pipeline.shards``
+    num_shards: int | None = None
+    shard_index: int | None = None  # None: every shard not yet committed
+    layers: str | None = None  # None: every layer; else ``featx.pipeline.layers`` syntax
+    feature_dtype: str | None = None  # None: the model's compute dtype
 
     def __post_init__(self) -> None:
+        self._check_shards()
+        if self.layers is not None:
+            parse_layers(self.layers)
+        if self.feature_dtype is not None and self.feature_dtype not in FEATURE_DTYPES:
+            raise UsageError(f"--feature_dtype {self.feature_dtype!r}: use one of {', '.join(FEATURE_DTYPES)}")
         if self.num_samples is not None and (not isinstance(self.num_samples, int) or self.num_samples < 1):
             raise UsageError(f"--num_samples {self.num_samples}: give a positive number of rows")
         if not isinstance(self.caption_idx, int) or self.caption_idx < 0:
@@ -98,6 +126,20 @@ class RunRequest:
         if self.pool is not None and self.pool not in POOL_CHOICES:
             raise UsageError(f"--pool {self.pool!r}: use one of {', '.join(POOL_CHOICES)}")
         self.naming  # a data set or subset that cannot name a store key is refused here
+
+    def _check_shards(self) -> None:
+        for name in ("shard_rows", "num_shards"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"--{name} {value}: give a positive number")
+        if self.shard_rows is not None and self.num_shards is not None:
+            raise UsageError("--shard_rows and --num_shards both set the shard layout: give one of them")
+        if self.shard_index is not None:
+            if self.num_shards is None:
+                raise UsageError(f"--shard_index {self.shard_index} needs --num_shards (the layout it indexes)")
+            if not isinstance(self.shard_index, int) or not 0 <= self.shard_index < self.num_shards:
+                raise UsageError(f"--shard_index {self.shard_index}: give 0..{self.num_shards - 1} "
+                                 f"for --num_shards {self.num_shards}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunRequest":
@@ -127,7 +169,8 @@ class RunRequest:
         return cls(dataset=str(values["dataset"]), subset=values.get("subset"), pool=values.get("pool"),
                    caption_idx=int(values.get("captionIdx") or 0), num_samples=values.get("numSamples"),
                    init=given.init, seed=given.seed, qlora=bool(values.get("qlora")) or given.qlora,
-                   format=given.format, trust_remote_code=given.trust_remote_code)
+                   format=given.format, trust_remote_code=given.trust_remote_code, layers=given.layers,
+                   feature_dtype=given.feature_dtype)
 
     @cached_property
     def naming(self) -> tuple[str, str]:
@@ -144,16 +187,28 @@ class RunRequest:
         return artifact_key(spec, self.dataset, self.subset, self.pool, self.caption_idx, self.format)
 
     def identity(self, spec: ModelSpec, *, rows_fingerprint: str | None = None, num_rows: int | None = None,
-                 compute_dtype: str | None = None) -> RunIdentity:
-        """What this run produces for ``spec``; the keyword fields only where the data and device are
-        known (``featx extract``), else None (not compared)."""
+                 compute_dtype: str | None = None, shard: tuple[int, ShardLayout] | None = None) -> RunIdentity:
+        """What this run produces for ``spec`` (for ``shard`` = (index, layout): that row shard's
+        file, whose ``rows_fingerprint`` and ``num_rows`` are the shard's); the keyword fields only
+        where the data and device are known (``featx extract``), else None (not compared)."""
         key = self.key(spec)
+        place: dict[str, Any] = {}
+        if shard is not None:
+            index, layout = shard
+            key = key.shard(index, layout.num_shards)
+            start, end = layout.bounds(index)
+            place = dict(num_shards=layout.num_shards, row_start=start, row_end=end)
         random = spec.init == "random" or self.init == "random"
         return RunIdentity(model_id=spec.id, data_key=key.data, dataset=key.dataset, subset=key.subset,
                            num_samples=self.num_samples, rows_fingerprint=rows_fingerprint, num_rows=num_rows,
                            caption_idx=key.caption_idx, pool=key.pool, init="random" if random else "pretrained",
                            seed=self.seed if random else 0, qlora=spec.quantised(self.qlora),
-                           compute_dtype=compute_dtype, model_revision=spec.revision, format=self.format)
+                           compute_dtype=compute_dtype, model_revision=spec.revision, format=self.format,
+                           layers=self.layers, feature_dtype=self.feature_dtype, **place)
+
+    def layout(self, num_rows: int, bytes_per_row: int | None = None) -> ShardLayout | None:
+        """The row-shard layout this request asks for over ``num_rows`` rows (``featx.pipeline.shards``)."""
+        return layout_for(num_rows, self.shard_rows, self.num_shards, bytes_per_row)
 
     def check(self, specs: Iterable[ModelSpec]) -> None:
         """The run-level refusals, before any work: two models that would write one file, a model
@@ -176,6 +231,33 @@ class RunRequest:
             return [f"--qlora quantises language models only: {len(unquantised)} vision model(s) of this run "
                     "load unquantised, as the reference runs them"]
         return []
+
+
+def judge_model(states: dict[str, StoredState], request: RunRequest, spec: ModelSpec) -> StoredState:
+    """``spec``'s state for ``request`` from one scan, without the data (``featx status``)."""
+    key = request.key(spec)
+    return judge_stored(states, key.model_stem, request.identity(spec), request.num_shards)
+
+
+def judge_stored(states: Mapping[str, StoredState], stem: str, wanted: RunIdentity,
+                 num_shards: int | None = None) -> StoredState:
+    """The model at ``stem`` as a run wanting ``wanted`` sees it (pure: ``featx status`` and the
+    controller's ``decide``): its one file as ``judge`` sees it, else its row shards: ``done`` when
+    every shard of their layout (``num_shards`` when asked) is done, else ``missing`` with
+    ``shards`` = (committed, of)."""
+    single = judge(states.get(stem), wanted)
+    shards = committed_shards(states, stem)
+    if single.state == "done" or not shards:
+        return single
+    judged = [(st, judge(st, replace(wanted, data_key=f"{s}.{wanted.format}"))) for s, st in shards.items()]
+    totals = {num_shards} if num_shards is not None else {n for s in shards if (n := shard_count(s))}
+    total = max(totals, default=0)
+    done = sum(j.state == "done" and st.manifest is not None and st.manifest.num_shards == total for st, j in judged)
+    bad = next((j for _, j in judged if j.state in ("stale", "corrupt")), None)
+    if done == total:
+        return StoredState("done", reason=f"{total}/{total} shards", shards=(done, total))
+    reason = f"{done}/{total} shards" + (f"; a shard is {bad.state}: {bad.reason}" if bad else "")
+    return StoredState("missing", failure=single.failure, reason=reason, shards=(done, total))
 
 
 def judge(state: StoredState | None, wanted: RunIdentity) -> StoredState:

@@ -17,7 +17,7 @@ from featx.display import RunDisplay
 from featx.errors import EXIT_OK, OOM, PERMANENT, TRANSIENT, FeatxError, disk_full, policy_of
 from featx.extract.loading import Loaded, pick_device, planned_dtype
 from featx.extract.result import Extraction
-from featx.extract.runner import ExtractOptions, extract_rows, free_memory, load_model
+from featx.extract.runner import ExtractOptions, extract_rows, feature_bytes_per_row, free_memory, load_model
 from featx.logs import EventLog, Progress
 from featx.pipeline.request import RunRequest, judge
 from featx.pipeline.stored import verified
@@ -25,7 +25,9 @@ from featx.signals import Interrupted
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
 from featx.store.base import CommittedByAnother
 from featx.store.formats import feats_dtype, feats_shape, feature_layers, layer_shapes, write_tensors
-from featx.store.records import RunIdentity
+from featx.store.records import RunIdentity, StoredState
+from featx.pipeline.layers import layer_indices, select
+from featx.pipeline.shards import ShardLayout, stored_layout
 
 
 @dataclass
@@ -100,6 +102,8 @@ class Runner:
         self.log = log or EventLog()
         self.device = pick_device(self.opts.extract.device)
         self._fingerprint: str | None = None
+        self._shard_prints: dict[tuple[ShardLayout, int], str] = {}
+        self._display: RunDisplay | None = None  # the run's terminal display, while run() is in progress
 
     @property
     def fingerprint(self) -> str:
@@ -115,25 +119,33 @@ class Runner:
     def run(self, specs: list[ModelSpec]) -> RunSummary:
         keys = [self.request.key(spec) for spec in specs]  # refuses bad pools before any work
         summary = RunSummary()
-        display = RunDisplay(self.log, specs)
+        display = self._display = RunDisplay(self.log, specs)
         try:
             states = self.store.scan(self.request.scan_prefix)
             if self.opts.verify and not self.opts.force_remake:
                 states = verified(self.store, states, [k.stem for k in keys])
             with display:
                 for spec, key in zip(specs, keys):
-                    state = judge(states.get(key.stem), self.identity(spec))
-                    if state.state == "done" and not self.opts.force_remake:
-                        self.log.event("skipped", model=spec.id, reason="already committed",
-                                       where=f"{self.store.url}/{key.data}")
+                    state = StoredState("missing")
+                    layout = self._known_layout(key, states)
+                    if layout is None:
+                        state = judge(states.get(key.stem), self.identity(spec)) if key.stem in states else state
+                        if state.state == "done" and not self.opts.force_remake:
+                            self.log.event("skipped", model=spec.id, reason="already committed",
+                                           where=f"{self.store.url}/{key.data}")
+                            summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
+                            display.ended(spec.id, "skipped")
+                            continue
+                        if state.state in ("corrupt", "stale"):
+                            self.log.event("redo", model=spec.id, reason=state.reason)
+                    todo = self._missing_shards(spec, key, layout, states) if layout is not None else None
+                    if todo == []:
                         summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
                         display.ended(spec.id, "skipped")
                         continue
-                    if state.state in ("corrupt", "stale"):
-                        self.log.event("redo", model=spec.id, reason=state.reason)
                     summary.in_progress = spec.id
                     display.started(spec.id)
-                    outcome = self.run_one(spec, key, display)
+                    outcome = self.run_one(spec, key, states, layout, todo)
                     summary.outcomes.append(outcome)
                     display.ended(spec.id, outcome.status, outcome.seconds)
                     summary.in_progress = None
@@ -153,7 +165,48 @@ class Runner:
                            not_started=len(summary.not_started))
         return summary
 
-    def run_one(self, spec: ModelSpec, key: ArtifactKey, display: RunDisplay | None = None) -> ModelOutcome:
+    def _known_layout(self, key: ArtifactKey, states: dict[str, StoredState]) -> ShardLayout | None:
+        """The shard layout known before the model loads: the request's, else (automatic) that of
+        shards already committed for the model; None: one file, unless the loaded model's features
+        turn out large (``run_one``)."""
+        asked = self.request.layout(len(self.rows))
+        if asked is not None or self.request.shard_rows or self.request.num_shards:
+            return asked
+        return stored_layout(states, key.model_stem, len(self.rows))
+
+    def _shard_identity(self, spec: ModelSpec, layout: ShardLayout, index: int) -> RunIdentity:
+        """Shard ``index``'s identity: its rows' fingerprint and count (computed once per shard)."""
+        start, end = layout.bounds(index)
+        if (layout, index) not in self._shard_prints:
+            self._shard_prints[(layout, index)] = self.rows.slice(start, end).fingerprint
+        return self.request.identity(spec, rows_fingerprint=self._shard_prints[(layout, index)], num_rows=end - start,
+                                     compute_dtype=planned_dtype(spec, self.device), shard=(index, layout))
+
+    def _missing_shards(self, spec: ModelSpec, key: ArtifactKey, layout: ShardLayout,
+                        states: dict[str, StoredState]) -> list[int]:
+        """The shards of ``layout`` this run extracts (``--shard_index``: that one), logging the
+        committed ones it skips and why any other is redone."""
+        wanted = [self.request.shard_index] if self.request.shard_index is not None else range(layout.num_shards)
+        todo, done = [], []
+        for index in wanted:
+            shard_key = key.shard(index, layout.num_shards)
+            state = judge(states.get(shard_key.stem), self._shard_identity(spec, layout, index)) \
+                if shard_key.stem in states else StoredState("missing")
+            if state.state == "done" and not self.opts.force_remake:
+                done.append(index)
+                continue
+            if state.state in ("corrupt", "stale"):
+                self.log.event("redo", model=spec.id, shard=shard_key.stem, reason=state.reason)
+            todo.append(index)
+        if done:
+            self.log.event("skipped", model=spec.id, reason=f"{len(done)}/{layout.num_shards} shards already committed",
+                           shards=_ranges(done), where=f"{self.store.url}/{key.model_stem}/")
+        return todo
+
+    def run_one(self, spec: ModelSpec, key: ArtifactKey, states: dict[str, StoredState] | None = None,
+                layout: ShardLayout | None = None, todo: list[int] | None = None) -> ModelOutcome:
+        """Extract ``spec`` and commit it: one file, or (``layout``, given or found large enough
+        once the model is loaded) the shards ``todo`` (None: every one not committed)."""
         t0 = time.perf_counter()
         ex = self.opts.extract
         self.log.event("start", model=spec.id, attempt=self.opts.attempt, gpu_class=self.opts.gpu_class or self.device,
@@ -164,15 +217,14 @@ class Runner:
         try:
             loaded = load_model(spec, self.device, self.request.init, self.request.seed,
                                 spec.quantised(self.request.qlora))
-            progress = Progress(self.log, spec.id, len(self.rows), run=display)
-            try:
-                result = extract_rows(spec, loaded, self.rows, key.pool, ex, progress)
-            finally:
-                progress.close()
-            if result.info.get("truncated_rows"):  # the manifest records it too
-                self.log.event("truncated", model=spec.id, rows=result.info["truncated_rows"],
-                               max_tokens=result.info["max_positions"])
-            manifest = self._commit(spec, key, loaded, result)
+            if layout is None:
+                layout = self.request.layout(len(self.rows), feature_bytes_per_row(loaded))
+            if layout is not None:
+                if todo is None:
+                    todo = self._missing_shards(spec, key, layout, states or {})
+                return self._run_shards(spec, key, loaded, layout, todo, t0)
+            result = self._extract(spec, loaded, self.rows, key.pool)
+            manifest = self._commit(spec, key, loaded, result, self.identity(spec), len(self.rows))
             seconds = time.perf_counter() - t0
             where = f"{self.store.url}/{manifest.data_key}"
             self.log.event("committed", model=spec.id, where=where, seconds=round(seconds, 2),
@@ -199,12 +251,52 @@ class Runner:
             loaded = None  # drop the model before collecting, so its memory is free for the next one
             free_memory()
 
-    def _commit(self, spec: ModelSpec, key: ArtifactKey, loaded: Loaded, result: Extraction) -> Manifest:
+    def _extract(self, spec: ModelSpec, loaded: Loaded, rows: Rows, pool: str) -> Extraction:
+        progress = Progress(self.log, spec.id, len(rows), run=self._display)
+        try:
+            result = extract_rows(spec, loaded, rows, pool, self.opts.extract, progress)
+        finally:
+            progress.close()
+        if result.info.get("truncated_rows"):  # the manifest records it too
+            self.log.event("truncated", model=spec.id, rows=result.info["truncated_rows"],
+                           max_tokens=result.info["max_positions"])
+        feats = result.feats
+        if self.request.layers is not None:
+            result.layer_indices = layer_indices(self.request.layers, len(feature_layers(feats)))
+        if result.layer_indices or self.request.feature_dtype:
+            result.tensors["feats"] = select(feats, result.layer_indices or None, self.request.feature_dtype)
+        return result
+
+    def _run_shards(self, spec: ModelSpec, key: ArtifactKey, loaded: Loaded, layout: ShardLayout,
+                    todo: list[int], t0: float) -> ModelOutcome:
+        """Extract and commit each missing shard of ``layout`` in turn, by the store's commit
+        protocol: host memory holds one shard's features, and a stop loses only the shard under way."""
+        # the model's features are never in two forms: its one file (another run's) goes first, manifest first
+        self.store.delete(key.manifest)
+        self.store.delete(key.data)
+        rows_done = 0
+        for index in todo:
+            start, end = layout.bounds(index)
+            shard_key = key.shard(index, layout.num_shards)
+            result = self._extract(spec, loaded, self.rows.slice(start, end), key.pool)
+            manifest = self._commit(spec, shard_key, loaded, result, self._shard_identity(spec, layout, index),
+                                    end - start)
+            rows_done += end - start
+            self.log.event("committed", model=spec.id, shard=f"{index + 1}/{layout.num_shards}", rows=f"{start}-{end}",
+                           where=f"{self.store.url}/{manifest.data_key}", sha256=manifest.sha256[:16])
+        self.store.delete(key.failure)
+        seconds = time.perf_counter() - t0
+        where = f"{self.store.url}/{key.model_stem}/"
+        return ModelOutcome(spec.id, "committed", seconds, rows_done / max(seconds, 1e-9),
+                            where=f"{where} ({len(todo)} of {layout.num_shards} shards)")
+
+    def _commit(self, spec: ModelSpec, key: ArtifactKey, loaded: Loaded, result: Extraction,
+                identity: RunIdentity, num_rows: int) -> Manifest:
         feats = result.feats
         rows = {len(t) for t in feature_layers(feats)} if feats is not None else {0}
-        if rows != {len(self.rows)}:
-            raise RuntimeError(f"internal: {spec.id} produced {sorted(rows)} rows, expected {len(self.rows)}")
-        identity = replace(self.identity(spec), compute_dtype=loaded.dtype)
+        if rows != {num_rows}:
+            raise RuntimeError(f"internal: {spec.id} produced {sorted(rows)} rows, expected {num_rows}")
+        identity = replace(identity, compute_dtype=loaded.dtype)
         try:
             tmp_dir = tempfile.TemporaryDirectory(prefix="featx-")
         except OSError as e:
@@ -218,7 +310,18 @@ class Runner:
             manifest = Manifest(
                 **asdict(identity), modality=spec.modality,
                 sha256=sha256_file(path), size=path.stat().st_size, shape=feats_shape(feats),
-                layer_shapes=layer_shapes(feats), dtype=feats_dtype(feats), featx_version=__version__,
+                layer_shapes=layer_shapes(feats), layer_indices=result.layer_indices, dtype=feats_dtype(feats), featx_version=__version__,
                 dataset_revision=self.rows.revision, device=loaded.device,
                 attn_implementation=loaded.attn_implementation, fallbacks=loaded.fallbacks, extraction=result.info)
             return self.store.commit(key, path, manifest)
+
+
+def _ranges(indices: list[int]) -> str:
+    """``0-11,14``: shard indices as runs, for one log line however many shards there are."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)

@@ -12,6 +12,7 @@ from featx.catalog import get_spec
 from featx.catalog.spec import ModelSpec
 from featx.errors import UsageError
 from featx.pipeline.request import RunRequest
+from featx.pipeline.shards import committed_shards
 from featx.store.base import Store
 from featx.store.records import StoredState
 
@@ -30,7 +31,8 @@ def stored_models(states: dict[str, StoredState], request: RunRequest, modality:
             continue
         if st.manifest and st.manifest.modality != spec.modality:  # a local or unknown id: the manifest knows
             spec = replace(spec, modality=st.manifest.modality)
-        if modality in ("all", spec.modality) and request.key(spec).stem in states:
+        key = request.key(spec)
+        if modality in ("all", spec.modality) and (key.stem in states or committed_shards(states, key.model_stem)):
             found[spec.id] = spec
     if not found:
         raise UsageError(f"no --modelset/--models given and the store holds no {request.format} features under "

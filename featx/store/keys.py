@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from featx.keyparts import check_key_part
 
 FORMATS = ("pt", "safetensors")
 MANIFEST_SUFFIX = ".manifest.json"
 FAILURE_SUFFIX = ".failure.json"
+SHARD_PREFIX = "shard-"
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    """``shard-00003-of-00128``: the name ``datasets``' and the Hub's sharded files use."""
+    return f"{SHARD_PREFIX}{index:05d}-of-{num_shards:05d}"
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,8 @@ class ArtifactKey:
     pool: str
     caption_idx: int = 0
     fmt: str = "pt"
+    shard_index: int | None = None  # a row shard's key: {stem}/shard-00003-of-00128.{fmt}
+    num_shards: int | None = None
 
     def __post_init__(self) -> None:
         for what, value in (("--dataset name", self.dataset), ("--subset", self.subset),
@@ -29,9 +37,20 @@ class ArtifactKey:
             check_key_part(value, what)
 
     @property
-    def stem(self) -> str:
+    def model_stem(self) -> str:
+        """The model's stem, whether this key is the model's one file or one of its shards."""
         name = f"{self.model}_pool-{self.pool}" + (f"_cid-{self.caption_idx}" if self.caption_idx else "")
         return f"{self.dataset}/{self.subset}/{name}"
+
+    @property
+    def stem(self) -> str:
+        if self.num_shards is None:
+            return self.model_stem
+        return f"{self.model_stem}/{shard_name(self.shard_index or 0, self.num_shards)}"
+
+    def shard(self, index: int, num_shards: int) -> "ArtifactKey":
+        """The key of row shard ``index`` of ``num_shards`` of this model."""
+        return replace(self, shard_index=index, num_shards=num_shards)
 
     @property
     def data(self) -> str:

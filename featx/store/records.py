@@ -84,7 +84,7 @@ def _short(text: str, limit: int = _MAX_REASON) -> str:
 
 
 #: Identity fields only ``featx extract`` knows (it loads the data and picks the device).
-UNKNOWABLE = ("rows_fingerprint", "num_rows", "compute_dtype")
+UNKNOWABLE = ("rows_fingerprint", "num_rows", "compute_dtype", "num_shards", "row_start", "row_end")
 #: Fields that bind a manifest to its place: a mismatch makes it ``corrupt``, not ``stale``.
 BINDING = ("model_id", "data_key")
 
@@ -111,6 +111,13 @@ class RunIdentity:
     compute_dtype: str | None = None
     model_revision: str | None = None
     format: str = "pt"
+    # a row shard's place (None: the model's one file): rows [row_start, row_end) of the data set;
+    # ``rows_fingerprint`` and ``num_rows`` are then the shard's
+    num_shards: int | None = None
+    row_start: int | None = None
+    row_end: int | None = None
+    layers: str | None = None  # --layers as given (None: every layer); the indices are the manifest's
+    feature_dtype: str | None = None  # --feature_dtype (None: the compute dtype)
 
     @property
     def stem(self) -> str:
@@ -153,6 +160,7 @@ class Manifest(RunIdentity, JsonRecord):
     fallbacks: list[str] = field(default_factory=list)
     extraction: dict[str, Any] = field(default_factory=dict)  # batch plan, timings, padding...
     layer_shapes: list[list[int]] = field(default_factory=list)  # [N, C_l] per layer; empty when stacked
+    layer_indices: list[int] = field(default_factory=list)  # the model's layers the file holds; empty: all
     host: str = field(default_factory=socket.gethostname)
     created_at: str = field(default_factory=now_iso)
 
@@ -181,3 +189,4 @@ class StoredState:
     manifest: Manifest | None = None
     failure: FailureRecord | None = None
     reason: str = ""
+    shards: tuple[int, int] | None = None  # (committed, of) for a model stored in row shards

@@ -133,3 +133,34 @@ def test_another_models_files_copied_in_are_corrupt_and_redone(committed, seawee
     llama = featx.load("featx-smoke/llama", store=store, dataset="featx-sample")
     gpt2 = featx.load("featx-smoke/gpt2", store=store, dataset="featx-sample")
     assert llama.manifest.model_id == "featx-smoke/llama" and not torch.equal(llama.feats, gpt2.feats)
+
+
+def test_sharded_model_in_s3_commits_each_shard_and_reads_back_whole(seaweedfs, tmp_path):
+    """`--shard_rows` to S3: one object and one manifest per shard under the model's stem, `done`
+    with 4/4 shards, read back through the lazy view equal to the one-file run's bytes, and a rerun
+    uploads nothing; a shard whose manifest goes is the only one the next run uploads."""
+    import torch
+
+    import featx
+
+    env = {**seaweedfs.env(), "FEATX_HOME": str(tmp_path / "home")}
+    gpt2 = ["--models", "featx-smoke/gpt2", *DATA, "--num_workers", "0", "--batch_size", "1"]
+    whole, sharded = seaweedfs.url("whole"), seaweedfs.url("sharded")
+    for url, extra in ((whole, []), (sharded, ["--shard_rows", "16"])):
+        r = run_featx("extract", *gpt2, "--store", url, *extra, env=env)
+        assert r.code == 0, r.err[-3000:]
+    stem = "sharded/featx-sample/default/featx-smoke_gpt2_pool-avg/"
+    keys = _keys(seaweedfs, stem)
+    assert sorted(keys) == sorted(f"{stem}shard-0000{i}-of-00004.{ext}" for i in range(4) for ext in ("pt", "manifest.json"))
+    r = run_featx("status", "--models", "featx-smoke/gpt2", *DATA, "--store", sharded, "--json", env=env)
+    assert [(s["state"], s["shards"]) for s in json.loads(r.out)] == [("done", "4/4")], r.out + r.err
+    view = featx.load("featx-smoke/gpt2", store=_store(sharded, seaweedfs), dataset="featx-sample")
+    one = featx.load("featx-smoke/gpt2", store=_store(whole, seaweedfs), dataset="featx-sample")
+    assert view.num_shards == 4 and torch.equal(view.feats, one.feats)
+    seaweedfs.client().delete_object(Bucket=seaweedfs.bucket, Key=f"{stem}shard-00002-of-00004.manifest.json")
+    r = run_featx("extract", *gpt2, "--store", sharded, "--shard_rows", "16", env=env)
+    assert r.code == 0 and "3/4 shards already committed" in r.err, r.err[-3000:]
+    after = _keys(seaweedfs, stem)
+    assert {k: e for k, e in after.items() if "00002" not in k} == {k: e for k, e in keys.items() if "00002" not in k}
+    assert torch.equal(featx.load("featx-smoke/gpt2", store=_store(sharded, seaweedfs), dataset="featx-sample").feats,
+                       one.feats)
