@@ -92,8 +92,8 @@ class Alignment:
         mine = M.build_state(prepared, [metric], topk)
         out: Scores = {}
         for e in self.entries:
-            score, (i, j) = M.best_layer_pair(M.layer_scores(metric, mine, self._state(e, metric, topk)),
-                                              self.zero_floor)
+            score, (i, j) = M.best_of(metric, M.layer_scores(metric, mine, self._state(e, metric, topk)),
+                                      self.zero_floor)
             out[e.model_id] = (score, (i, j) if i >= 0 else None)
         return out
 

@@ -141,6 +141,8 @@ def check_enough_rows(metrics: list[str], topk: int, n: int) -> None:
         raise UsageError(f"--topk {topk} needs more rows than that; the features have {n}")
     if any(m in ("unbiased_cka", "cknna") for m in metrics) and n < 4:
         raise UsageError(f"unbiased_cka/cknna need at least 4 rows; the features have {n}")
+    if "rsa" in metrics and n < 3:
+        raise UsageError(f"rsa needs at least 3 rows (an RDM with 3 entries); the features have {n}")
 
 
 def check_committed(store: Store, entries: list[Entry], extract_hint: str) -> None:
@@ -302,7 +304,7 @@ def score_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey | Path, 
                 mat, best = mat_t.T, best_t[::-1]
             else:
                 mat = M.layer_scores(metric, states[ey.source], states[ex.source])  # [Ly, Lx], A = y as the reference
-                score, best = M.best_layer_pair(mat, zero_floor)
+                score, best = M.best_of(metric, mat, zero_floor)
                 done[(ey.source, ex.source)] = (mat, score, best)
                 res.pairs_computed += 1
             ly, lx = best
@@ -359,6 +361,7 @@ def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers
         **{f"{name}_{tag}": [getattr(e, attr) for e in side.entries]
            for name, attr in PER_MODEL_KEYS.items() for tag, side in (("x", res.x), ("y", res.y))},
         "metric": res.metric,
+        "kind": M.REGISTRY[res.metric].kind,
         "topk": res.topk if M.uses_topk(res.metric) else None,
         "zero_floor": res.zero_floor,
         "layers": layers,

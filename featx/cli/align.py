@@ -9,13 +9,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from featx.align.registry import METRICS, describe
 from featx.catalog.spec import POOL_CHOICES
 from featx.cli.options import add_store
 from featx.flags import flag
 from featx.pipeline.request import add_data_options, add_format_option
 
 OUTLIER_MODES = ("exact", "quantile")
-METRIC_CHOICES = ("mutual_knn", "cycle_knn", "lcs_knn", "cka", "unbiased_cka", "cknna", "svcca", "edit_distance_knn")
+METRIC_CHOICES = METRICS
 DEFAULT_OUT = "results/alignment"
 
 ALIGN_EXAMPLES = """examples:
@@ -33,7 +34,9 @@ With a bare modality and no --modelset/--models, a side is the models of that mo
 holds for --dataset/--subset, named "stored" (stored-language, stored-vision).
 A .pt file (or a directory of .pt files) is a side of your own features: torch.save({'feats': f}, path)
 with f a [N, L, D] tensor or a list of [N, D] layers, rows in the data set's order.
-"""
+
+measures (--metric; featx/align/metrics.yaml: name, kind, range, k = takes --topk, source):
+""" + describe() + "\n"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_store(p)
     g = p.add_argument_group("alignment")
     flag(g, "metric", nargs="+", choices=METRIC_CHOICES, default=["mutual_knn"], metavar="NAME",
-         help=f"one or more of {', '.join(METRIC_CHOICES)} (default mutual_knn; features are read once for all)")
+         help="one or more of the measures listed below (default mutual_knn; features are read once for all)")
     flag(g, "topk", type=int, default=10, help="k of the k-NN metrics (and cknna), as the reference (default 10)")
     flag(g, "layers", choices=["best", "all", "last"], default="best",
          help="best: every layer pair, best kept (reference); all: also save every layer×layer matrix; last: last layers only")
