@@ -180,6 +180,7 @@ class ModelState:
     svd_s: torch.Tensor | None = None
     rank: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # per-layer statistics [L] float64
+    layers: Prepared | None = None  # the prepared layers, kept only where calibration permutes them
     # cknna's neighbours as the reference picks them (torch.topk): the same tensors as knn/knn_vals/
     # mask unless duplicate rows tie at the k-th place and topk keeps another one of them
     cknna_knn: torch.Tensor | None = None
