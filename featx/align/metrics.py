@@ -202,7 +202,7 @@ def _needs(metrics) -> set[str]:
             raise ValueError(f"unknown metric {m!r}; choose one of {', '.join(METRICS)}")
         if uses_topk(m):
             need.add("cknna_knn" if m == "cknna" else "knn")
-        if m in ("mutual_knn", "cycle_knn"):
+        if m == "cycle_knn":
             need.add("mask")
         if m == "cka":
             need.add("centered")
@@ -212,8 +212,6 @@ def _needs(metrics) -> set[str]:
             need.add("raw")
         if m == "svcca":
             need.add("basis")
-        if m == "jaccard_knn":
-            need.add("mask")
         if m in _SVD_METRICS:
             need.add("svd")
         if m == "rsa":
@@ -229,6 +227,25 @@ def _needs(metrics) -> set[str]:
 
 _SVD_METRICS = ("orthogonal_procrustes", "angular_shape_metric", "linear_regression", "eigenspace_overlap")
 _GRAM_NEEDS = {"knn", "cknna_knn", "raw", "centered", "ucentered", "rdm", "dcentered", "uniformity"}
+_BLOCK_BUDGET = 1 << 24  # elements of one [block, N] similarity block of the row-blocked k-NN
+
+
+def knn_blocked(x: torch.Tensor, topk: int, budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-NN of one ``[N, D]`` layer by row blocks: each block's similarities to all rows, self
+    excluded, neighbours picked by :func:`nearest_neighbors` row by row (so ties as the dense path).
+    Memory ``O(N·k + block·N)``, never ``N×N``. Returns (indices, similarities) ``[N, k]``."""
+    n = x.shape[0]
+    block = max(1, (budget or _BLOCK_BUDGET) // max(1, n))
+    idx, vals = [], []
+    for s in range(0, n, block):
+        hat = x[s:s + block] @ x.T
+        rows = torch.arange(hat.shape[0], device=x.device)
+        hat[rows, rows + s] = float("-inf")
+        i = nearest_neighbors(hat, topk)
+        idx.append(i)
+        vals.append(hat.gather(-1, i))
+        del hat
+    return torch.cat(idx), torch.cat(vals)
 
 
 def _layer_chunk(n: int, budget: int = _KERNEL_BUDGET) -> int:
@@ -266,7 +283,10 @@ def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFA
     knn, vals, cknn, cvals = [], [], [], []
     kernels = {k: [] for k in ("raw", "centered", "ucentered", "rdm", "dcentered") if k in need}
     uniformity = []
-    if need & _GRAM_NEEDS:
+    if need & _GRAM_NEEDS == {"knn"}:  # neighbours only: row blocks, no N×N matrix
+        pairs = [knn_blocked(x, topk) for x in prepared]
+        knn, vals = [torch.stack([p[0] for p in pairs])], [torch.stack([p[1] for p in pairs])]
+    elif need & _GRAM_NEEDS:
         step = _layer_chunk(n)
         for s in range(0, L, step):
             gram = _grams(prepared[s:s + step])  # [c, N, N] inner products
@@ -450,15 +470,19 @@ def _chunks(total: int, per_item: int, budget: int = _GATHER_BUDGET):
         yield slice(s, min(total, s + step))
 
 
-def _mutual_knn(a: ModelState, b: ModelState) -> torch.Tensor:
+def knn_overlaps(a: ModelState, b: ModelState) -> torch.Tensor:
+    """``[La, Lb, N]`` int32: ``|knn_A(i) ∩ knn_B(i)|`` for every layer pair and row, from the
+    neighbour lists alone (``N·k²`` comparisons per layer pair; no ``N×N`` masks)."""
     n, k = a.n, a.topk
-    rows = torch.arange(n, device=a.knn.device).view(1, n, 1) * n
     out = []
-    for sl in _chunks(a.num_layers, b.num_layers * n * k):
-        lin = (rows + a.knn[sl]).reshape(-1)  # (i, knn_A(i)) positions
-        hits = b.mask.index_select(0, lin).view(-1, n * k, b.num_layers)  # [ca, N*k, Lb]
-        out.append(hits.to(torch.uint8).sum(dim=1, dtype=torch.int32))
-    return torch.cat(out).double() / (n * k)
+    for sl in _chunks(a.num_layers, b.num_layers * n * k * k):
+        eq = a.knn[sl][:, None, :, :, None] == b.knn[None, :, :, None, :]  # [ca, Lb, N, k, k]
+        out.append(eq.any(dim=-1).sum(dim=-1, dtype=torch.int32))
+    return torch.cat(out)
+
+
+def _mutual_knn(a: ModelState, b: ModelState) -> torch.Tensor:
+    return knn_overlaps(a, b).sum(dim=-1, dtype=torch.int64).double() / (a.n * a.topk)
 
 
 def _cycle_knn(a: ModelState, b: ModelState) -> torch.Tensor:
@@ -576,14 +600,8 @@ def _svcca(a: ModelState, b: ModelState) -> torch.Tensor:
 def _jaccard_knn(a: ModelState, b: ModelState) -> torch.Tensor:
     """Mean over rows of ``|knn_A(i) ∩ knn_B(i)| / |knn_A(i) ∪ knn_B(i)|`` (ReSi's Jaccard k-NN
     similarity; neighbours as mutual_knn's, self excluded); ``|∪| = 2k - |∩|``."""
-    n, k = a.n, a.topk
-    rows = torch.arange(n, device=a.knn.device).view(1, n, 1) * n
-    out = []
-    for sl in _chunks(a.num_layers, b.num_layers * n * k):
-        lin = (rows + a.knn[sl]).reshape(-1)
-        hits = b.mask.index_select(0, lin).view(-1, n, k, b.num_layers).sum(dim=2, dtype=torch.int32).double()
-        out.append((hits / (2 * k - hits)).mean(dim=1))  # [ca, Lb]
-    return torch.cat(out)
+    hits = knn_overlaps(a, b).double()
+    return (hits / (2 * a.topk - hits)).mean(dim=-1)
 
 
 def _svd_products(a: ModelState, b: ModelState, reduce) -> torch.Tensor:
