@@ -37,7 +37,7 @@ def _ref_list_prepare(layers: list[torch.Tensor]) -> list[torch.Tensor]:
     return [F.normalize(R.remove_outliers(x.float()), p=2, dim=-1) for x in layers]
 
 
-@pytest.mark.parametrize("metric", M.METRICS)
+@pytest.mark.parametrize("metric", M.REFERENCE_METRICS)
 def test_lists_of_different_widths_match_a_loop_over_layer_pairs(metric):
     a, b = _layers(1, 30, [10, 16, 32]), _layers(2, 30, [12, 20])  # svcca needs 10 wide (cca_dim)
     k = 4
@@ -57,7 +57,7 @@ def test_cli_aligns_stored_lists_with_stored_tensors(tmp_path, capsys):
     commit(store, "featx-smoke/gpt2", language)
     commit(store, "featx-smoke/vit", convnet)
     assert main(["align", "--output_dir", str(tmp_path / "features"), "--dataset", "featx-sample", "--models",
-                 "featx-smoke/gpt2", "featx-smoke/vit", "--metric", *M.METRICS, "--topk", "4", "--out",
+                 "featx-smoke/gpt2", "featx-smoke/vit", "--metric", *M.REFERENCE_METRICS, "--topk", "4", "--out",
                  str(tmp_path / "alignment"), "--quiet"]) == 0
     px = [F.normalize(x, p=2, dim=-1) for x in R.prepare(language).unbind(dim=1)]  # whole-tensor clamp
     py = _ref_list_prepare(convnet)  # per-layer clamp

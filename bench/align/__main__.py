@@ -10,6 +10,7 @@ reference prepares the y model again for every pair and recomputes both k-NN gra
 pair. The reference is written for CUDA (it loads features to ``cuda:0``); here both run on the CPU.
 
     python -m bench.align              # 4 x 6 x 1024, mutual_knn: about a minute on 2 idle cores (make bench)
+    python -m bench.align --rows 4000 32000 --calibrate 200   # rows and calibration cost (bench/align/scale.py)
     python -m bench.align --full       # 20 x 25 x 1024, the size featx was built for: the loop takes
                                        # about a day on 2 CPU cores; run it where both finish
 """
@@ -41,7 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", nargs="+", default=["mutual_knn"], choices=sorted(R.METRIC_FNS))
     ap.add_argument("--topk", type=int, default=10)
     ap.add_argument("--out", default=str(RESULTS / "align-cpu.json"))
+    ap.add_argument("--rows", nargs="+", type=int, default=None,
+                    help="scale mode: featx align on two 4 x 256 models at these row counts (peak RSS, seconds)")
+    ap.add_argument("--rows_metrics", nargs="+", default=["mutual_knn", "jaccard_knn", "cka"])
+    ap.add_argument("--calibrate", type=int, default=0, help="scale mode: K-permutation calibration cost, "
+                    "featx vs calibrated-similarity's loop on one pair")
+    ap.add_argument("--calibrate_rows", type=int, default=1000)
     a = ap.parse_args(argv)
+    if a.rows or a.calibrate:
+        from bench.align import scale
+
+        out = Path(a.out) if a.out != str(RESULTS / "align-cpu.json") else RESULTS / "align-scale-cpu.json"
+        return scale.main(a.rows or [], a.rows_metrics, a.calibrate, a.calibrate_rows, out)
     size = FULL if a.full else {"models": a.models, "layers": a.layers, "samples": a.samples}
     m, layers, n = size["models"], size["layers"], size["samples"]
     model_pairs = m * (m + 1) // 2

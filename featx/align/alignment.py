@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 from featx import settings
+from featx.align import calibration as C
 from featx.align import metrics as M
 from featx.align.run import (Entry, check_committed, check_enough_rows, check_options, check_same_rows, pick_device,
                              read_prepared)
@@ -73,13 +74,24 @@ class Alignment:
             self._states[key] = M.build_state(self._prepared[entry.source], [metric], topk)
         return self._states[key]
 
-    def score(self, features: M.Features, metric: str = "mutual_knn", topk: int = 10) -> Scores:
+    def score(self, features: M.Features, metric: str = "mutual_knn", topk: int = 10, *, calibrate: int = 0,
+              alpha: float = 0.05, seed: int = 0) -> Scores | dict[str, C.Calibrated]:
         """Best score over every layer pair of ``features`` (``[N, L, D]``, ``[N, D]`` or a list of
         ``[N, D_l]``, rows in the data set's order) against each stored model, as
-        ``{model_id: (score, (feature layer, model layer) | None)}`` — the reference's return value."""
+        ``{model_id: (score, (feature layer, model layer) | None)}`` — the reference's return value.
+        With ``calibrate=K``: ``{model_id: Calibrated}`` — raw best (max over layer pairs, no zero
+        floor), calibrated score, add-one p-value and threshold against ``K`` permutations of the
+        rows of ``features`` (seeded by ``seed``; :mod:`featx.align.calibration`)."""
         if metric not in M.METRICS:
             raise UsageError(f"unknown metric {metric!r}; choose one of {', '.join(M.METRICS)}")
         check_options([metric], topk)
+        if calibrate:
+            try:
+                C.check_calibratable(metric)
+                if calibrate < 1 or not 0 < alpha < 1:
+                    raise ValueError(f"calibrate={calibrate}, alpha={alpha}: give K >= 1 and 0 < alpha < 1")
+            except ValueError as err:
+                raise UsageError(str(err)) from err
         try:
             prepared = M.prepare_features(features, device=self.device, outliers=self.outliers)
         except (ValueError, AttributeError) as err:
@@ -90,10 +102,23 @@ class Alignment:
                              "same data set rows, in its order")
         check_enough_rows([metric], topk, n)
         mine = M.build_state(prepared, [metric], topk)
+        if calibrate:
+            return self._calibrated(prepared, mine, metric, topk, calibrate, alpha, seed)
         out: Scores = {}
         for e in self.entries:
-            score, (i, j) = M.best_layer_pair(M.layer_scores(metric, mine, self._state(e, metric, topk)),
-                                              self.zero_floor)
+            score, (i, j) = M.best_of(metric, M.layer_scores(metric, mine, self._state(e, metric, topk)),
+                                      self.zero_floor)
             out[e.model_id] = (score, (i, j) if i >= 0 else None)
         return out
 
+
+    def _calibrated(self, prepared: M.Prepared, mine: M.ModelState, metric: str, topk: int, k: int, alpha: float,
+                    seed: int) -> dict[str, C.Calibrated]:
+        others = [self._state(e, metric, topk) for e in self.entries]
+        null = C.null_statistics(metric, prepared, others, C.permutations(prepared[0].shape[0], k, seed), topk)
+        out = {}
+        for e, other, row in zip(self.entries, others, null):
+            score, layers = C.statistic(M.layer_scores(metric, mine, other))
+            cal, p, tau = C.calibrate(score, row, alpha, C.upper_bound(metric, topk))
+            out[e.model_id] = C.Calibrated(score, layers, cal, p, tau, k)
+        return out

@@ -19,6 +19,14 @@ centred kernels, SVD bases) and a model pair is scored for all its layer pairs a
 * ``svcca``: canonical correlations of the two top-``cca_dim`` SVD subspaces = singular values of
   ``U_Aᵀ U_B``.
 
+The measures beyond the reference's (registry ``metrics.yaml``, each pair function's docstring gives
+its source's definition) follow the same pattern: ``jaccard_knn`` from the neighbour masks; the
+Procrustes family (orthogonal Procrustes, angular shape metric, linear regression, eigenspace
+overlap) from one thin SVD per centred layer (all are functions of ``U_Aᵀ U_B`` and the singular
+values, one batched product per model pair); ``rsa`` and ``distance_correlation`` from per-layer
+RDM vectors / double-centred distance matrices, one product as cka; the concentricity and uniformity
+differences from one statistic per layer. Distances' best layer pair is the minimum (:func:`best_of`).
+
 A model's features are ``[N, L, D]`` or a list of ``[N, D_l]`` layers whose widths may differ (the
 reference's list input, e.g. a convnet's stages); every structure above is per layer, so every
 metric takes layer pairs of any widths (svcca: at least ``cca_dim`` wide, as the reference's CCA).
@@ -34,17 +42,23 @@ is not even reproducible run to run), and closed-form CCA in place of sklearn's 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "cka", "unbiased_cka", "cknna", "svcca", "edit_distance_knn")
-#: The reference treats every metric but cycle_knn as symmetric (measure_alignment.py).
-SYMMETRIC = frozenset(METRICS) - {"cycle_knn"}
+from featx.align import registry
+
+#: The registry (``metrics.yaml``): every measure, and the reference's among them.
+REGISTRY, METRICS, REFERENCE_METRICS = registry.REGISTRY, registry.METRICS, registry.REFERENCE_METRICS
+
+#: Reused for the swapped pair: the reference treats every metric but cycle_knn as symmetric
+#: (measure_alignment.py); cknna only in its own symmetric mode.
+SYMMETRIC = frozenset(m for m, i in REGISTRY.items() if i.symmetric != "no")
 #: Symmetric by definition. The reference's cknna is not quite: its unbiased HSIC of the two masked
 #: kernels has a term sum(P @ Q) that changes when P and Q (not symmetric) swap.
-EXACTLY_SYMMETRIC = SYMMETRIC - {"cknna"}
+EXACTLY_SYMMETRIC = frozenset(m for m, i in REGISTRY.items() if i.symmetric == "exact")
 KERNEL_METRICS = ("cka", "unbiased_cka", "cknna")
 DEFAULT_Q = 0.95
 DEFAULT_CCA_DIM = 10
@@ -62,8 +76,12 @@ _KERNEL_BUDGET = 1 << 25  # elements per [layers, N, N] chunk while building sta
 
 
 def uses_topk(metric: str) -> bool:
-    """The reference's rule (``'knn' in metric``): also true for cknna."""
-    return "knn" in metric
+    """The registry's ``topk`` (the reference's rule ``'knn' in metric``, which is true for cknna)."""
+    return REGISTRY[metric].topk
+
+
+def is_distance(metric: str) -> bool:
+    return REGISTRY[metric].kind == "distance"
 
 
 def result_name(metric: str, topk: int) -> str:
@@ -156,6 +174,13 @@ class ModelState:
     kernels: dict[str, torch.Tensor] = field(default_factory=dict)  # 'centered'/'ucentered' [L, N*N]; 'raw' [N*N, L]
     self_sim: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> [L] float64
     basis: torch.Tensor | None = None  # [L, N, cca_dim] float64 (svcca)
+    # thin SVD of each centred layer, zero-padded to the widest rank R: U [L, N, R], S [L, R] float64
+    # (U S is the layer up to a rotation of its columns, all the Procrustes family needs), rank [L]
+    svd_u: torch.Tensor | None = None
+    svd_s: torch.Tensor | None = None
+    rank: torch.Tensor | None = None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # per-layer statistics [L] float64
+    layers: Prepared | None = None  # the prepared layers, kept only where calibration permutes them
     # cknna's neighbours as the reference picks them (torch.topk): the same tensors as knn/knn_vals/
     # mask unless duplicate rows tie at the k-th place and topk keeps another one of them
     cknna_knn: torch.Tensor | None = None
@@ -164,7 +189,8 @@ class ModelState:
 
     def nbytes(self) -> int:
         tensors = [self.knn, self.knn_vals, self.mask, self.basis, self.cknna_knn, self.cknna_vals, self.cknna_mask,
-                   *self.kernels.values(), *self.self_sim.values()]
+                   self.svd_u, self.svd_s, self.rank, *self.kernels.values(), *self.self_sim.values(),
+                   *self.stats.values()]
         unique = {id(t): t for t in tensors if t is not None}
         return sum(t.numel() * t.element_size() for t in unique.values())
 
@@ -176,7 +202,7 @@ def _needs(metrics) -> set[str]:
             raise ValueError(f"unknown metric {m!r}; choose one of {', '.join(METRICS)}")
         if uses_topk(m):
             need.add("cknna_knn" if m == "cknna" else "knn")
-        if m in ("mutual_knn", "cycle_knn"):
+        if m == "cycle_knn":
             need.add("mask")
         if m == "cka":
             need.add("centered")
@@ -186,7 +212,40 @@ def _needs(metrics) -> set[str]:
             need.add("raw")
         if m == "svcca":
             need.add("basis")
+        if m in _SVD_METRICS:
+            need.add("svd")
+        if m == "rsa":
+            need.add("rdm")
+        if m == "distance_correlation":
+            need.add("dcentered")
+        if m == "concentricity_difference":
+            need.add("concentricity")
+        if m == "uniformity_difference":
+            need.add("uniformity")
     return need
+
+
+_SVD_METRICS = ("orthogonal_procrustes", "angular_shape_metric", "linear_regression", "eigenspace_overlap")
+_GRAM_NEEDS = {"knn", "cknna_knn", "raw", "centered", "ucentered", "rdm", "dcentered", "uniformity"}
+_BLOCK_BUDGET = 1 << 24  # elements of one [block, N] similarity block of the row-blocked k-NN
+
+
+def knn_blocked(x: torch.Tensor, topk: int, budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-NN of one ``[N, D]`` layer by row blocks: each block's similarities to all rows, self
+    excluded, neighbours picked by :func:`nearest_neighbors` row by row (so ties as the dense path).
+    Memory ``O(N·k + block·N)``, never ``N×N``. Returns (indices, similarities) ``[N, k]``."""
+    n = x.shape[0]
+    block = max(1, (budget or _BLOCK_BUDGET) // max(1, n))
+    idx, vals = [], []
+    for s in range(0, n, block):
+        hat = x[s:s + block] @ x.T
+        rows = torch.arange(hat.shape[0], device=x.device)
+        hat[rows, rows + s] = float("-inf")
+        i = nearest_neighbors(hat, topk)
+        idx.append(i)
+        vals.append(hat.gather(-1, i))
+        del hat
+    return torch.cat(idx), torch.cat(vals)
 
 
 def _layer_chunk(n: int, budget: int = _KERNEL_BUDGET) -> int:
@@ -222,8 +281,12 @@ def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFA
         raise ValueError(f"topk {topk} must be between 1 and N-1 = {n - 1}")
     st = ModelState(n=n, num_layers=L, topk=topk)
     knn, vals, cknn, cvals = [], [], [], []
-    kernels = {k: [] for k in ("raw", "centered", "ucentered") if k in need}
-    if need & {"knn", "cknna_knn", "raw", "centered", "ucentered"}:
+    kernels = {k: [] for k in ("raw", "centered", "ucentered", "rdm", "dcentered") if k in need}
+    uniformity = []
+    if need & _GRAM_NEEDS == {"knn"}:  # neighbours only: row blocks, no N×N matrix
+        pairs = [knn_blocked(x, topk) for x in prepared]
+        knn, vals = [torch.stack([p[0] for p in pairs])], [torch.stack([p[1] for p in pairs])]
+    elif need & _GRAM_NEEDS:
         step = _layer_chunk(n)
         for s in range(0, L, step):
             gram = _grams(prepared[s:s + step])  # [c, N, N] inner products
@@ -239,6 +302,16 @@ def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFA
                     cvals.append(v)
                     cknn.append(i)
                 del hat
+            if need & {"rdm", "dcentered", "uniformity"}:
+                sq = _sq_distances(gram)
+                if "uniformity" in need:  # log mean over pairs i < j of exp(-2 d_ij^2)
+                    iu = torch.triu_indices(n, n, 1, device=gram.device)
+                    uniformity.append(torch.logsumexp(-2 * sq[:, iu[0], iu[1]].double(), dim=1) - math.log(iu.shape[1]))
+                if "rdm" in kernels:
+                    kernels["rdm"].append(_rdm_vectors(sq.sqrt()))
+                if "dcentered" in kernels:
+                    kernels["dcentered"].append(_center(sq.sqrt().double()).reshape(gram.shape[0], -1))
+                del sq
             if not kernels:
                 continue
             if "raw" in kernels:
@@ -270,7 +343,55 @@ def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFA
             for l in range(L)])
     if "basis" in need:
         st.basis = svcca_basis(prepared, cca_dim)
+    if "svd" in need:
+        st.svd_u, st.svd_s, st.rank = centred_svd(prepared)
+    if "dcentered" in need:
+        st.self_sim["distance_correlation"] = _rowwise_sq(st.kernels["dcentered"]) / (n * n)
+    if uniformity:
+        st.stats["uniformity"] = torch.cat(uniformity)
+    if "concentricity" in need:
+        st.stats["concentricity"] = torch.stack([
+            F.cosine_similarity(x.double(), x.double().mean(dim=0, keepdim=True), dim=1).mean() for x in prepared])
     return st
+
+
+def _sq_distances(gram: torch.Tensor) -> torch.Tensor:
+    """``[c, N, N]`` squared Euclidean distances from inner products, clamped at 0, exact 0 diagonal."""
+    diag = gram.diagonal(dim1=1, dim2=2)
+    sq = (diag[:, :, None] + diag[:, None, :] - 2 * gram).clamp(min=0)
+    sq.diagonal(dim1=1, dim2=2).zero_()
+    return sq
+
+
+def _rdm_vectors(dist: torch.Tensor) -> torch.Tensor:
+    """Upper triangles of ``[c, N, N]`` RDMs, centred and scaled to unit norm (float64), so that
+    the Pearson correlation of two RDMs is the inner product of their vectors."""
+    n = dist.shape[-1]
+    iu = torch.triu_indices(n, n, 1, device=dist.device)
+    v = dist[:, iu[0], iu[1]].double()
+    v = v - v.mean(dim=1, keepdim=True)
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def centred_svd(prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD ``X - mean = U S Vᵀ`` of each layer in float64, singular values below float32's
+    resolution (``s_max · max(N, D) · eps32``, numpy's ``matrix_rank`` rule) dropped, zero-padded
+    to the widest rank: ``U [L, N, R]``, ``S [L, R]``, ``rank [L]``. Every measure of the Procrustes
+    family is a function of ``U_Aᵀ U_B`` and the two ``S``, whatever the layers' widths."""
+    us, ss = [], []
+    for x in prepared:
+        act = x.double() - x.double().mean(dim=0)
+        u, sv, _ = torch.linalg.svd(act, full_matrices=False)
+        keep = sv > sv[0] * max(act.shape) * torch.finfo(torch.float32).eps if sv.numel() else sv > 0
+        us.append(u[:, keep])
+        ss.append(sv[keep])
+    r = max(1, max(s.numel() for s in ss))
+    n = prepared[0].shape[0]
+    u_out = torch.zeros(len(us), n, r, dtype=torch.float64, device=prepared[0].device)
+    s_out = torch.zeros(len(us), r, dtype=torch.float64, device=prepared[0].device)
+    for i, (u, sv) in enumerate(zip(us, ss)):
+        u_out[i, :, :sv.numel()], s_out[i, :sv.numel()] = u, sv
+    return u_out, s_out, torch.tensor([s.numel() for s in ss], device=prepared[0].device)
 
 
 def _set_cknna_neighbours(st: ModelState, knn: torch.Tensor, vals: torch.Tensor) -> None:
@@ -349,15 +470,19 @@ def _chunks(total: int, per_item: int, budget: int = _GATHER_BUDGET):
         yield slice(s, min(total, s + step))
 
 
-def _mutual_knn(a: ModelState, b: ModelState) -> torch.Tensor:
+def knn_overlaps(a: ModelState, b: ModelState) -> torch.Tensor:
+    """``[La, Lb, N]`` int32: ``|knn_A(i) ∩ knn_B(i)|`` for every layer pair and row, from the
+    neighbour lists alone (``N·k²`` comparisons per layer pair; no ``N×N`` masks)."""
     n, k = a.n, a.topk
-    rows = torch.arange(n, device=a.knn.device).view(1, n, 1) * n
     out = []
-    for sl in _chunks(a.num_layers, b.num_layers * n * k):
-        lin = (rows + a.knn[sl]).reshape(-1)  # (i, knn_A(i)) positions
-        hits = b.mask.index_select(0, lin).view(-1, n * k, b.num_layers)  # [ca, N*k, Lb]
-        out.append(hits.to(torch.uint8).sum(dim=1, dtype=torch.int32))
-    return torch.cat(out).double() / (n * k)
+    for sl in _chunks(a.num_layers, b.num_layers * n * k * k):
+        eq = a.knn[sl][:, None, :, :, None] == b.knn[None, :, :, None, :]  # [ca, Lb, N, k, k]
+        out.append(eq.any(dim=-1).sum(dim=-1, dtype=torch.int32))
+    return torch.cat(out)
+
+
+def _mutual_knn(a: ModelState, b: ModelState) -> torch.Tensor:
+    return knn_overlaps(a, b).sum(dim=-1, dtype=torch.int64).double() / (a.n * a.topk)
 
 
 def _cycle_knn(a: ModelState, b: ModelState) -> torch.Tensor:
@@ -472,8 +597,107 @@ def _svcca(a: ModelState, b: ModelState) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _jaccard_knn(a: ModelState, b: ModelState) -> torch.Tensor:
+    """Mean over rows of ``|knn_A(i) ∩ knn_B(i)| / |knn_A(i) ∪ knn_B(i)|`` (ReSi's Jaccard k-NN
+    similarity; neighbours as mutual_knn's, self excluded); ``|∪| = 2k - |∩|``."""
+    hits = knn_overlaps(a, b).double()
+    return (hits / (2 * a.topk - hits)).mean(dim=-1)
+
+
+def _svd_products(a: ModelState, b: ModelState, reduce) -> torch.Tensor:
+    """``reduce(U_Aᵀ U_B [c, Lb, R_a, R_b], a layer indices)`` for every layer pair, in chunks."""
+    ra, rb = a.svd_u.shape[-1], b.svd_u.shape[-1]
+    layers = torch.arange(a.num_layers, device=a.svd_u.device)
+    out = []
+    for sl in _chunks(a.num_layers, b.num_layers * ra * rb, 1 << 22):
+        m = torch.einsum("anr,bns->abrs", a.svd_u[sl], b.svd_u)
+        out.append(reduce(m, layers[sl]))
+    return torch.cat(out)
+
+
+def _nuclear_cos(a: ModelState, b: ModelState) -> torch.Tensor:
+    """``||X̃_Aᵀ X̃_B||_*`` of the centred layers scaled to unit Frobenius norm: the cosine of the
+    Procrustes angle (= the nuclear norm of ``S_A U_Aᵀ U_B S_B``)."""
+    def red(m, la):
+        sa, sb = a.svd_s[la], b.svd_s
+        prod = sa[:, None, :, None] * m * sb[None, :, None, :]
+        nuc = torch.linalg.svdvals(prod).sum(dim=-1)
+        return nuc / (sa.norm(dim=-1)[:, None] * sb.norm(dim=-1)[None, :])
+    return _svd_products(a, b, red).clamp(max=1.0)
+
+
+def _orthogonal_procrustes(a: ModelState, b: ModelState) -> torch.Tensor:
+    """Williams et al. 2021 (eq. 3, size-and-shape with centring and unit norm; Ding et al. 2021's
+    ``||X||² + ||Y||² - 2||XᵀY||_*`` before the root): ``min_{Q orthogonal} ||X̃_A - X̃_B Q||_F`` with
+    X̃ the centred layer divided by its Frobenius norm, narrower layer zero-padded; = sqrt(2 - 2 cos θ)."""
+    return torch.sqrt((2 - 2 * _nuclear_cos(a, b)).clamp(min=0))
+
+
+def _angular_shape_metric(a: ModelState, b: ModelState) -> torch.Tensor:
+    """Williams et al. 2021 (eq. 4, the angular shape metric with the orthogonal group, centred):
+    ``θ = arccos(max_Q ⟨X̃_A, X̃_B Q⟩) = arccos ||X̃_Aᵀ X̃_B||_*`` in radians, ``[0, π/2]``."""
+    return torch.arccos(_nuclear_cos(a, b))
+
+
+def _linear_regression(a: ModelState, b: ModelState) -> torch.Tensor:
+    """R² of the least-squares fit of the centred layer B from the centred layer A (Kornblith et al.
+    2019, sec. 3; ReSi's linear regression fit): ``||P_A X_B||_F² / ||X_B||_F²`` with ``P_A`` the
+    projection onto A's column space ``U_A U_Aᵀ``. Not symmetric: A predicts B."""
+    def red(m, la):
+        sb = b.svd_s
+        return ((m * sb[None, :, None, :]) ** 2).sum(dim=(-2, -1)) / (sb ** 2).sum(dim=-1)[None, :]
+    return _svd_products(a, b, red)
+
+
+def _eigenspace_overlap(a: ModelState, b: ModelState) -> torch.Tensor:
+    """May et al. 2019 (def. 1): ``||U_Aᵀ U_B||_F² / max(d_A, d_B)`` with ``U`` orthonormal bases of
+    the (centred) layers' column spaces and ``d`` their ranks."""
+    def red(m, la):
+        ranks = torch.maximum(a.rank[la][:, None], b.rank[None, :]).double()
+        return (m ** 2).sum(dim=(-2, -1)) / ranks
+    return _svd_products(a, b, red)
+
+
+def _rsa(a: ModelState, b: ModelState) -> torch.Tensor:
+    """Pearson correlation of the upper triangles of the two Euclidean RDMs (Kriegeskorte et al. 2008;
+    rsatoolbox ``calc_rdm(method='euclidean')`` compared with ``compare(method='corr')``)."""
+    return a.kernels["rdm"] @ b.kernels["rdm"].T
+
+
+def _distance_correlation(a: ModelState, b: ModelState) -> torch.Tensor:
+    """Székely, Rizzo & Bakirov 2007 (def. 4, V-statistics): double-centred distance matrices
+    ``A, B``, ``dCov² = mean(A ∘ B)``, ``dCor = sqrt(dCov²(A,B) / sqrt(dVar²(A) dVar²(B)))``."""
+    n = a.n
+    dcov = (a.kernels["dcentered"] @ b.kernels["dcentered"].T) / (n * n)
+    den = torch.sqrt(a.self_sim["distance_correlation"][:, None] * b.self_sim["distance_correlation"][None, :])
+    return torch.where(den > 0, dcov / den.clamp(min=1e-300), torch.zeros_like(dcov)).clamp(min=0).sqrt()
+
+
+def _stat_difference(name: str):
+    def fn(a: ModelState, b: ModelState) -> torch.Tensor:
+        return (a.stats[name][:, None] - b.stats[name][None, :]).abs()
+    fn.__doc__ = f"``|{name}(A) - {name}(B)|`` per layer pair (ReSi's {name} difference)."
+    return fn
+
+
 _PAIR = {"mutual_knn": _mutual_knn, "cycle_knn": _cycle_knn, "lcs_knn": _lcs_knn, "cka": _cka,
-         "unbiased_cka": _unbiased_cka, "cknna": _cknna, "svcca": _svcca, "edit_distance_knn": _edit_distance_knn}
+         "unbiased_cka": _unbiased_cka, "cknna": _cknna, "svcca": _svcca, "edit_distance_knn": _edit_distance_knn,
+         "jaccard_knn": _jaccard_knn, "orthogonal_procrustes": _orthogonal_procrustes,
+         "angular_shape_metric": _angular_shape_metric, "linear_regression": _linear_regression,
+         "eigenspace_overlap": _eigenspace_overlap, "rsa": _rsa, "distance_correlation": _distance_correlation,
+         # concentricity: mean cosine of the rows to their mean (ReSi, after Wang et al. 2022);
+         # uniformity: log mean over pairs of exp(-2 ||x_i - x_j||²) (Wang & Isola 2020, t = 2)
+         "concentricity_difference": _stat_difference("concentricity"),
+         "uniformity_difference": _stat_difference("uniformity")}
+assert set(_PAIR) == set(METRICS), "metrics.yaml and the pair functions disagree"
+
+
+def best_of(metric: str, scores_ab: torch.Tensor, zero_floor: bool = True) -> tuple[float, tuple[int, int]]:
+    """:func:`best_layer_pair` for a similarity; for a distance the minimum, never floored."""
+    if is_distance(metric):
+        score, ij = best_layer_pair(-scores_ab, zero_floor=False)
+        return -score, ij
+    return best_layer_pair(scores_ab, zero_floor)
 
 
 def best_layer_pair(scores_ab: torch.Tensor, zero_floor: bool = True) -> tuple[float, tuple[int, int]]:

@@ -55,6 +55,8 @@ def _title(data: dict) -> str:
 
 
 def heatmap(data: dict, dest: Path) -> None:
+    """Scores by model pair; with ``featx align --calibrate`` the calibrated scores beside the raw
+    ones, pairs whose p-value is not below alpha marked "n.s."."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,24 +64,35 @@ def heatmap(data: dict, dest: Path) -> None:
 
     ox = _order(data["models_x"], data["family_x"], data["params_x"])
     oy = _order(data["models_y"], data["family_y"], data["params_y"])
-    scores = np.asarray(data["scores"], dtype=float)[np.ix_(ox, oy)]
-    mx, my = scores.shape
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.38 * my + 3.5), max(4.0, 0.32 * mx + 2.5)))
-    im = ax.imshow(scores, cmap="viridis", aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(my), [_short(data["models_y"][j]) for j in oy], rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(mx), [_short(data["models_x"][i]) for i in ox], fontsize=8)
-    ax.set_xlabel(f"{data.get('label_y', 'y')} (by family, then size)")
-    ax.set_ylabel(f"{data.get('label_x', 'x')}")
-    if mx * my <= 400:
-        finite = scores[np.isfinite(scores)]
-        mid = (finite.min() + finite.max()) / 2 if finite.size else 0
-        for i in range(mx):
-            for j in range(my):
-                if np.isfinite(scores[i, j]):
-                    ax.text(j, i, f"{scores[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if scores[i, j] > mid else "white")
-    fig.colorbar(im, ax=ax, label=data["metric"])
-    ax.set_title(_title(data), fontsize=9)
+    panels = [(data["metric"], np.asarray(data["scores"], dtype=float)[np.ix_(ox, oy)])]
+    ns = None
+    if "p_values" in data:
+        ns = np.asarray(data["p_values"], dtype=float)[np.ix_(ox, oy)] >= data["alpha"]
+        panels.append((f"calibrated (K={data['calibrate']}, alpha={data['alpha']})",
+                       np.asarray(data["calibrated_scores"], dtype=float)[np.ix_(ox, oy)]))
+    mx, my = panels[0][1].shape
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(len(panels) * max(5.0, 0.38 * my + 3.5), max(4.0, 0.32 * mx + 2.5)))
+    for ax, (label, scores) in zip(axes[0], panels):
+        im = ax.imshow(scores, cmap="viridis", aspect="auto", interpolation="nearest")
+        ax.set_xticks(range(my), [_short(data["models_y"][j]) for j in oy], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(mx), [_short(data["models_x"][i]) for i in ox], fontsize=8)
+        ax.set_xlabel(f"{data.get('label_y', 'y')} (by family, then size)")
+        ax.set_ylabel(f"{data.get('label_x', 'x')}")
+        if mx * my <= 400:
+            finite = scores[np.isfinite(scores)]
+            mid = (finite.min() + finite.max()) / 2 if finite.size else 0
+            for i in range(mx):
+                for j in range(my):
+                    if np.isfinite(scores[i, j]):
+                        mark = "\nn.s." if ns is not None and ns[i, j] else ""
+                        ax.text(j, i, f"{scores[i, j]:.2f}{mark}", ha="center", va="center", fontsize=7,
+                                color="black" if scores[i, j] > mid else "white")
+        fig.colorbar(im, ax=ax, label=label)
+    axes[0][0].set_title(_title(data), fontsize=9)
+    if ns is not None:
+        axes[0][1].set_title(f"calibrated; n.s.: p >= {data['alpha']} ({int(ns.sum())} of {ns.size} pairs)",
+                             fontsize=9)
     fig.tight_layout()
     fig.savefig(dest, dpi=110)
     plt.close(fig)
@@ -233,7 +246,16 @@ def _top_rows(data: dict, top: int) -> list[tuple]:
     mask = _self_mask(data)
     rows = [(scores[i, j], i, j) for i in range(scores.shape[0]) for j in range(scores.shape[1])
             if not mask[i, j] and math.isfinite(scores[i, j])]
-    return sorted(rows, key=lambda r: -r[0])[:top]
+    sign = 1 if data.get("kind") == "distance" else -1  # best first: smallest distance, largest similarity
+    return sorted(rows, key=lambda r: sign * r[0])[:top]
+
+
+def _calibration_cells(data: dict, i: int, j: int) -> str:
+    if "p_values" not in data:
+        return ""
+    p = float(data["p_values"][i][j])
+    ns = " (n.s.)" if p >= data["alpha"] else ""
+    return f"<td>{float(data['calibrated_scores'][i][j]):.4f}</td><td>{p:.3g}{ns}</td>"
 
 
 def write_report(out: Path, report_dir: Path | None = None, top: int = 10) -> Path:
@@ -259,13 +281,15 @@ def write_report(out: Path, report_dir: Path | None = None, top: int = 10) -> Pa
         has_layers = bool(bp) and layer_plot(data, *bp, report_dir / files["layers"])
         rows = "".join(
             f"<tr><td>{s:.4f}</td><td>{html.escape(data['models_x'][i])}</td><td>{_layer(data['layer_x'][i][j])}</td>"
-            f"<td>{html.escape(data['models_y'][j])}</td><td>{_layer(data['layer_y'][i][j])}</td></tr>"
+            f"<td>{html.escape(data['models_y'][j])}</td><td>{_layer(data['layer_y'][i][j])}</td>"
+            f"{_calibration_cells(data, i, j)}</tr>"
             for s, i, j in _top_rows(data, top))
         links = [f'<a href="{html.escape(_relpath(p, report_dir))}">{html.escape(p.name)}</a>'
                  for p in (path.with_suffix(".npy"), path, path.with_suffix(".csv")) if p.exists()]
         meta = (f"{len(data['models_x'])} × {len(data['models_y'])} models, {data.get('num_rows')} rows, "
                 f"rows fingerprint <code>{html.escape(str(data.get('rows_fingerprint', ''))[:16])}</code>, "
                 f"revision {html.escape(str(data.get('dataset_revision') or '-'))}, layers: {data.get('layers', 'best')}")
+        calib_head = "<th>calibrated</th><th>p-value</th>" if "p_values" in data else ""
         layers_img = (f'<figure><img src="{files["layers"]}" alt="layer map of the best pair">'
                       f"<figcaption>Every layer pair of the best model pair (+ marks the best).</figcaption></figure>"
                       if has_layers else "")
@@ -279,7 +303,7 @@ model pair; rows and columns ordered by family, then size.</figcaption></figure>
 other side against its parameter count.</figcaption></figure>
 {quality_img}
 {layers_img}
-<table><tr><th>score</th><th>model x</th><th>layer</th><th>model y</th><th>layer</th></tr>{rows}</table>
+<table><tr><th>score</th><th>model x</th><th>layer</th><th>model y</th><th>layer</th>{calib_head}</tr>{rows}</table>
 </section>""")
     page = report_dir / "index.html"
     page.write_text(f"""<!doctype html>

@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from featx.align import calibration as C
 from featx.align import metrics as M
 from featx.align.results import save_results
 from featx.catalog import ModelSpec
@@ -35,6 +36,7 @@ from featx.errors import UsageError
 from featx.store import ArtifactKey, Manifest, Store
 
 LAYER_MODES = ("best", "all", "last")
+CALIBRATION_COLUMNS = ("raw_max", "calibrated", "p_value", "threshold")
 CSV_COLUMNS = ("model_x", "model_y", "metric", "topk", "score", "layer_x", "layer_y", "num_layers_x", "num_layers_y",
                "num_rows", "dataset", "subset", "dataset_revision", "rows_fingerprint", "pool_x", "pool_y",
                "modality_x", "modality_y", "family_x", "family_y", "params_x", "params_y", "bpb_x", "bpb_y")
@@ -96,6 +98,20 @@ class Side:
 
 
 @dataclass
+class Calibration:
+    """Per model pair ``[Mx, My]``: the permutation-null calibration of the max over the layer search
+    (:mod:`featx.align.calibration`), the y side's rows permuted."""
+
+    permutations: int
+    alpha: float
+    seed: int
+    raw_max: np.ndarray  # T_obs: max over layer pairs, no zero floor
+    calibrated: np.ndarray
+    p_values: np.ndarray
+    thresholds: np.ndarray
+
+
+@dataclass
 class AlignResult:
     metric: str
     topk: int
@@ -110,6 +126,7 @@ class AlignResult:
     pairs_computed: int = 0
     npy: Path | None = None
     csv: Path | None = None
+    calibration: Calibration | None = None
 
     @property
     def indices(self) -> np.ndarray:
@@ -136,11 +153,24 @@ def check_options(metrics: list[str], topk: int) -> None:
         raise UsageError("cknna needs --topk 2 or more (as the reference)")
 
 
+def check_calibration(metrics: list[str], k: int, alpha: float) -> None:
+    """Refuse a calibration that cannot run, before the store is touched."""
+    if not k:
+        return
+    if k < 1 or not 0 < alpha < 1:
+        raise UsageError(f"--calibrate {k} --alpha {alpha}: give K >= 1 permutations and 0 < alpha < 1")
+    distances = [m for m in metrics if M.is_distance(m)]
+    if distances:
+        raise UsageError(f"--calibrate is defined for similarities; drop {', '.join(distances)} or --calibrate")
+
+
 def check_enough_rows(metrics: list[str], topk: int, n: int) -> None:
     if any(M.uses_topk(m) for m in metrics) and not topk < n:
         raise UsageError(f"--topk {topk} needs more rows than that; the features have {n}")
     if any(m in ("unbiased_cka", "cknna") for m in metrics) and n < 4:
         raise UsageError(f"unbiased_cka/cknna need at least 4 rows; the features have {n}")
+    if "rsa" in metrics and n < 3:
+        raise UsageError(f"rsa needs at least 3 rows (an RDM with 3 entries); the features have {n}")
 
 
 def check_committed(store: Store, entries: list[Entry], extract_hint: str) -> None:
@@ -259,8 +289,10 @@ def check_rows(entries: list[Entry]) -> None:
 
 
 def load_states(store: Store | None, entries: list[Entry], metrics, topk: int, layers: str, device: torch.device,
-                outliers: str = "exact", log: Callable[[str], None] = print) -> dict[ArtifactKey | Path, M.ModelState]:
-    """Read each distinct source once, prepare it, keep only what ``metrics`` need of it."""
+                outliers: str = "exact", log: Callable[[str], None] = print,
+                keep_layers: frozenset = frozenset()) -> dict[ArtifactKey | Path, M.ModelState]:
+    """Read each distinct source once, prepare it, keep only what ``metrics`` need of it (and the
+    prepared layers of the sources in ``keep_layers``, which calibration permutes)."""
     states: dict[ArtifactKey | Path, M.ModelState] = {}
     names = {e.source: e.model_id for e in entries}
     for source, prepared in read_prepared(store, entries, layers, device, outliers, log):
@@ -269,6 +301,8 @@ def load_states(store: Store | None, entries: list[Entry], metrics, topk: int, l
             states[source] = M.build_state(prepared, metrics, topk)
         except ValueError as err:
             raise UsageError(f"{names[source]}: {err}") from err
+        if source in keep_layers:
+            states[source].layers = prepared
         del prepared
         gc.collect()
         log(f"{names[source]}: state {states[source].nbytes() / 2**20:.0f} MiB")
@@ -279,7 +313,8 @@ def load_states(store: Store | None, entries: list[Entry], metrics, topk: int, l
 # -- scoring ----------------------------------------------------------------------------------------------
 
 def score_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey | Path, M.ModelState], topk: int,
-                keep_matrices: bool, log: Callable[[str], None] = print, zero_floor: bool = True) -> AlignResult:
+                keep_matrices: bool, log: Callable[[str], None] = print, zero_floor: bool = True,
+                calibrate: tuple[int, float, int] | None = None) -> AlignResult:
     """For every (x model, y model): the reference's ``compute_score(y_feats, x_feats)`` — every layer
     pair, best kept (above 0 with ``zero_floor``, as the reference) — with symmetric metrics computed
     once per unordered pair."""
@@ -302,7 +337,7 @@ def score_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey | Path, 
                 mat, best = mat_t.T, best_t[::-1]
             else:
                 mat = M.layer_scores(metric, states[ey.source], states[ex.source])  # [Ly, Lx], A = y as the reference
-                score, best = M.best_layer_pair(mat, zero_floor)
+                score, best = M.best_of(metric, mat, zero_floor)
                 done[(ey.source, ex.source)] = (mat, score, best)
                 res.pairs_computed += 1
             ly, lx = best
@@ -311,9 +346,33 @@ def score_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey | Path, 
             res.layer_y[i, j] = ly + ey.layer_offset if ly >= 0 else -1
             if keep_matrices:
                 res.matrices[(i, j)] = mat.T.cpu().numpy()
+    if calibrate:
+        res.calibration = calibrate_pairs(metric, x, y, states, topk, *calibrate)
     res.seconds = time.perf_counter() - t0
     log(f"{M.result_name(metric, topk)}: {mx}x{my} model pairs ({res.pairs_computed} computed) in {res.seconds:.1f}s")
     return res
+
+
+def calibrate_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey | Path, M.ModelState], topk: int,
+                    k: int, alpha: float, seed: int) -> Calibration:
+    """Every (x, y) model pair calibrated against the same ``k`` seeded permutations of the rows: each
+    y model permuted once per permutation, its state scored against every x model's at once."""
+    mx, my = len(x.entries), len(y.entries)
+    cal = Calibration(k, alpha, seed, *(np.zeros((mx, my)) for _ in range(4)))
+    perms = C.permutations(x.entries[0].num_rows, k, seed)
+    smax = C.upper_bound(metric, topk)
+    others = [states[ex.source] for ex in x.entries]
+    nulls: dict = {}
+    for j, ey in enumerate(y.entries):
+        a = states[ey.source]
+        if ey.source not in nulls:
+            nulls[ey.source] = C.null_statistics(metric, a.layers, others, perms, topk)
+        for i, ex in enumerate(x.entries):
+            obs, _ = C.statistic(M.layer_scores(metric, a, states[ex.source]))
+            cal.raw_max[i, j] = obs
+            cal.calibrated[i, j], cal.p_values[i, j], cal.thresholds[i, j] = C.calibrate(
+                obs, nulls[ey.source][i], alpha, smax)
+    return cal
 
 
 # -- writing ----------------------------------------------------------------------------------------------
@@ -359,6 +418,7 @@ def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers
         **{f"{name}_{tag}": [getattr(e, attr) for e in side.entries]
            for name, attr in PER_MODEL_KEYS.items() for tag, side in (("x", res.x), ("y", res.y))},
         "metric": res.metric,
+        "kind": M.REGISTRY[res.metric].kind,
         "topk": res.topk if M.uses_topk(res.metric) else None,
         "zero_floor": res.zero_floor,
         "layers": layers,
@@ -370,6 +430,10 @@ def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers
         "label_x": res.x.label,
         "label_y": res.y.label,
     }
+    if res.calibration is not None:
+        c = res.calibration
+        payload.update({"calibrate": c.permutations, "alpha": c.alpha, "seed": c.seed, "raw_max": c.raw_max,
+                        "calibrated_scores": c.calibrated, "p_values": c.p_values, "thresholds": c.thresholds})
     if res.matrices:
         mats = np.empty((len(res.x.entries), len(res.y.entries)), dtype=object)
         for (i, j), m in res.matrices.items():
@@ -383,10 +447,16 @@ def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers
     def layer(value) -> str:
         return str(int(value)) if value >= 0 else ""
 
+    def calibration(i: int, j: int) -> list[str]:
+        c = res.calibration
+        if c is None:
+            return [""] * len(CALIBRATION_COLUMNS)
+        return [f"{v[i, j]:.8g}" for v in (c.raw_max, c.calibrated, c.p_values, c.thresholds)]
+
     def write_csv(p: Path) -> None:
         with open(p, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(CSV_COLUMNS)
+            w.writerow(CSV_COLUMNS + CALIBRATION_COLUMNS)
             for i, ex in enumerate(res.x.entries):
                 for j, ey in enumerate(res.y.entries):
                     w.writerow([ex.model_id, ey.model_id, res.metric, payload["topk"] if payload["topk"] else "",
@@ -395,7 +465,7 @@ def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers
                                 payload["dataset_revision"] or "", payload["rows_fingerprint"] or "", ex.pool,
                                 ey.pool, ex.modality, ey.modality, ex.family, ey.family,
                                 ex.num_params, ey.num_params, "" if ex.bpb is None else f"{ex.bpb:.6g}",
-                                "" if ey.bpb is None else f"{ey.bpb:.6g}"])
+                                "" if ey.bpb is None else f"{ey.bpb:.6g}", *calibration(i, j)])
 
     _atomic(res.csv, write_csv)
     return res
@@ -420,6 +490,9 @@ class Options:
     outliers: str = "exact"  # the reference's remove_outliers(exact=True); "quantile": its default CLI
     zero_floor: bool = True  # the reference keeps a best layer pair only above 0
     layout: str = "featx"
+    calibrate: int = 0  # permutations of the null (0: no calibration)
+    alpha: float = 0.05
+    seed: int = 0
 
 
 def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint: str,
@@ -428,6 +501,7 @@ def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint
     written. ``extract_hint`` completes the `featx extract` command a refusal suggests."""
     metrics = list(opts.metrics)
     check_options(metrics, opts.topk)
+    check_calibration(metrics, opts.calibrate, opts.alpha)
     everything = x.entries + y.entries
     stored = x.stored + y.stored
     if opts.layout == "reference" and opts.layers == "last":
@@ -442,7 +516,9 @@ def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint
     dev = pick_device(opts.device)
     log(f"{len(x.entries)} x {len(y.entries)} models, metrics {', '.join(metrics)}, device {dev}, outliers "
         f"{opts.outliers}, {'best score floored at 0 (reference)' if opts.zero_floor else 'no zero floor'}")
-    states = load_states(store, everything, metrics, opts.topk, opts.layers, dev, opts.outliers, log)
+    keep = frozenset(e.source for e in y.entries) if opts.calibrate else frozenset()
+    states = load_states(store, everything, metrics, opts.topk, opts.layers, dev, opts.outliers, log, keep)
+    calibrate = (opts.calibrate, opts.alpha, opts.seed) if opts.calibrate else None
     for metric in metrics:
-        res = score_pairs(metric, x, y, states, opts.topk, opts.layers == "all", log, opts.zero_floor)
+        res = score_pairs(metric, x, y, states, opts.topk, opts.layers == "all", log, opts.zero_floor, calibrate)
         yield write_result(res, paths[metric], dataset, subset, opts.layers)

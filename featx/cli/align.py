@@ -9,13 +9,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from featx.align import registry
 from featx.catalog.spec import POOL_CHOICES
 from featx.cli.options import add_store
 from featx.flags import flag
 from featx.pipeline.request import add_data_options, add_format_option
 
 OUTLIER_MODES = ("exact", "quantile")
-METRIC_CHOICES = ("mutual_knn", "cycle_knn", "lcs_knn", "cka", "unbiased_cka", "cknna", "svcca", "edit_distance_knn")
+METRIC_CHOICES = registry.METRICS
 DEFAULT_OUT = "results/alignment"
 
 ALIGN_EXAMPLES = """examples:
@@ -33,7 +34,9 @@ With a bare modality and no --modelset/--models, a side is the models of that mo
 holds for --dataset/--subset, named "stored" (stored-language, stored-vision).
 A .pt file (or a directory of .pt files) is a side of your own features: torch.save({'feats': f}, path)
 with f a [N, L, D] tensor or a list of [N, D] layers, rows in the data set's order.
-"""
+
+measures (--metric; featx/align/metrics.yaml: name, kind, range, k = takes --topk, source):
+""" + registry.describe() + "\n"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_store(p)
     g = p.add_argument_group("alignment")
     flag(g, "metric", nargs="+", choices=METRIC_CHOICES, default=["mutual_knn"], metavar="NAME",
-         help=f"one or more of {', '.join(METRIC_CHOICES)} (default mutual_knn; features are read once for all)")
+         help="one or more of the measures listed below (default mutual_knn; features are read once for all)")
     flag(g, "topk", type=int, default=10, help="k of the k-NN metrics (and cknna), as the reference (default 10)")
     flag(g, "layers", choices=["best", "all", "last"], default="best",
          help="best: every layer pair, best kept (reference); all: also save every layer×layer matrix; last: last layers only")
@@ -66,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "layout", choices=["featx", "reference"], default="featx",
          help="featx: OUT/DATASET/SUBSET/X_pool-P_Y_pool-P/; reference: the reference's to_alignment_filename "
               "(OUT/DATASET/MODELSET/MODALITY_pool-P_prompt-False_.../)")
+    g = p.add_argument_group("calibration (Groger et al. 2026, permutation null over the whole layer search)")
+    flag(g, "calibrate", type=int, default=0, metavar="K",
+         help="K permutations of the y side's rows: adds the calibrated score, add-one p-value and threshold "
+              "of each pair's max over layer pairs (similarities only; default 0: off; the paper uses 200)")
+    flag(g, "alpha", type=float, default=0.05, help="level of the null threshold (default 0.05)")
+    flag(g, "seed", type=int, default=0, help="seed of the permutations (default 0)")
     flag(g, "out", default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
     flag(g, "device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     flag(g, "quiet", action="store_true", help="no progress lines")
@@ -79,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    from featx.align.run import Options, align, check_options
+    from featx.align.run import Options, align, check_calibration, check_options
     from featx.align.sides import build_side
     from featx.cli.options import open_store_from
     from featx.pipeline.request import RunRequest
@@ -87,6 +96,7 @@ def run_align(args: argparse.Namespace) -> int:
 
     metrics = list(dict.fromkeys(args.metric))
     check_options(metrics, args.topk)
+    check_calibration(metrics, args.calibrate, args.alpha)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"featx align: {msg}", file=sys.stderr))
     store = open_store_from(args)
     request = RunRequest(args.dataset, args.subset, caption_idx=args.caption_idx, format=args.format)
@@ -103,7 +113,7 @@ def run_align(args: argparse.Namespace) -> int:
     where = f" --store {args.store}" if args.store else (f" --output_dir {args.output_dir}" if args.output_dir else "")
     hint = f" --dataset {args.dataset}" + (f" --subset {args.subset}" if args.subset else "") + where
     opts = Options(tuple(metrics), args.topk, args.layers, args.device, args.outliers, not args.no_zero_floor,
-                   args.layout)
+                   args.layout, args.calibrate, args.alpha, args.seed)
     for res in align(store, x, y, opts, Path(args.out), hint, log):
         print(res.npy)
         print(res.csv)
@@ -117,9 +127,13 @@ def _print_best(res, limit: int = 5) -> None:
 
     flat = [(res.scores[i, j], i, j) for i in range(res.scores.shape[0]) for j in range(res.scores.shape[1])
             if res.x.entries[i].source != res.y.entries[j].source and not np.isnan(res.scores[i, j])]
-    for score, i, j in sorted(flat, reverse=True)[:limit]:
+    distance = registry.REGISTRY[res.metric].kind == "distance"
+    cal = res.calibration
+    for score, i, j in sorted(flat, reverse=not distance)[:limit]:
+        extra = "" if cal is None else (f"  calibrated {cal.calibrated[i, j]:.4f} p={cal.p_values[i, j]:.3g}"
+                                         + ("" if cal.p_values[i, j] < cal.alpha else " (not significant)"))
         print(f"  {score:.4f}  {res.x.entries[i].model_id} (layer {res.layer_x[i, j]}) ~ "
-              f"{res.y.entries[j].model_id} (layer {res.layer_y[i, j]})", file=sys.stderr)
+              f"{res.y.entries[j].model_id} (layer {res.layer_y[i, j]}){extra}", file=sys.stderr)
     if res.zero_floor and (res.layer_x < 0).any():
         print(f"  {int((res.layer_x < 0).sum())} pair(s) scored 0 with no layer: no layer pair above 0 "
               "(the reference's floor; --no-zero-floor keeps the negative best)", file=sys.stderr)
