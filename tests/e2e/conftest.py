@@ -195,6 +195,31 @@ class Release:
     def controller_log(self) -> str:
         return self.kubectl("-n", self.namespace, "logs", "deploy/featx", check=False)
 
+    def job_events(self, job: str) -> list[tuple[str, str, str]]:
+        """(reason, type, message) of featx's Events on Job ``job``, oldest first, as
+        `kubectl get events --field-selector involvedObject.name=JOB` shows them."""
+        from featx.kube.events import REPORTING_CONTROLLER
+
+        items = self.kubectl.json("-n", self.namespace, "get", "events",
+                                  "--field-selector", f"involvedObject.name={job}")["items"]
+        ours = [e for e in items if e.get("reportingComponent") == REPORTING_CONTROLLER]
+        ours.sort(key=lambda e: e.get("eventTime") or e.get("firstTimestamp") or "")
+        return [(e["reason"], e["type"], e.get("message") or e.get("note", "")) for e in ours]
+
+    def metrics(self, port: int = 8080) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        """The controller's Prometheus /metrics, fetched inside its pod (the chart's health port),
+        parsed by prometheus-client: sample name -> {labels: value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self.kubectl("-n", self.namespace, "exec", "deploy/featx", "--", "python", "-c",
+                            "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+                            f"'http://127.0.0.1:{port}/metrics', timeout=10).read().decode())")
+        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+        return out
+
 
 def install_release(kubectl: Kubectl, name: str, models: list[str], values: dict[str, Any], tmp: Path) -> Release:
     """Namespace as k8s/namespace.yaml (restricted), the store's Secret, `helm install` of the chart."""

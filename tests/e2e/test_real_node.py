@@ -73,7 +73,8 @@ def test_every_next_command_it_prints_works(kubectl, deployed):
     port-forward gets a moment; the cluster is not removed): each command succeeds, and the Jobs and
     logs of a committed model are still there (job.ttlSecondsAfterFinished)."""
     block = deployed.proc.stdout.split("\nNext:\n", 1)[1]
-    lines = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("make ")]
+    # pasted as printed: a comment line does nothing, and the cluster is not removed (`make ...-down`)
+    lines = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith(("make ", "#"))]
     assert lines[0].startswith("export KUBECONFIG=/") or lines[0].startswith("kubectl config use-context ")
     script = ["set -euo pipefail"]
     for line in lines:
@@ -192,6 +193,11 @@ def test_a_container_over_its_memory_limit_is_oomkilled_and_retried_on_a_larger_
     assert second["spec"]["containers"][0]["resources"]["limits"]["memory"] == "3Gi"
     retries = [line for line in rel.controller_log().splitlines() if re.search(r"\bretry\b.*gpu_class=large", line)]
     assert retries
+    # `kubectl get events` on the Jobs: the first created, the second retried on the larger class
+    by_attempt = {j["metadata"]["labels"]["featx.io/attempt"]: j["metadata"]["name"] for j in rel.jobs()}
+    assert [e[:2] for e in rel.job_events(by_attempt["1"])] == [("Created", "Normal")]
+    (retried,) = rel.job_events(by_attempt["2"])
+    assert retried[:2] == ("Retried", "Normal") and "attempt 2" in retried[2] and "large" in retried[2], retried
     with CAPTURED.open("a") as f:
         f.write(f"# OOMKilled, then: kubectl -n featx logs deploy/featx\n{retries[0]}\n")
     assert load_all(kubectl, f"s3://featx-features/{rel.prefix}", ["featx-smoke/gpt2"])["featx-smoke/gpt2"][0] == ROWS
@@ -278,3 +284,17 @@ def test_killed_or_deleted_pods_are_retried_and_a_missing_model_fails_once(kubec
     assert message.strip().splitlines()[-1][:60] in give_up[0], (message, give_up)
     with CAPTURED.open("a") as f:
         f.write(f"# a missing model: termination message\n{message}\n# kubectl -n featx logs deploy/featx\n{give_up[0]}\n")
+    events = rel.job_events(jobs[0]["metadata"]["name"])
+    assert [e[:2] for e in events] == [("Created", "Normal"), ("GaveUp", "Warning")], events
+    assert "featx-test/no-such-model" in events[1][2] and "attempt 1" in events[1][2], events
+
+    # /metrics from the controller's pod agrees with `featx status` (after the pass that saw it)
+    want = {"done": 2, "failed": 1}
+
+    def models_by_state() -> dict[str, float] | None:
+        got = {dict(k)["state"]: v for k, v in rel.metrics().get("featx_models", {}).items() if v}
+        return got if got == want else None
+    wait_until(models_by_state, 60, f"featx_models = {want}", interval=3)
+    assert {r["state"] for r in rel.status()} == {"done", "failed"}
+    given_up = rel.metrics()["featx_models_given_up_total"]
+    assert sum(given_up.values()) == 1 and dict(next(iter(given_up)))["reason"] == "permanent", given_up
