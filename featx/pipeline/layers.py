@@ -1,6 +1,7 @@
 """``--layers`` and ``--feature_dtype``: which of a model's layers a file keeps, and in what dtype.
 
-Layer numbers are the file's layer axis of the full extraction (language: 0 = embeddings ... L =
+Pure (no torch): the run request, and so the controller, parse layers here; the selection itself
+is ``featx.store.formats.select``. Layer numbers are the file's layer axis of the full extraction (language: 0 = embeddings ... L =
 final state; vision: blocks or stages), negative ones counted from the end as in Python. Syntax is
 checked when the run request is built (one error line, exit 2); the range once the model's depth
 is known.
@@ -10,10 +11,7 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from featx.errors import UsageError
-from featx.store.formats import Feats
 
 FEATURE_DTYPES = ("bfloat16", "float16", "float32")
 _EVERY = re.compile(r"^every:(\d+)$")
@@ -42,12 +40,3 @@ def layer_indices(spec: str, depth: int) -> list[int]:
                          f"(0..{depth - 1}, or -{depth}..-1)")
     return sorted({i % depth for i in picked})
 
-
-def select(feats: Feats, indices: list[int] | None, dtype: str | None) -> Feats:
-    """``feats`` with only ``indices`` (None: all) along the layer axis, cast to ``dtype`` (None: as is)."""
-    if indices is not None:
-        feats = [feats[i] for i in indices] if isinstance(feats, list) else feats[:, indices].contiguous()
-    if dtype is not None:
-        target = getattr(torch, dtype)
-        feats = [t.to(target) for t in feats] if isinstance(feats, list) else feats.to(target)
-    return feats

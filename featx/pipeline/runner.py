@@ -24,9 +24,9 @@ from featx.pipeline.stored import verified
 from featx.signals import Interrupted
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
 from featx.store.base import CommittedByAnother
-from featx.store.formats import feats_dtype, feats_shape, feature_layers, layer_shapes, write_tensors
+from featx.store.formats import feats_dtype, feats_shape, feature_layers, layer_shapes, select, write_tensors
 from featx.store.records import RunIdentity, StoredState
-from featx.pipeline.layers import layer_indices, select
+from featx.pipeline.layers import layer_indices
 from featx.pipeline.shards import ShardLayout, stored_layout
 
 

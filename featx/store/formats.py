@@ -107,3 +107,13 @@ def read_tensors(path: Path, fmt: str | None = None) -> dict[str, Any]:
         if k in out and out[k].shape == (1,):
             out[k] = out[k].reshape(())
     return out
+
+
+def select(feats: Feats, indices: list[int] | None, dtype: str | None) -> Feats:
+    """``feats`` with only ``indices`` (None: all) along the layer axis, cast to ``dtype`` (None: as is)."""
+    if indices is not None:
+        feats = [feats[i] for i in indices] if isinstance(feats, list) else feats[:, indices].contiguous()
+    if dtype is not None:
+        target = getattr(torch, dtype)
+        feats = [t.to(target) for t in feats] if isinstance(feats, list) else feats.to(target)
+    return feats

@@ -397,8 +397,8 @@ def test_raising_the_concurrency_limit_runs_more_jobs(release_factory):
 
 def test_a_pass_makes_one_list_and_parallel_bounded_creates(release_factory):
     """HTTP requests to the real API server, counted under featx's adapter: a cold pass lists Jobs
-    once and creates one Job per model it can size, at most ``workers`` at a time (and more than
-    one); the next pass is one list."""
+    once and creates one Job per model it can size, each with its `Created` Event, at most
+    ``workers`` at a time (and more than one); the next pass is one list."""
     rel = release_factory(modelset="val", concurrency=100)
     controller = rel.controller()
     controller.workers = 4
@@ -420,7 +420,7 @@ def test_a_pass_makes_one_list_and_parallel_bounded_creates(release_factory):
     rest.request = counted
     result = controller.run_once()
     assert result.errors == [] and result.created > 8  # every model a GPU class holds
-    assert sorted(requests) == [("GET", "jobs")] + [("POST", "jobs")] * result.created
+    assert sorted(requests) == sorted([("GET", "jobs")] + [("POST", "jobs"), ("POST", "events")] * result.created)
     assert 1 < most[0] <= 4
     requests.clear()
     assert controller.run_once().created == 0 and requests == [("GET", "jobs")]
