@@ -202,30 +202,16 @@ def _needs(metrics) -> set[str]:
             raise ValueError(f"unknown metric {m!r}; choose one of {', '.join(METRICS)}")
         if uses_topk(m):
             need.add("cknna_knn" if m == "cknna" else "knn")
-        if m == "cycle_knn":
-            need.add("mask")
-        if m == "cka":
-            need.add("centered")
-        if m == "unbiased_cka":
-            need.add("ucentered")
-        if m == "cknna":
-            need.add("raw")
-        if m == "svcca":
-            need.add("basis")
-        if m in _SVD_METRICS:
-            need.add("svd")
-        if m == "rsa":
-            need.add("rdm")
-        if m == "distance_correlation":
-            need.add("dcentered")
-        if m == "concentricity_difference":
-            need.add("concentricity")
-        if m == "uniformity_difference":
-            need.add("uniformity")
+        if m in _NEEDS:
+            need.add(_NEEDS[m])
     return need
 
 
 _SVD_METRICS = ("orthogonal_procrustes", "angular_shape_metric", "linear_regression", "eigenspace_overlap")
+# metric -> the structure of a model's state it reads, besides its neighbours (``build_state``)
+_NEEDS = {"cycle_knn": "mask", "cka": "centered", "unbiased_cka": "ucentered", "cknna": "raw", "svcca": "basis",
+          "rsa": "rdm", "distance_correlation": "dcentered", "concentricity_difference": "concentricity",
+          "uniformity_difference": "uniformity", **{m: "svd" for m in _SVD_METRICS}}
 _GRAM_NEEDS = {"knn", "cknna_knn", "raw", "centered", "ucentered", "rdm", "dcentered", "uniformity"}
 _BLOCK_BUDGET = 1 << 24  # elements of one [block, N] similarity block of the row-blocked k-NN
 
