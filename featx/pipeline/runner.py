@@ -126,20 +126,17 @@ class Runner:
                 states = verified(self.store, states, [k.stem for k in keys])
             with display:
                 for spec, key in zip(specs, keys):
-                    state = StoredState("missing")
                     layout = self._known_layout(key, states)
                     if layout is None:
-                        state = judge(states.get(key.stem), self.identity(spec)) if key.stem in states else state
-                        if state.state == "done" and not self.opts.force_remake:
+                        todo = None
+                        done = self._done(spec, states.get(key.stem), self.identity(spec))
+                        if done:
                             self.log.event("skipped", model=spec.id, reason="already committed",
                                            where=f"{self.store.url}/{key.data}")
-                            summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
-                            display.ended(spec.id, "skipped")
-                            continue
-                        if state.state in ("corrupt", "stale"):
-                            self.log.event("redo", model=spec.id, reason=state.reason)
-                    todo = self._missing_shards(spec, key, layout, states) if layout is not None else None
-                    if todo == []:
+                    else:
+                        todo = self._missing_shards(spec, key, layout, states)
+                        done = todo == []
+                    if done:
                         summary.outcomes.append(ModelOutcome(spec.id, "skipped", reason="done"))
                         display.ended(spec.id, "skipped")
                         continue
@@ -155,7 +152,8 @@ class Runner:
             if summary.in_progress is not None:
                 with contextlib.suppress(FeatxError):  # unreadable now: reported as not committed
                     now = self.store.state(key)
-            if now and now.state == "done" and now.manifest != state.manifest:
+            before = states.get(key.stem)
+            if now and now.state == "done" and now.manifest != (before.manifest if before else None):
                 # the signal came during the commit, held until its new manifest was written
                 summary.outcomes.append(ModelOutcome(summary.in_progress, "committed", where=f"{self.store.url}/{key.data}"))
                 summary.in_progress = None
@@ -164,6 +162,16 @@ class Runner:
             self.log.event("interrupted", signal=stop.name, in_progress=summary.in_progress,
                            not_started=len(summary.not_started))
         return summary
+
+    def _done(self, spec: ModelSpec, stored: StoredState | None, wanted: RunIdentity, **where: str) -> bool:
+        """Whether ``stored`` counts as done for ``wanted`` (never under --force_remake); a corrupt or
+        stale one is logged as redone (``where``: which shard)."""
+        state = judge(stored, wanted)
+        if state.state == "done" and not self.opts.force_remake:
+            return True
+        if state.state in ("corrupt", "stale"):
+            self.log.event("redo", model=spec.id, **where, reason=state.reason)
+        return False
 
     def _known_layout(self, key: ArtifactKey, states: dict[str, StoredState]) -> ShardLayout | None:
         """The shard layout known before the model loads: the request's, else (automatic) that of
@@ -190,14 +198,9 @@ class Runner:
         todo, done = [], []
         for index in wanted:
             shard_key = key.shard(index, layout.num_shards)
-            state = judge(states.get(shard_key.stem), self._shard_identity(spec, layout, index)) \
-                if shard_key.stem in states else StoredState("missing")
-            if state.state == "done" and not self.opts.force_remake:
-                done.append(index)
-                continue
-            if state.state in ("corrupt", "stale"):
-                self.log.event("redo", model=spec.id, shard=shard_key.stem, reason=state.reason)
-            todo.append(index)
+            stored = states.get(shard_key.stem)
+            shard_done = self._done(spec, stored, self._shard_identity(spec, layout, index), shard=shard_key.stem)
+            (done if shard_done else todo).append(index)
         if done:
             self.log.event("skipped", model=spec.id, reason=f"{len(done)}/{layout.num_shards} shards already committed",
                            shards=_ranges(done), where=f"{self.store.url}/{key.model_stem}/")
