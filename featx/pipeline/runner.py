@@ -27,7 +27,7 @@ from featx.store.base import CommittedByAnother
 from featx.store.formats import feats_dtype, feats_shape, feature_layers, layer_shapes, select, write_tensors
 from featx.store.records import RunIdentity, StoredState
 from featx.pipeline.layers import layer_indices
-from featx.pipeline.shards import ShardLayout, stored_layout
+from featx.pipeline.shards import ShardLayout, format_indices, stored_layout
 
 
 @dataclass
@@ -192,9 +192,9 @@ class Runner:
 
     def _missing_shards(self, spec: ModelSpec, key: ArtifactKey, layout: ShardLayout,
                         states: dict[str, StoredState]) -> list[int]:
-        """The shards of ``layout`` this run extracts (``--shard_index``: that one), logging the
-        committed ones it skips and why any other is redone."""
-        wanted = [self.request.shard_index] if self.request.shard_index is not None else range(layout.num_shards)
+        """The shards of ``layout`` this run extracts (``--shard_index``/``--shard_indices``: those),
+        logging the committed ones it skips and why any other is redone."""
+        wanted = self.request.wanted_shards(layout.num_shards)
         todo, done = [], []
         for index in wanted:
             shard_key = key.shard(index, layout.num_shards)
@@ -203,7 +203,7 @@ class Runner:
             (done if shard_done else todo).append(index)
         if done:
             self.log.event("skipped", model=spec.id, reason=f"{len(done)}/{layout.num_shards} shards already committed",
-                           shards=_ranges(done), where=f"{self.store.url}/{key.model_stem}/")
+                           shards=format_indices(done), where=f"{self.store.url}/{key.model_stem}/")
         return todo
 
     def run_one(self, spec: ModelSpec, key: ArtifactKey, states: dict[str, StoredState] | None = None,
@@ -317,14 +317,3 @@ class Runner:
                 dataset_revision=self.rows.revision, device=loaded.device,
                 attn_implementation=loaded.attn_implementation, fallbacks=loaded.fallbacks, extraction=result.info)
             return self.store.commit(key, path, manifest)
-
-
-def _ranges(indices: list[int]) -> str:
-    """``0-11,14``: shard indices as runs, for one log line however many shards there are."""
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and runs[-1][1] == i - 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
