@@ -82,10 +82,17 @@ def add_shard_options(g: argparse._ActionsContainer) -> None:
          help="rows per shard file (default: about 1 GiB of features per shard; small models stay one file)")
     flag(g, "num_shards", type=int, default=None, help="split each model's rows into this many shards")
     flag(g, "shard_index", type=int, default=None, help="run only this shard (0-based; needs --num_shards)")
-    flag(g, "shard_indices", type=parse_indices, default=None,
+    flag(g, "shard_indices", type=_indices_flag, default=None,
          help="run only these shards, e.g. 3,7,9 or 0-11,14 (needs --num_shards)")
     flag(g, "completion_index", type=int, default=None,
          help="run only the shard at this position of --shard_indices (an Indexed Job passes $(JOB_COMPLETION_INDEX))")
+
+
+def _indices_flag(text: str) -> tuple[int, ...]:
+    try:
+        return parse_indices(text)
+    except UsageError as e:  # argparse's own one-line error, with the flag's name
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_policy_options(g: argparse._ActionsContainer) -> None:

@@ -91,8 +91,8 @@ def parse_indices(text: str) -> tuple[int, ...]:
     for part in str(text).split(","):
         first, dash, last = part.strip().partition("-")
         if not first.isdigit() or (dash and not last.isdigit()) or (dash and int(last) < int(first)):
-            raise UsageError(f"--shard_indices {text!r}: give shard indices as 3,7,9 or ranges as 0-11,14")
+            raise UsageError(f"{text!r}: give shard indices as 3,7,9 or ranges as 0-11,14")
         out += range(int(first), int(last if dash else first) + 1)
     if len(set(out)) != len(out):
-        raise UsageError(f"--shard_indices {text!r} names a shard twice: give each once")
+        raise UsageError(f"{text!r} names a shard twice: give each once")
     return tuple(out)
