@@ -22,7 +22,7 @@ from featx.flags import flag
 from featx.pipeline.keys import artifact_key, dataset_prefix
 from featx.pipeline.layers import FEATURE_DTYPES, parse_layers
 from featx.pipeline.shards import ShardLayout, committed_shards, layout_for, parse_indices, shard_count
-from featx.store.keys import FORMATS, ArtifactKey
+from featx.store.keys import FORMATS, ArtifactKey, shard_name
 from featx.store.records import RunIdentity, StoredState
 
 INITS = ("pretrained", "random")
@@ -293,7 +293,7 @@ def judge_stored(states: Mapping[str, StoredState], stem: str, wanted: RunIdenti
     shards = committed_shards(states, stem)
     if single.state == "done" or not shards:
         return single
-    judged = [(st, judge(st, replace(wanted, data_key=f"{s}.{wanted.format}"))) for s, st in shards.items()]
+    judged = [(st, judge_shard(st, s, wanted)) for s, st in shards.items()]
     totals = {num_shards} if num_shards is not None else {n for s in shards if (n := shard_count(s))}
     total = max(totals, default=0)
     done = sum(j.state == "done" and st.manifest is not None and st.manifest.num_shards == total for st, j in judged)
@@ -302,6 +302,19 @@ def judge_stored(states: Mapping[str, StoredState], stem: str, wanted: RunIdenti
         return StoredState("done", reason=f"{total}/{total} shards", shards=(done, total))
     reason = f"{done}/{total} shards" + (f"; a shard is {bad.state}: {bad.reason}" if bad else "")
     return StoredState("missing", failure=single.failure, reason=reason, shards=(done, total))
+
+
+def missing_shards(states: Mapping[str, StoredState], stem: str, wanted: RunIdentity,
+                   num_shards: int) -> tuple[int, ...]:
+    """The shards of a ``num_shards`` layout of the model at ``stem`` that are not done for
+    ``wanted`` (pure: the controller's Indexed Job runs exactly these)."""
+    stems = ((i, f"{stem}/{shard_name(i, num_shards)}") for i in range(num_shards))
+    return tuple(i for i, s in stems if judge_shard(states.get(s), s, wanted).state != "done")
+
+
+def judge_shard(state: StoredState | None, shard_stem: str, wanted: RunIdentity) -> StoredState:
+    """One row shard's file as ``judge`` sees it for a run wanting the model ``wanted``."""
+    return judge(state, replace(wanted, data_key=f"{shard_stem}.{wanted.format}"))
 
 
 def judge(state: StoredState | None, wanted: RunIdentity) -> StoredState:
