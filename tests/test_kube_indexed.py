@@ -274,3 +274,10 @@ def test_the_row_count_of_local_data_sets_is_their_own(tmp_path):
     assert count_rows(RunRequest(str(tmp_path / "saved"))).rows == 12
     missing = count_rows(RunRequest(str(tmp_path / "only-the-jobs-mount-it")))
     assert missing.rows is None and "cannot be read here" in missing.source
+
+
+def test_the_controllers_metrics_count_a_sharded_model_as_featx_status_does():
+    from featx.kube.metrics import model_states
+
+    assert model_states([SA], committed(SA, 0, 1, 2, 3), [])["done"] == 1
+    assert model_states([SA], committed(SA, 0, 1, 2), [])["missing"] == 1

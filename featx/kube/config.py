@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from featx.catalog import ModelSpec, resolve
 from featx.errors import UsageError
 from featx.plan.sizing import GpuClass, load_classes
-from featx.pipeline.request import RunRequest
+from featx.pipeline.request import RunRequest, judge_stored
 from featx.pipeline.shards import ShardLayout, layout_for
 from featx.store.keys import ArtifactKey
-from featx.store.records import RunIdentity
+from featx.store.records import RunIdentity, StoredState
 from featx.yamlfile import read_yaml
 
 
@@ -41,6 +41,10 @@ class Desired:
     @property
     def stem(self) -> str:
         return self.key.stem
+
+    def judge(self, committed: Mapping[str, StoredState]) -> StoredState:
+        """Its state in one store listing: its one file, or every shard (of its layout, when known)."""
+        return judge_stored(committed, self.stem, self.identity, self.layout.num_shards if self.layout else None)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from featx.errors import FailureKind, policy_for_exit
 from featx.kube.config import Desired
 from featx.kube.naming import job_name
 from featx.kube.observe import ObservedJob
-from featx.pipeline.request import judge_stored, missing_shards
+from featx.pipeline.request import missing_shards
 from featx.pipeline.shards import format_indices
 from featx.plan.sizing import GpuClass, Sizing, choose, escalate, size_on
 from featx.store.keys import ArtifactKey
@@ -194,7 +194,7 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
     for d in desired:
         jobs = sorted(by_stem.get(d.stem, ()), key=lambda j: j.attempt)
         layout = d.layout
-        state = judge_stored(committed, d.stem, d.identity, layout.num_shards if layout else None)  # file or shards
+        state = d.judge(committed)  # one file, or every row shard
         shards = missing_shards(committed, d.stem, d.identity, layout.num_shards) if layout else ()
 
         # 1. committed with the run's identity: nothing to run; clean up its finished Jobs
