@@ -37,7 +37,8 @@ def rows_in_card(card: Mapping[str, Any], split: str = SPLIT) -> int | None:
     info = card.get("dataset_info")
     if isinstance(info, list):
         configs = [c for c in info if isinstance(c, Mapping)]
-        info = next((c for c in configs if c.get("config_name") == "default"), configs[0] if len(configs) == 1 else None)
+        only = configs[0] if len(configs) == 1 else None
+        info = next((c for c in configs if c.get("config_name") == "default"), only)
     if not isinstance(info, Mapping):
         return None
     for s in info.get("splits") or ():

@@ -120,7 +120,7 @@ class RunRequest:
     num_shards: int | None = None
     shard_index: int | None = None  # None: every shard not yet committed
     shard_indices: tuple[int, ...] | None = None  # several shards (``--shard_index`` is one)
-    completion_index: int | None = None  # the position in ``shard_indices`` of the one shard to run (an Indexed Job's pod)
+    completion_index: int | None = None  # which of ``shard_indices`` to run alone (an Indexed Job's pod)
     layers: str | None = None  # None: every layer; else ``featx.pipeline.layers`` syntax
     feature_dtype: str | None = None  # None: the model's compute dtype
 
