@@ -107,6 +107,13 @@ def test_rows_per_shard_lays_out_the_shards_extract_would():
     assert cfg.desired(3)[0].layout == ShardLayout(3, 1)  # fewer rows than a shard: one shard file
 
 
+def test_more_shards_than_an_indexed_job_holds_is_refused_before_any_job():
+    cfg = config("sharding.rowsPerShard=10")
+    assert cfg.desired(1_000_000)[0].layout.num_shards == 100_000
+    with pytest.raises(UsageError, match="at most 100000: raise rowsPerShard"):
+        cfg.desired(1_000_001)
+
+
 def test_job_extra_args_may_not_set_the_shard_layout():
     with pytest.raises(UsageError, match="sharding.rowsPerShard"):
         RunRequest.from_run_config({"dataset": "featx-sample"}, ["--num_shards", "4"])

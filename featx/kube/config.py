@@ -47,6 +47,10 @@ class Desired:
         return judge_stored(committed, self.stem, self.identity, self.layout.num_shards if self.layout else None)
 
 
+#: The most completions (and failed indexes) the Job API allows an Indexed Job with backoffLimitPerIndex.
+MAX_INDEXES = 100_000
+
+
 @dataclass(frozen=True)
 class Sharding:
     """Values ``sharding``: rows per shard file (None: off, one file per model as before) and how
@@ -136,7 +140,11 @@ class RunConfig:
         """Each model's row shards over ``num_rows`` rows (None: not sharded, or the count unknown)."""
         if self.sharding.rows_per_shard is None or num_rows is None:
             return None
-        return layout_for(num_rows, self.sharding.rows_per_shard, None)
+        layout = layout_for(num_rows, self.sharding.rows_per_shard, None)
+        if layout is not None and layout.num_shards > MAX_INDEXES:
+            raise UsageError(f"sharding.rowsPerShard {self.sharding.rows_per_shard} makes {layout.num_shards} shards of "
+                             f"{num_rows} rows; an Indexed Job holds at most {MAX_INDEXES}: raise rowsPerShard")
+        return layout
 
     @property
     def scan_prefix(self) -> str:
