@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from featx.errors import UsageError
+from featx.kube.config import MAX_INDEXES
 from featx.kube.jobs import extract_args
 from featx.pipeline.request import judge_stored
 from featx.plan.sizing import choose
@@ -81,6 +82,15 @@ def test_the_api_server_accepts_the_indexed_job_and_checks_its_per_index_fields(
     with pytest.raises(ApiException) as refused:
         client.BatchV1Api(rel.api).create_namespaced_job(rel.namespace, bad)
     assert refused.value.status == 422 and "maxFailedIndexes" in refused.value.body
+    # the most indices the controller renders (featx.kube.config.MAX_INDEXES) is the server's limit
+    for count, accepted in ((MAX_INDEXES, True), (MAX_INDEXES + 1, False)):
+        big = copy.deepcopy(controller.settings.render(d, sizing, 3 + accepted, (0,)))
+        big["spec"].update(completions=count, maxFailedIndexes=count, suspend=True)  # suspended: no pods
+        if accepted:
+            assert controller.kube.create_job(big)
+        else:
+            with pytest.raises(UsageError, match="completions"):
+                controller.kube.create_job(big)
 
 
 def test_one_indexed_job_runs_only_the_missing_shards_and_an_oom_moves_the_rest_up(  # noqa: F811
