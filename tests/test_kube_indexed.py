@@ -162,11 +162,29 @@ def test_every_shard_committed_is_done_and_no_job_is_made():
     assert [short(a) for a in decide([SA], committed(SA, 0, 1, 2, 3), [], settings())] == [("skip", SA.id, "done")]
 
 
-def test_a_stale_shard_and_shards_of_another_layout_are_run_again():
-    other = committed(SA, 0, 1, layout=ShardLayout(10, 2))  # shard-0000x-of-00002: not this layout's files
+def test_a_stale_shard_is_run_again():
     stale = committed(SA, 1, num_samples=99)
-    (create,) = decide([SA], {**other, **stale, **committed(SA, 3)}, [], settings())
+    (create,) = decide([SA], {**stale, **committed(SA, 3)}, [], settings())
     assert create.shards == (0, 1, 2)
+
+
+def test_shards_committed_in_another_layout_are_continued_not_redone():
+    """rowsPerShard changed after 2 of 5 shards were committed: the rest of those 5 are run (one
+    layout, so the model stays loadable), not 4 new ones beside them."""
+    held = ShardLayout(10, 5)
+    (create,) = decide([SA], committed(SA, 0, 3, layout=held), [], settings())
+    assert create.shards == (1, 2, 4) and "of 5" in create.why
+    assert [short(a) for a in decide([SA], committed(SA, *range(5), layout=held), [], settings())] == \
+        [("skip", SA.id, "done")]
+    rendered = Settings(classes=CLASSES, render=lambda d, s, n, shards: {"metadata": {"name": "j"}, "layout": d.layout})
+    (create,) = decide([SA], committed(SA, 0, 3, layout=held), [], rendered)
+    assert create.job["layout"] == held  # the Job's --num_shards is the held layout's
+
+
+def test_shards_of_two_layouts_leave_the_configured_one():
+    mixed = {**committed(SA, 0, layout=ShardLayout(10, 5)), **committed(SA, 1, layout=ShardLayout(10, 2))}
+    (create,) = decide([SA], mixed, [], settings())
+    assert create.shards == (0, 1, 2, 3)
 
 
 def test_out_of_memory_moves_only_the_remaining_shards_up_a_class():
@@ -288,3 +306,4 @@ def test_the_controllers_metrics_count_a_sharded_model_as_featx_status_does():
 
     assert model_states([SA], committed(SA, 0, 1, 2, 3), [])["done"] == 1
     assert model_states([SA], committed(SA, 0, 1, 2), [])["missing"] == 1
+    assert model_states([SA], committed(SA, *range(5), layout=ShardLayout(10, 5)), [])["done"] == 1

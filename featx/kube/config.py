@@ -7,7 +7,7 @@ same rule ``featx extract`` writes paths with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,7 +15,7 @@ from featx.catalog import ModelSpec, resolve
 from featx.errors import UsageError
 from featx.plan.sizing import GpuClass, load_classes
 from featx.pipeline.request import RunRequest, judge_stored
-from featx.pipeline.shards import ShardLayout, layout_for
+from featx.pipeline.shards import ShardLayout, layout_for, stored_layout
 from featx.store.keys import ArtifactKey
 from featx.store.records import RunIdentity, StoredState
 from featx.yamlfile import read_yaml
@@ -42,8 +42,18 @@ class Desired:
     def stem(self) -> str:
         return self.key.stem
 
+    def in_store(self, committed: Mapping[str, StoredState]) -> "Desired":
+        """This model with the shard layout its files take: the one the store already holds for it
+        (its committed shards stay valid and one layout stays loadable, whatever ``rowsPerShard``
+        says now), else the configured one."""
+        if self.layout is None:
+            return self
+        held = stored_layout(committed, self.stem, self.layout.num_rows)
+        return replace(self, layout=held) if held is not None and held != self.layout else self
+
     def judge(self, committed: Mapping[str, StoredState]) -> StoredState:
-        """Its state in one store listing: its one file, or every shard (of its layout, when known)."""
+        """Its state in one store listing: its one file, or every shard of ``layout`` (of any
+        layout the store holds when it is unknown); ask ``in_store``'s model."""
         return judge_stored(committed, self.stem, self.identity, self.layout.num_shards if self.layout else None)
 
 

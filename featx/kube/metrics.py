@@ -35,7 +35,7 @@ def model_states(desired: Iterable[Desired], committed: Mapping[str, StoredState
                  observed: Iterable[ObservedJob]) -> dict[str, int]:
     """Models per state, as ``featx status --namespace --release`` counts them (the same ``judge``
     and ``annotate``). Pure."""
-    rows = [{"stem": d.stem, "state": d.judge(committed).state} for d in desired]
+    rows = [{"stem": d.stem, "state": d.in_store(committed).judge(committed).state} for d in desired]
     counts = dict.fromkeys(STATES, 0)
     for row in annotate(rows, observed):
         counts[row["state"]] = counts.get(row["state"], 0) + 1

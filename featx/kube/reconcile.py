@@ -193,6 +193,7 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
 
     for d in desired:
         jobs = sorted(by_stem.get(d.stem, ()), key=lambda j: j.attempt)
+        d = d.in_store(committed)  # a sharded model continues the layout its committed shards have
         layout = d.layout
         state = d.judge(committed)  # one file, or every row shard
         shards = missing_shards(committed, d.stem, d.identity, layout.num_shards) if layout else ()

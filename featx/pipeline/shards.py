@@ -61,7 +61,7 @@ def shard_count(stem: str) -> int | None:
     return int(count) if count.isdigit() and int(count) > 0 else None
 
 
-def stored_layout(states: dict[str, StoredState], model_stem: str, num_rows: int) -> ShardLayout | None:
+def stored_layout(states: Mapping[str, StoredState], model_stem: str, num_rows: int) -> ShardLayout | None:
     """The layout of the shards already committed for ``model_stem`` over ``num_rows`` rows (an
     automatic rerun continues it rather than starting another); None when there are none."""
     counts = {st.manifest.num_shards for st in committed_shards(states, model_stem).values()
