@@ -133,7 +133,7 @@ class RunConfig:
     def desired(self, num_rows: int | None = None) -> list[Desired]:
         """The models of the run, in modelset order, each with its artifact key (and, sharded over
         ``num_rows`` rows, its shard layout); refused as ``featx extract`` refuses them (two models
-        on one file, trust_remote_code not allowed, more shards than rows)."""
+        on one file, trust_remote_code not allowed, more shards than an Indexed Job holds)."""
         if isinstance(self.modelset, str):
             specs = resolve(self.modelset, None, self.modality)
         else:
