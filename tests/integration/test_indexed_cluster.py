@@ -18,6 +18,7 @@ from featx.kube.config import MAX_INDEXES
 from featx.kube.jobs import extract_args
 from featx.pipeline.request import judge_stored
 from featx.plan.sizing import choose
+from localcluster.controlplane import wait_until
 from tests.cluster.fixtures import gpu_nodes, k8s_api, k8s_namespace, pod_runner_factory  # noqa: F401
 from tests.integration.test_reconcile_cluster import FEATX, release_factory  # noqa: F401
 
@@ -28,17 +29,27 @@ SHARDED = {"modelset": [MODEL], "numSamples": 4, "sharding": {"rowsPerShard": 1,
 #: the pods run this checkout's featx, as the image would (not whatever the venv was installed from)
 HOST_ENV = ("PATH", "HOME", "PYTHONPATH")
 
-# A stand-in for the image's entrypoint: shard OOM_SHARD runs out of memory on attempt 1, the rest is the real featx.
-WRAPPER = """
+# Stand-ins for the image's entrypoint: the pod's shard (``mine``) as featx reads it, then a fault or the real featx.
+POD_SHARD = """
 import os, sys
+from featx.pipeline.shards import parse_indices
 featx, args = sys.argv[1], sys.argv[2:]
 value = lambda flag: args[args.index(flag) + 1]
-mine = int(value("--shard_indices").split(",")[int(value("--completion_index"))])
+mine = parse_indices(value("--shard_indices"))[int(value("--completion_index"))]
+"""
+# shard {oom_shard} runs out of memory on attempt 1
+WRAPPER = POD_SHARD + """
 if value("--attempt") == "1" and mine == {oom_shard}:
     print(f"injected out of memory on shard {{mine}}", flush=True)
     sys.exit(4)
 os.execv(featx, [featx, *args])
 """
+
+
+def every_shard_done(controller: Any) -> bool:
+    """The release's one model is done: all 4 shards committed, as the controller judges them."""
+    (d,) = controller.desired
+    return judge_stored(controller.store.scan(controller.config.scan_prefix), d.stem, d.identity, 4).state == "done"
 
 
 def spec_of(job: dict[str, Any]) -> dict[str, Any]:
@@ -125,10 +136,7 @@ def test_one_indexed_job_runs_only_the_missing_shards_and_an_oom_moves_the_rest_
     pod_runner_factory(rel.namespace, host_env=HOST_ENV,
                        command_map=lambda argv: [sys.executable, str(script), FEATX, *argv[1:]])
 
-    def done() -> bool:
-        return judge_stored(store.scan(config.scan_prefix), d.stem, d.identity, 4).state == "done"
-
-    rel.reconcile_until(done, 600, "every shard committed")
+    rel.reconcile_until(lambda: every_shard_done(controller), 600, "every shard committed")
     jobs = {j["metadata"]["labels"]["featx.io/attempt"]: j for j in rel.jobs()}
     assert sorted(jobs) == ["1", "2"]
     failed = [c for c in jobs["1"]["status"]["conditions"] if c["type"] == "Failed" and c["status"] == "True"]
@@ -146,3 +154,48 @@ def test_one_indexed_job_runs_only_the_missing_shards_and_an_oom_moves_the_rest_
     assert [(m.row_start, m.row_end, m.num_shards) for _, m in sorted(after.items())] == \
         [(0, 1, 4), (1, 2, 4), (2, 3, 4), (3, 4, 4)]
     assert rel.reconcile().summary().get("skip_done") == 1
+
+
+# the first pod of shard {hold_shard} waits (until it is evicted); its replacement runs the real featx
+HOLD = POD_SHARD + """
+import time
+from pathlib import Path
+marker = Path({marker!r})
+if mine == {hold_shard} and not marker.exists():
+    marker.write_text(str(os.getpid()))
+    time.sleep(600)
+os.execv(featx, [featx, *args])
+"""
+
+
+def test_an_evicted_shard_is_run_again_in_the_same_job_without_counting(  # noqa: F811
+        release_factory, pod_runner_factory, tmp_path):  # noqa: F811
+    from kubernetes import client
+
+    # no retry in place: had the eviction counted, shard 2's index would fail, and with it the Job (attempt 2 next)
+    rel = release_factory(**{**SHARDED, "sharding": {**SHARDED["sharding"], "backoffLimitPerIndex": 0}})
+    controller = rel.controller()
+    marker = tmp_path / "held"
+    script = tmp_path / "entrypoint.py"
+    script.write_text(HOLD.format(marker=str(marker), hold_shard=2))
+    runner = pod_runner_factory(rel.namespace, host_env=HOST_ENV,
+                                command_map=lambda argv: [sys.executable, str(script), FEATX, *argv[1:]])
+    assert rel.reconcile().created == 1
+    (job,) = rel.jobs()
+    core = client.CoreV1Api(rel.api)
+    selector = f"batch.kubernetes.io/job-name={job['metadata']['name']},batch.kubernetes.io/job-completion-index=2"
+    wait_until(marker.exists, 120, lambda: f"the pod of shard 2 to be running; pods: {runner.logs} {runner.errors}")
+    (held,) = core.list_namespaced_pod(rel.namespace, label_selector=selector).items
+    core.create_namespaced_pod_eviction(held.metadata.name, rel.namespace, client.V1Eviction(
+        metadata=client.V1ObjectMeta(name=held.metadata.name, namespace=rel.namespace)))
+
+    rel.reconcile_until(lambda: every_shard_done(controller), 600, "every shard committed after the eviction")
+    (job,) = rel.jobs()  # the same Job: the eviction was no failed attempt
+    assert job["metadata"]["labels"]["featx.io/attempt"] == "1" and not rel.events("retry")
+    wait_until(lambda: any(c["type"] == "Complete" and c["status"] == "True"
+                           for c in (rel.jobs()[0].get("status") or {}).get("conditions") or []), 120, "Complete")
+    status = rel.jobs()[0]["status"]
+    assert status.get("failedIndexes", "") == "" and status["completedIndexes"] == "0-3"
+    assert status.get("failed", 0) == 0  # the evicted pod is not counted as a failure at all
+    pods = core.list_namespaced_pod(rel.namespace, label_selector=selector).items
+    assert held.metadata.name not in {p.metadata.name for p in pods}  # shard 2 ran in a new pod
