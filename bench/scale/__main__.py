@@ -6,13 +6,17 @@ tiny image per row, then runs ``featx extract`` as its own process on a small GP
 (``featx-smoke/gpt2``); its peak RSS is the kernel's (``os.wait4``'s ``ru_maxrss``), its rows/s is
 N over the wall time of the whole process (load, fingerprint, tokenise, extract, commit).
 
-    python -m bench.scale --rows 10000 100000 --shard_rows 10000
+    python -m bench.scale --rows 10000 100000 1000000 --shard_rows 10000
+
+N up to ``--one_file_max_rows`` also runs as one file; ``--preempt_rows`` N is also killed
+(SIGKILL) part-way and rerun, in both layouts: the time a preempted model loses.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import random
 import shutil
@@ -20,10 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.machine import RESULTS, provenance, write_results
+import torch
+
+from bench.machine import RESULTS, loadavg, provenance, write_results
 
 MODEL = "featx-smoke/gpt2"
 WORDS = ("a photo of the red cat dog car tree house on a street by the river under blue sky with two "
@@ -61,42 +68,104 @@ def build_dataset(rows: int, cache: Path) -> Path:
     return path
 
 
-def run_case(dataset: Path, rows: int, shard_rows: int | None) -> dict[str, Any]:
+@dataclass
+class Run:
+    """One ``featx extract`` process: its wall time, the kernel's resource usage, its JSON events."""
+
+    seconds: float
+    peak_rss_mib: float
+    events: list[dict[str, Any]]
+    killed: bool
+
+
+def extract(dataset: Path, out: Path, shard_rows: int | None, kill_at_s: float | None = None) -> Run:
+    """``featx extract`` of ``MODEL`` into ``out`` as its own process; ``kill_at_s``: SIGKILL it
+    then (a preemption without grace), else it must succeed."""
     featx = str(Path(sys.executable).with_name("featx"))
-    with tempfile.TemporaryDirectory(prefix="featx-scale-") as out:
-        cmd = [featx, "extract", "--models", MODEL, "--dataset", str(dataset), "--output_dir", out,
-               "--device", "cpu", "--num_workers", "0", "--log_format", "json"]
-        if shard_rows:
-            cmd += ["--shard_rows", str(shard_rows)]
+    cmd = [featx, "extract", "--models", MODEL, "--dataset", str(dataset), "--output_dir", str(out),
+           "--device", "cpu", "--num_workers", "0", "--log_format", "json"]
+    if shard_rows:
+        cmd += ["--shard_rows", str(shard_rows)]
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing blocks while it runs
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True,
                                 env={**os.environ, "FEATX_PROGRESS_S": "60"})
-        err = proc.stderr.read()
+        killed = False
+        if kill_at_s is not None:
+            try:
+                proc.wait(timeout=kill_at_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                killed = True
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"featx extract failed for {rows} rows: {err[-2000:]}")
-        files = [p for p in Path(out).rglob("*") if p.is_file()]
-        return {"rows": rows, "shard_rows": shard_rows, "seconds": round(seconds, 1),
-                "rows_per_s": round(rows / seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-                "output_bytes": sum(p.stat().st_size for p in files if not p.name.endswith(".json")),
-                "files": sum(not p.name.endswith(".json") for p in files)}
+        err.seek(0)
+        text = err.read()
+    if not killed and os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"featx extract failed on {dataset}: {text[-2000:]}")
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return Run(seconds, round(usage.ru_maxrss / 1024, 1), events, killed)
+
+
+def run_case(dataset: Path, rows: int, shard_rows: int | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="featx-scale-") as out:
+        load = loadavg()
+        run = extract(dataset, Path(out), shard_rows)
+        files = [p for p in Path(out).rglob("*") if p.is_file() and not p.name.endswith(".json")]
+        return {"rows": rows, "shard_rows": shard_rows, "seconds": round(run.seconds, 1),
+                "rows_per_s": round(rows / run.seconds, 1), "peak_rss_mib": run.peak_rss_mib,
+                "output_bytes": sum(p.stat().st_size for p in files), "files": len(files),
+                "loadavg_start": load, "loadavg_end": loadavg()}
+
+
+def preempted(dataset: Path, rows: int, shard_rows: int | None, full_s: float, at: float) -> dict[str, Any]:
+    """The time a preempted model loses: SIGKILL at ``at`` x its uninterrupted time, then rerun to
+    the end; ``lost_s`` = killed run + rerun - uninterrupted (what was done twice, plus a restart)."""
+    with tempfile.TemporaryDirectory(prefix="featx-scale-") as out:
+        killed = extract(dataset, Path(out), shard_rows, kill_at_s=at * full_s)
+        if not killed.killed:
+            raise SystemExit(f"featx extract of {rows} rows ended before {at} x {full_s:.0f} s; nothing to measure")
+        committed = sum(e["event"] == "committed" for e in killed.events)
+        rerun = extract(dataset, Path(out), shard_rows)
+    skipped = next((e for e in rerun.events if e["event"] == "skipped"), {})
+    return {"rows": rows, "shard_rows": shard_rows, "uninterrupted_s": full_s, "killed_at_s": round(killed.seconds, 1),
+            "committed_before_kill": committed, "rerun_s": round(rerun.seconds, 1),
+            "rerun_skipped": skipped.get("reason"), "lost_s": round(killed.seconds + rerun.seconds - full_s, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--shard_rows", type=int, default=10_000, help="shard size of the sharded cases")
+    p.add_argument("--one_file_max_rows", type=int, default=100_000,
+                   help="largest N also run as one file (1M rows of this model: 1.3 GiB held until the end)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP_NUM_THREADS of each featx process: on a shared machine 2 spinning OpenMP threads run "
+                        "4-15x slower than 1 (bench/README.md)")
+    p.add_argument("--preempt_rows", type=int, default=100_000,
+                   help="N of the preemption case (one of --rows; 0: skip it)")
+    p.add_argument("--preempt_at", type=float, default=0.55, help="SIGKILL at this fraction of the uninterrupted time")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "featx-bench-scale")
     p.add_argument("--out", type=Path, default=RESULTS / "scale-cpu.json")
     args = p.parse_args(argv)
-    results = {**provenance("cpu"), "model": MODEL, "cases": []}
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every featx process
+    torch.set_num_threads(args.threads)  # so that the results' machine.torch_threads says it
+    results = {**provenance("cpu"), "model": MODEL, "cases": [], "preempted": []}
+    full: dict[tuple[int, int | None], float] = {}
     for rows in args.rows:
         dataset = build_dataset(rows, args.cache)
-        for shard_rows in (None, args.shard_rows):
+        for shard_rows in ((None,) if rows <= args.one_file_max_rows else ()) + (args.shard_rows,):
             case = run_case(dataset, rows, shard_rows)
+            full[rows, shard_rows] = case["seconds"]
             print(case, flush=True)
             results["cases"].append(case)
+            write_results(args.out, results)
+    for shard_rows in (None, args.shard_rows):
+        if (args.preempt_rows, shard_rows) in full:
+            case = preempted(build_dataset(args.preempt_rows, args.cache), args.preempt_rows, shard_rows,
+                             full[args.preempt_rows, shard_rows], args.preempt_at)
+            print(case, flush=True)
+            results["preempted"].append(case)
             write_results(args.out, results)
     return 0
 
