@@ -3,7 +3,8 @@ data set grows, in one file and in row shards (issue 20).
 
 Each case builds (once, cached) a ``save_to_disk`` data set of N rows of short captions and one
 tiny image per row, then runs ``featx extract`` as its own process on a small GPT-2-style model
-(``featx-smoke/gpt2``); its peak RSS is the kernel's (``os.wait4``'s ``ru_maxrss``), its rows/s is
+(``featx-smoke/gpt2``); its peak RSS is the kernel's (``os.wait4``'s ``ru_maxrss``), its peak heap
+the largest ``RssAnon`` sampled from ``/proc`` (file pages left out), its rows/s is
 N over the wall time of the whole process (load, fingerprint, tokenise, extract, commit).
 
     python -m bench.scale --rows 10000 100000 1000000 --shard_rows 10000
@@ -74,8 +75,19 @@ class Run:
 
     seconds: float
     peak_rss_mib: float
+    peak_anon_mib: float
     events: list[dict[str, Any]]
     killed: bool
+
+
+def anon_mib(pid: int) -> float:
+    """``RssAnon`` of ``pid`` now: its heap, without the file pages it maps (libraries, and the data
+    set's Arrow memory map, which the kernel may drop at will and ``ru_maxrss`` counts); 0 once gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in text.splitlines() if line.startswith("RssAnon:")), 0.0)
 
 
 def extract(dataset: Path, out: Path, shard_rows: int | None, kill_at_s: float | None = None) -> Run:
@@ -90,21 +102,24 @@ def extract(dataset: Path, out: Path, shard_rows: int | None, kill_at_s: float |
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True,
                                 env={**os.environ, "FEATX_PROGRESS_S": "60"})
-        killed = False
-        if kill_at_s is not None:
-            try:
-                proc.wait(timeout=kill_at_s)
-            except subprocess.TimeoutExpired:
+        killed, anon = False, 0.0
+        while True:  # wait4 (not poll): it reaps the process with its resource usage
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            anon = max(anon, anon_mib(proc.pid))  # sampled every 0.2 s: a peak between samples is missed
+            if kill_at_s is not None and not killed and time.perf_counter() - t0 >= kill_at_s:
                 proc.kill()
                 killed = True
-        _, status, usage = os.wait4(proc.pid, 0)
+            time.sleep(0.2)
+        proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - t0
         err.seek(0)
         text = err.read()
-    if not killed and os.waitstatus_to_exitcode(status) != 0:
+    if not killed and proc.returncode != 0:
         raise SystemExit(f"featx extract failed on {dataset}: {text[-2000:]}")
     events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-    return Run(seconds, round(usage.ru_maxrss / 1024, 1), events, killed)
+    return Run(seconds, round(usage.ru_maxrss / 1024, 1), round(anon, 1), events, killed)
 
 
 def run_case(dataset: Path, rows: int, shard_rows: int | None) -> dict[str, Any]:
@@ -114,6 +129,7 @@ def run_case(dataset: Path, rows: int, shard_rows: int | None) -> dict[str, Any]
         files = [p for p in Path(out).rglob("*") if p.is_file() and not p.name.endswith(".json")]
         return {"rows": rows, "shard_rows": shard_rows, "seconds": round(run.seconds, 1),
                 "rows_per_s": round(rows / run.seconds, 1), "peak_rss_mib": run.peak_rss_mib,
+                "peak_anon_mib": run.peak_anon_mib,
                 "output_bytes": sum(p.stat().st_size for p in files), "files": len(files),
                 "loadavg_start": load, "loadavg_end": loadavg()}
 
@@ -160,13 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             print(case, flush=True)
             results["cases"].append(case)
             write_results(args.out, results)
-    for shard_rows in (None, args.shard_rows):
-        if (args.preempt_rows, shard_rows) in full:
-            case = preempted(build_dataset(args.preempt_rows, args.cache), args.preempt_rows, shard_rows,
-                             full[args.preempt_rows, shard_rows], args.preempt_at)
-            print(case, flush=True)
-            results["preempted"].append(case)
-            write_results(args.out, results)
+        if rows == args.preempt_rows:  # before larger N, so that a cut-short run still has it
+            for shard_rows in (None, args.shard_rows):
+                if (rows, shard_rows) in full:
+                    case = preempted(dataset, rows, shard_rows, full[rows, shard_rows], args.preempt_at)
+                    print(case, flush=True)
+                    results["preempted"].append(case)
+                    write_results(args.out, results)
     return 0
 
 
