@@ -169,12 +169,12 @@ def scale(r: dict[str, Any]) -> list[str]:
     for c in r["cases"]:
         rows.append(f"| {c['rows']:,} | {_layout(c)} | {c['seconds']} | {c['rows_per_s']} | {c['peak_rss_mib']} | "
                     f"{c['peak_anon_mib']} | {c['output_bytes'] / 2**20:.1f} ({c['files']}) | {c['loadavg_start'][0]:.2f} |")
-    lost = ["| rows | layout | uninterrupted s | killed at s | committed before the kill | rerun s | lost s |",
+    lost = ["| rows | layout | uninterrupted s | killed at s | committed before the kill | work lost s | rerun s (rows) |",
             "|---|---|---|---|---|---|---|"]
     for c in r.get("preempted", []):
         committed = f"{c['committed_before_kill']} shard(s)" if c["shard_rows"] else "nothing"
         lost.append(f"| {c['rows']:,} | {_layout(c)} | {c['uninterrupted_s']} | {c['killed_at_s']} | {committed} | "
-                    f"{c['rerun_s']} | **{c['lost_s']}** |")
+                    f"**{c['lost_s']}** | {c['rerun_s']} ({c['rerun_rows']:,}) |")
     sharded = {c["rows"]: c for c in r["cases"] if c["shard_rows"]}
     base = sharded[min(sharded)] if sharded else {}
     growth = [f"at {n:,} rows / at {base['rows']:,}: peak RSS {c['peak_rss_mib'] / base['peak_rss_mib']:.3f}, "
@@ -186,8 +186,8 @@ def scale(r: dict[str, Any]) -> list[str]:
            f"on this shared machine ran 4-15x slower). In shards of the same size: {'; '.join(growth) or '-'}. "
            f"Machine: {provenance(r)}.", ""] + rows
     if r.get("preempted"):
-        out += ["", "The time a preempted model loses (SIGKILL part-way, then the same command again; lost = killed run "
-                "+ rerun - uninterrupted run):", ""] + lost
+        out += ["", "The work a preempted model loses (SIGKILL part-way, then the same command again; work lost = the "
+                "killed run's seconds after its last commit, by its own clock, which the rerun does again):", ""] + lost
     return out
 
 

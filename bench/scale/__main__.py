@@ -10,7 +10,7 @@ N over the wall time of the whole process (load, fingerprint, tokenise, extract,
     python -m bench.scale --rows 10000 100000 1000000 --shard_rows 10000
 
 N up to ``--one_file_max_rows`` also runs as one file; ``--preempt_rows`` N is also killed
-(SIGKILL) part-way and rerun, in both layouts: the time a preempted model loses.
+(SIGKILL) part-way and rerun, in both layouts: the work a preempted model loses.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,12 @@ class Run:
     peak_anon_mib: float
     events: list[dict[str, Any]]
     killed: bool
+    started: float  # time.time() at the start: events' "ts" less this is their time into the run
+
+    def at(self, event: dict[str, Any]) -> float:
+        """Seconds into the run of ``event`` (its "ts" has whole seconds)."""
+        ts = datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+        return max(ts - self.started, 0.0)
 
 
 def anon_mib(pid: int) -> float:
@@ -99,7 +106,7 @@ def extract(dataset: Path, out: Path, shard_rows: int | None, kill_at_s: float |
     if shard_rows:
         cmd += ["--shard_rows", str(shard_rows)]
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing blocks while it runs
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True,
                                 env={**os.environ, "FEATX_PROGRESS_S": "60"})
         killed, anon = False, 0.0
@@ -119,7 +126,7 @@ def extract(dataset: Path, out: Path, shard_rows: int | None, kill_at_s: float |
     if not killed and proc.returncode != 0:
         raise SystemExit(f"featx extract failed on {dataset}: {text[-2000:]}")
     events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-    return Run(seconds, round(usage.ru_maxrss / 1024, 1), round(anon, 1), events, killed)
+    return Run(seconds, round(usage.ru_maxrss / 1024, 1), round(anon, 1), events, killed, started)
 
 
 def run_case(dataset: Path, rows: int, shard_rows: int | None) -> dict[str, Any]:
@@ -135,18 +142,22 @@ def run_case(dataset: Path, rows: int, shard_rows: int | None) -> dict[str, Any]
 
 
 def preempted(dataset: Path, rows: int, shard_rows: int | None, full_s: float, at: float) -> dict[str, Any]:
-    """The time a preempted model loses: SIGKILL at ``at`` x its uninterrupted time, then rerun to
-    the end; ``lost_s`` = killed run + rerun - uninterrupted (what was done twice, plus a restart)."""
+    """The time a preempted model loses: SIGKILL at ``at`` x its uninterrupted time, then the same
+    command to the end. ``lost_s``: the killed run's work after its last commit (from the start when
+    nothing was), which the rerun does again; from the killed run's own clock, so the machine's load
+    during the rerun does not enter it. ``rerun_rows``: the rows the rerun extracted."""
     with tempfile.TemporaryDirectory(prefix="featx-scale-") as out:
         killed = extract(dataset, Path(out), shard_rows, kill_at_s=at * full_s)
         if not killed.killed:
             raise SystemExit(f"featx extract of {rows} rows ended before {at} x {full_s:.0f} s; nothing to measure")
-        committed = sum(e["event"] == "committed" for e in killed.events)
+        commits = [killed.at(e) for e in killed.events if e["event"] == "committed"]
         rerun = extract(dataset, Path(out), shard_rows)
-    skipped = next((e for e in rerun.events if e["event"] == "skipped"), {})
+    extracted = [e for e in rerun.events if e["event"] == "committed"]
+    rerun_rows = sum(int(b) - int(a) for a, b in (e["rows"].split("-") for e in extracted)) if shard_rows else rows
     return {"rows": rows, "shard_rows": shard_rows, "uninterrupted_s": full_s, "killed_at_s": round(killed.seconds, 1),
-            "committed_before_kill": committed, "rerun_s": round(rerun.seconds, 1),
-            "rerun_skipped": skipped.get("reason"), "lost_s": round(killed.seconds + rerun.seconds - full_s, 1)}
+            "committed_before_kill": len(commits), "last_commit_at_s": round(max(commits, default=0.0), 1),
+            "lost_s": round(killed.seconds - max(commits, default=0.0), 1), "rerun_s": round(rerun.seconds, 1),
+            "rerun_rows": rerun_rows}
 
 
 def main(argv: list[str] | None = None) -> int:
