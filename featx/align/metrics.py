@@ -173,6 +173,7 @@ class ModelState:
     topk: int = 0
     knn: torch.Tensor | None = None  # [L, N, k] int64, neighbours by decreasing similarity, self excluded
     knn_vals: torch.Tensor | None = None  # [L, N, k] similarities at those neighbours
+    knn_recall: list[float] | None = None  # per layer, where neighbours are approximate: recall@k vs exact
     kernels: dict[str, torch.Tensor] = field(default_factory=dict)  # 'centered'/'ucentered' [L, N*N]; 'raw' [N*N, L]
     # cka/unbiased_cka beyond the kernel budget: the layers whose linear kernels they are (centred for
     # 'centered', as prepared for 'ucentered'), used through D×D products (:func:`kernel_inner`)
@@ -249,6 +250,16 @@ def knn_blocked(x: torch.Tensor, topk: int, budget: int | None = None) -> tuple[
     return torch.cat(idx), torch.cat(vals)
 
 
+def _knn_search(x: torch.Tensor, topk: int, knn_index: str) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    if knn_index == "exact":
+        return (*knn_blocked(x, topk), None)
+    from featx.align import ann
+
+    if knn_index not in ann.KNN_INDEXES:
+        raise ValueError(f"unknown knn index {knn_index!r}; choose one of {', '.join(ann.KNN_INDEXES)}")
+    return ann.hnsw_knn(x, topk)
+
+
 def _layer_chunk(n: int, budget: int = _KERNEL_BUDGET) -> int:
     return max(1, budget // max(1, n * n))
 
@@ -273,9 +284,11 @@ def nearest_neighbors(hat: torch.Tensor, topk: int) -> torch.Tensor:
     return idx
 
 
-def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFAULT_CCA_DIM) -> ModelState:
+def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFAULT_CCA_DIM,
+                knn_index: str = "exact") -> ModelState:
     """Everything ``metrics`` need of one model, from its prepared layers (``[L, N, D]`` or a list of
-    ``[N, D_l]``: every structure below is per layer, so widths may differ)."""
+    ``[N, D_l]``: every structure below is per layer, so widths may differ). ``knn_index``: exact
+    neighbours, or ``hnsw`` (approximate, :mod:`featx.align.ann`; cknna keeps exact ones)."""
     L, n = len(prepared), prepared[0].shape[0]
     need = _needs(metrics)
     if need & {"knn", "cknna_knn"} and not 1 <= topk < n:
@@ -287,10 +300,13 @@ def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFA
     knn, vals, cknn, cvals = [], [], [], []
     kernels = {k: [] for k in ("raw", "centered", "ucentered", "rdm", "dcentered") if k in need}
     uniformity = []
-    if need & _GRAM_NEEDS == {"knn"}:  # neighbours only: row blocks, no N×N matrix
-        pairs = [knn_blocked(x, topk) for x in prepared]
-        knn, vals = [torch.stack([p[0] for p in pairs])], [torch.stack([p[1] for p in pairs])]
-    elif need & _GRAM_NEEDS:
+    if "knn" in need and (knn_index != "exact" or need & _GRAM_NEEDS == {"knn"}):  # no N×N matrix
+        found = [_knn_search(x, topk, knn_index) for x in prepared]
+        knn, vals = [torch.stack([f[0] for f in found])], [torch.stack([f[1] for f in found])]
+        if knn_index != "exact":
+            st.knn_recall = [f[2] for f in found]
+        need = need - {"knn"}
+    if need & _GRAM_NEEDS:
         step = _layer_chunk(n)
         for s in range(0, L, step):
             gram = _grams(prepared[s:s + step])  # [c, N, N] inner products

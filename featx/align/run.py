@@ -43,7 +43,7 @@ CSV_COLUMNS = ("model_x", "model_y", "metric", "topk", "score", "layer_x", "laye
 FILE_FAMILY = "file"  # the family of features given as files
 #: Per-model lists a result holds for each side (``models_x``, ``models_y``, ...): key -> Entry attribute.
 PER_MODEL_KEYS = {"models": "model_id", "num_layers": "num_layers", "family": "family", "params": "num_params",
-                  "bpb": "bpb", "modality": "modality", "pool": "pool"}
+                  "bpb": "bpb", "modality": "modality", "pool": "pool", "knn_recall": "knn_recall"}
 
 
 @dataclass
@@ -60,6 +60,7 @@ class Entry:
     num_params: int = 0
     bpb: float | None = None  # language models' bits per byte on the data set (the reference's file)
     layer_offset: int = 0  # first stored layer's index (--layers last keeps only the last)
+    knn_recall: float | None = None  # approximate neighbours (--knn_index): mean recall@k over layers
 
     @property
     def source(self) -> ArtifactKey | Path:
@@ -127,6 +128,7 @@ class AlignResult:
     npy: Path | None = None
     csv: Path | None = None
     calibration: Calibration | None = None
+    knn_index: str = "exact"  # how the neighbours were found (approximate ones: entries' knn_recall)
 
     @property
     def indices(self) -> np.ndarray:
@@ -153,10 +155,13 @@ def check_options(metrics: list[str], topk: int) -> None:
         raise UsageError("cknna needs --topk 2 or more (as the reference)")
 
 
-def check_calibration(metrics: list[str], k: int, alpha: float) -> None:
+def check_calibration(metrics: list[str], k: int, alpha: float, knn_index: str = "exact") -> None:
     """Refuse a calibration that cannot run, before the store is touched."""
     if not k:
         return
+    if knn_index != "exact":
+        raise UsageError(f"--calibrate rebuilds exact neighbours for its null; drop --knn_index {knn_index} "
+                         "or --calibrate")
     if k < 1 or not 0 < alpha < 1:
         raise UsageError(f"--calibrate {k} --alpha {alpha}: give K >= 1 permutations and 0 < alpha < 1")
     distances = [m for m in metrics if M.is_distance(m)]
@@ -290,17 +295,25 @@ def check_rows(entries: list[Entry]) -> None:
 
 def load_states(store: Store | None, entries: list[Entry], metrics, topk: int, layers: str, device: torch.device,
                 outliers: str = "exact", log: Callable[[str], None] = print,
-                keep_layers: frozenset = frozenset()) -> dict[ArtifactKey | Path, M.ModelState]:
+                keep_layers: frozenset = frozenset(), knn_index: str = "exact") -> dict[ArtifactKey | Path, M.ModelState]:
     """Read each distinct source once, prepare it, keep only what ``metrics`` need of it (and the
-    prepared layers of the sources in ``keep_layers``, which calibration permutes)."""
+    prepared layers of the sources in ``keep_layers``, which calibration permutes). With an
+    approximate ``knn_index`` each model's recall@k against exact neighbours is logged and kept."""
     states: dict[ArtifactKey | Path, M.ModelState] = {}
     names = {e.source: e.model_id for e in entries}
     for source, prepared in read_prepared(store, entries, layers, device, outliers, log):
         check_enough_rows(metrics, topk, prepared[0].shape[0])
         try:
-            states[source] = M.build_state(prepared, metrics, topk)
+            states[source] = M.build_state(prepared, metrics, topk, knn_index=knn_index)
         except ValueError as err:
             raise UsageError(f"{names[source]}: {err}") from err
+        recall = states[source].knn_recall
+        if recall is not None:
+            for e in entries:
+                if e.source == source:
+                    e.knn_recall = sum(recall) / len(recall)
+            log(f"{names[source]}: {knn_index} neighbours, recall@{topk} vs exact "
+                f"{', '.join(f'{r:.4f}' for r in recall)} (per layer, {min(M.num_rows(prepared), 1000)} sampled rows)")
         if source in keep_layers:
             states[source].layers = prepared
         del prepared
@@ -421,6 +434,7 @@ def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers
         "kind": M.REGISTRY[res.metric].kind,
         "topk": res.topk if M.uses_topk(res.metric) else None,
         "zero_floor": res.zero_floor,
+        "knn_index": res.knn_index,
         "layers": layers,
         "dataset": dataset,
         "subset": subset,
@@ -493,6 +507,7 @@ class Options:
     calibrate: int = 0  # permutations of the null (0: no calibration)
     alpha: float = 0.05
     seed: int = 0
+    knn_index: str = "exact"  # or hnsw: approximate neighbours (featx.align.ann), recall reported
 
 
 def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint: str,
@@ -501,7 +516,7 @@ def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint
     written. ``extract_hint`` completes the `featx extract` command a refusal suggests."""
     metrics = list(opts.metrics)
     check_options(metrics, opts.topk)
-    check_calibration(metrics, opts.calibrate, opts.alpha)
+    check_calibration(metrics, opts.calibrate, opts.alpha, opts.knn_index)
     everything = x.entries + y.entries
     stored = x.stored + y.stored
     if opts.layout == "reference" and opts.layers == "last":
@@ -517,8 +532,11 @@ def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint
     log(f"{len(x.entries)} x {len(y.entries)} models, metrics {', '.join(metrics)}, device {dev}, outliers "
         f"{opts.outliers}, {'best score floored at 0 (reference)' if opts.zero_floor else 'no zero floor'}")
     keep = frozenset(e.source for e in y.entries) if opts.calibrate else frozenset()
-    states = load_states(store, everything, metrics, opts.topk, opts.layers, dev, opts.outliers, log, keep)
+    states = load_states(store, everything, metrics, opts.topk, opts.layers, dev, opts.outliers, log, keep,
+                         opts.knn_index)
     calibrate = (opts.calibrate, opts.alpha, opts.seed) if opts.calibrate else None
     for metric in metrics:
         res = score_pairs(metric, x, y, states, opts.topk, opts.layers == "all", log, opts.zero_floor, calibrate)
+        if M.uses_topk(metric) and metric != "cknna":  # cknna takes exact neighbours (the reference's topk)
+            res.knn_index = opts.knn_index
         yield write_result(res, paths[metric], dataset, subset, opts.layers)
