@@ -15,8 +15,8 @@ from typing import Callable
 from featx import settings
 from featx.align import calibration as C
 from featx.align import metrics as M
-from featx.align.run import (Entry, check_committed, check_enough_rows, check_options, check_same_rows, pick_device,
-                             read_prepared)
+from featx.align.run import (Entry, check_committed, check_enough_rows, check_options, check_same_rows, num_rows,
+                             pick_device, read_prepared)
 from featx.align.sides import build_side
 from featx.errors import UsageError
 from featx.pipeline.request import RunRequest
@@ -24,7 +24,8 @@ from featx.pipeline.stored import stored_models
 from featx.store import Store, open_store
 
 #: Per stored model id: the best score and its (layer of the new features, layer of the stored
-#: model), None where no layer pair scored above 0 (the reference's zero floor).
+#: model: the model's own layer number, as its manifest's ``layer_indices`` names it), None where no
+#: layer pair scored above 0 (the reference's zero floor).
 Scores = dict[str, tuple[float, tuple[int, int] | None]]
 
 
@@ -56,11 +57,11 @@ class Alignment:
         if any(e.key is None for e in side.entries):
             raise UsageError(f"{models!r}: name stored models; score your own features with .score(feats)")
         check_committed(st, side.entries, f" --dataset {dataset}" + (f" --subset {subset}" if subset else ""))
-        check_same_rows(side.entries)
+        check_same_rows(side.entries, log)
         self.entries: list[Entry] = side.entries
         self.device = pick_device(device)
         self.outliers, self.zero_floor = outliers, zero_floor
-        self.num_rows = self.entries[0].manifest.num_rows
+        self.num_rows = num_rows(self.entries)
         self._prepared = dict(read_prepared(st, self.entries, "best", self.device, outliers, log))
         self._states: dict[tuple, M.ModelState] = {}
 
@@ -108,7 +109,7 @@ class Alignment:
         for e in self.entries:
             score, (i, j) = M.best_of(metric, M.layer_scores(metric, mine, self._state(e, metric, topk)),
                                       self.zero_floor)
-            out[e.model_id] = (score, (i, j) if i >= 0 else None)
+            out[e.model_id] = (score, (i, e.layer(j)) if i >= 0 else None)
         return out
 
 
@@ -119,6 +120,7 @@ class Alignment:
         out = {}
         for e, other, row in zip(self.entries, others, null):
             score, layers = C.statistic(M.layer_scores(metric, mine, other))
+            layers = (layers[0], e.layer(layers[1])) if layers else None
             cal, p, tau = C.calibrate(score, row, alpha, C.upper_bound(metric, topk))
             out[e.model_id] = C.Calibrated(score, layers, cal, p, tau, k)
         return out
