@@ -174,7 +174,7 @@ def scale(r: dict[str, Any]) -> list[str]:
             f"fingerprint, tokenise, extract, commit). Machine: {provenance(r)}.", ""] + rows
 
 
-_STATE = {"cka": "D×D feature products", "unbiased_cka": "D×D feature products", "svcca": "thin SVD per layer (N×D)"}
+_STATE = {"cka": "D×D feature products", "unbiased_cka": "D×D feature products", "svcca": "top-10 singular subspace per layer (N×10)"}
 _ALIGN_MODES = {"": "row blocks (default)", "dense": "dense: one N×N block per layer",
                 "hnsw": "`--knn_index hnsw` (approximate)"}
 

@@ -19,7 +19,8 @@ def _feats(seed: int, n: int = N, layers: int = 3, width: int = 48) -> torch.Ten
     g = torch.Generator().manual_seed(seed)
     shared = torch.randn(n, 8, generator=g)
     x = torch.randn(n, layers, width, generator=g) + (shared @ torch.randn(8, width, generator=g))[:, None]
-    x[n // 2:n // 2 + 50] = x[:50]  # duplicated rows: ties in every k-NN graph
+    dup = min(50, n // 4)
+    x[n // 2:n // 2 + dup] = x[:dup]  # duplicated rows: ties in every k-NN graph
     return x
 
 
@@ -83,3 +84,19 @@ def _reference(metric: str, a: torch.Tensor, b: torch.Tensor) -> float:
         return R.measure(metric, a, b)
     ka, kb = R.nearest_neighbors(a, 10).tolist(), R.nearest_neighbors(b, 10).tolist()
     return float(np.mean([len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in zip(ka, kb)]))
+
+
+@pytest.mark.parametrize("n, width", [(1200, 48), (40, 64)])  # D < N: D×D covariance; D > N: the N×N Gram
+def test_svcca_from_covariances_equals_the_svd_subspaces(n, width):
+    pa, pb = M.prepare_features(_feats(4, n, width=width)), M.prepare_features(_feats(5, n, width=width - 8))
+    sa, sb = (M.build_state(p, ["svcca"]) for p in (pa, pb))
+
+    def basis(x: torch.Tensor) -> np.ndarray:  # the reference's standardisation, NumPy's SVD
+        act = x.double().numpy()
+        act = act - act.mean(axis=0)
+        act = act / (act.std(axis=0, ddof=1) + 1e-8)
+        return np.linalg.svd(act, full_matrices=False)[0][:, :M.DEFAULT_CCA_DIM]
+
+    want = np.array([[np.linalg.svd(basis(a).T @ basis(b), compute_uv=False).clip(max=1).mean() for b in pb]
+                     for a in pa])
+    np.testing.assert_allclose(M.layer_scores("svcca", sa, sb).numpy(), want, rtol=0, atol=1e-9)

@@ -545,9 +545,21 @@ def svcca_basis(prepared: Prepared, cca_dim: int = DEFAULT_CCA_DIM) -> torch.Ten
         act = x.double()
         act = act - act.mean(dim=0)
         act = act / (act.std(dim=0) + 1e-8)
-        u, _, _ = torch.linalg.svd(act, full_matrices=False)
-        out.append(u[:, :cca_dim])
+        out.append(_top_left_singular(act, cca_dim))
     return torch.stack(out)
+
+
+def _top_left_singular(act: torch.Tensor, c: int) -> torch.Tensor:
+    """``[N, c]`` top-``c`` left singular vectors of ``act`` from the smaller of its two Gram
+    matrices: the ``D×D`` covariance ``actᵀ act = V S² Vᵀ`` (then ``U = act V / S``; N·D² work, no
+    ``N×D`` factor) or, when ``D > N``, ``act actᵀ = U S² Uᵀ`` itself. Falls back to the thin SVD where
+    the ``c``-th singular value is too small for the squared form's precision (rank below ``c``)."""
+    n, d = act.shape
+    evals, evecs = torch.linalg.eigh(act.T @ act if d <= n else act @ act.T)  # ascending
+    top, sv = evecs[:, -c:].flip(-1), evals[-c:].flip(-1).clamp(min=0).sqrt()
+    if not sv[-1] > sv[0] * 1e-4:
+        return torch.linalg.svd(act, full_matrices=False)[0][:, :c]
+    return act @ top / sv if d <= n else top
 
 
 # -- pair scores ------------------------------------------------------------------------------------
