@@ -57,3 +57,19 @@ def test_calibration_refuses_approximate_neighbours(tmp_path, capsys):
     rc = main(["align", "--x", str(tmp_path / "m.pt"), "--y", str(tmp_path / "m.pt"), "--calibrate", "5",
                "--knn_index", "hnsw", "--out", str(tmp_path / "al")])
     assert rc != 0 and "drop --knn_index hnsw" in capsys.readouterr().err
+
+
+def test_the_scoring_api_takes_approximate_neighbours(tmp_path):
+    from featx import Alignment
+    from featx.errors import UsageError
+    from featx.store.local import LocalStore
+    from tests.test_align import commit
+
+    stored, mine = _layers(3, 1500), _layers(4, 1500)
+    commit(LocalStore(tmp_path), "featx-smoke/vit", stored)
+    exact = Alignment(["featx-smoke/vit"], str(tmp_path), dataset="featx-sample", device="cpu").score(mine)
+    approx = Alignment(["featx-smoke/vit"], str(tmp_path), dataset="featx-sample", device="cpu", knn_index="hnsw")
+    got = approx.score(mine)["featx-smoke/vit"]
+    assert abs(got[0] - exact["featx-smoke/vit"][0]) < 0.05 and got[1] is not None
+    with pytest.raises(UsageError, match="knn_index='exact'"):
+        approx.score(mine, calibrate=5)
