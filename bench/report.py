@@ -195,6 +195,38 @@ def _layout(c: dict[str, Any]) -> str:
     return f"shards of {c['shard_rows']:,} rows" if c["shard_rows"] else "one file"
 
 
+_STATE = {"cka": "D×D feature products", "unbiased_cka": "D×D feature products", "svcca": "top-10 singular subspace per layer (N×10)"}
+_ALIGN_MODES = {"": "row blocks (default)", "dense": "dense: one N×N block per layer",
+                "hnsw": "`--knn_index hnsw` (approximate)"}
+
+
+def align_scale(name: str, r: dict[str, Any]) -> list[str]:
+    """``featx align`` at many rows: one line per (measure, rows, path) case of the results file."""
+    c = r["config"]
+    lines = [f"**Alignment at many rows, `{name}.json`**: `featx align` of two synthetic models ({c['layers']} "
+             f"layers x {c['width']}, k = {c['topk']}, CPU), each case its own process (peak RSS of that "
+             f"process, seconds of the whole `featx align`: read, prepare, state, score, write); mutual_knn also "
+             f"through the dense path and approximate neighbours, scores compared with the row-blocked ones."
+             + (f" {r['note'][0].upper()}{r['note'][1:]}." if "note" in r else "") + f" Machine: {provenance(r)}.", "",
+             "| measure | rows | neighbours / path | seconds | peak RSS GiB | best score | vs row blocks |",
+             "|---|---|---|---|---|---|---|"]
+    for key, x in r["rows"].items():
+        case, _, mode = key.partition("/")
+        metric, n = case.split("@")
+        path = _ALIGN_MODES[mode] if metric == "mutual_knn" else _STATE.get(metric, "")
+        if metric in ("cka", "unbiased_cka") and 4 * c["layers"] * int(n) ** 2 <= 2**30:  # featx's kernel budget
+            path = "N×N kernels (under the 1 GiB budget)"
+        if "failed" in x:
+            lines.append(f"| {metric} | {int(n):,} | {path} | failed: {' '.join(x['failed'])[:80]} | | | |")
+            continue
+        diff = "" if not mode else ("equal" if x["score_minus_blocked"] == 0 else f"{x['score_minus_blocked']:+.2e}")
+        if "recall_at_k" in x:
+            diff += f"; recall@{c['topk']} {min(x['recall_at_k']):.3f}–{max(x['recall_at_k']):.3f}"
+        lines.append(f"| {metric} | {int(n):,} | {path} | {x['seconds']} | {x['peak_rss_gib']:.2f} | "
+                     f"{x['score']:.6g} | {diff} |")
+    return lines
+
+
 def render(results: dict[str, dict[str, Any]]) -> str:
     """The section's markdown for these results (file stem -> contents)."""
     lines: list[str] = []
@@ -208,6 +240,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                      ("reconcile", reconcile), ("scale-cpu", scale)):
         if name in results:
             lines += fn(results[name]) + [""]
+    for name in (k for k in results if k.startswith("align-scale")):
+        lines += align_scale(name, results[name]) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 

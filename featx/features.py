@@ -47,8 +47,9 @@ class Features:
 @dataclass
 class ShardedFeatures:
     """A model's features in row shards, read a shard at a time (each sha256 verified as it is
-    read): ``shard(i)`` and ``rows(start, end)`` hold only the shards they need; ``feats`` and
-    ``layers`` build the whole ``[N, L, D]`` on request."""
+    read, then memory-mapped: a tensor's pages are read only when touched): ``shard(i)``,
+    ``rows(start, end)`` and ``layer(l)`` hold only what they need; ``feats`` and ``layers`` build
+    the whole ``[N, L, D]`` on request."""
 
     store: Store
     keys: list[ArtifactKey]  # in row order
@@ -74,7 +75,8 @@ class ShardedFeatures:
         return self.manifest.layer_indices or list(range(_depth(self.manifest)))
 
     def shard(self, index: int) -> Features:
-        return load_key(self.store, self.keys[index], self.model_id)
+        """Shard ``index`` (rows ``manifests[index].row_start`` on), memory-mapped."""
+        return load_key(self.store, self.keys[index], self.model_id, mmap=True)
 
     def __iter__(self) -> Iterator[Features]:
         return (self.shard(i) for i in range(self.num_shards))
@@ -89,10 +91,22 @@ class ShardedFeatures:
                 parts.append(_rows(part.feats, lo - (m.row_start or 0), hi - (m.row_start or 0)))
         return _cat(parts)
 
+    def layer(self, index: int) -> torch.Tensor:
+        """``[N, D]`` of stored layer ``index`` (the model's layer ``layer_indices[index]``): only
+        that layer's bytes of each shard are copied."""
+        return torch.cat([feature_layers(part.feats)[index] for part in self])
+
     @property
     def feats(self) -> torch.Tensor | list[torch.Tensor]:
         """The whole ``[N, L, D]`` (or the list form), every shard read once."""
         return _cat([part.feats for part in self])
+
+    @property
+    def scalars(self) -> dict[str, Any]:
+        """What the files hold besides features and rows: ``num_params`` (every shard's is the
+        model's). ``bpb`` is a shard's own (bits per byte of its texts), so a model's is not kept."""
+        first = self.shard(0).tensors
+        return {k: first[k] for k in ("num_params",) if k in first}
 
     @property
     def layers(self) -> list[torch.Tensor]:
@@ -134,16 +148,17 @@ def load_sharded(store: Store, key: ArtifactKey, model_id: str | None = None) ->
     return ShardedFeatures(store, keys, [m for _, _, m in done], model_id)
 
 
-def load_key(store: Store, key: ArtifactKey, model_id: str | None = None) -> Features:
+def load_key(store: Store, key: ArtifactKey, model_id: str | None = None, mmap: bool = False) -> Features:
     """The file at ``key``, checksum verified; refused when its manifest belongs to another file
-    or (given ``model_id``) to another model: a copied or mis-synced manifest never passes."""
+    or (given ``model_id``) to another model: a copied or mis-synced manifest never passes.
+    ``mmap``: the tensors map the verified copy (unlinked at once: the mapping keeps it)."""
     with tempfile.TemporaryDirectory(prefix="featx-load-") as tmp:
         dest = Path(tmp) / Path(key.data).name
         manifest = store.verify(key, dest)
         if model_id is not None and manifest.model_id != model_id:
             raise ValueError(f"{key.data} in {store.url} holds features of {manifest.model_id}, not {model_id} "
                              "(copied or mis-synced); re-extract it with `featx extract --force_remake`")
-        return Features(read_tensors(dest, manifest.format), manifest)
+        return Features(read_tensors(dest, manifest.format, mmap=mmap), manifest)
 
 
 def load(model: str, store: str | Store | None = None, *, dataset: str = settings.DEFAULT_DATASET,

@@ -10,7 +10,7 @@ reference prepares the y model again for every pair and recomputes both k-NN gra
 pair. The reference is written for CUDA (it loads features to ``cuda:0``); here both run on the CPU.
 
     python -m bench.align              # 4 x 6 x 1024, mutual_knn: about a minute on 2 idle cores (make bench)
-    python -m bench.align --rows 4000 32000 --calibrate 200   # rows and calibration cost (bench/align/scale.py)
+    python -m bench.align --rows 4000 32000 100000 --calibrate 200   # rows, calibration cost (bench/align/scale.py)
     python -m bench.align --full       # 20 x 25 x 1024, the size featx was built for: the loop takes
                                        # about a day on 2 CPU cores; run it where both finish
 """
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "align-cpu.json"))
     ap.add_argument("--rows", nargs="+", type=int, default=None,
                     help="scale mode: featx align on two 4 x 256 models at these row counts (peak RSS, seconds)")
-    ap.add_argument("--rows_metrics", nargs="+", default=["mutual_knn", "jaccard_knn", "cka"])
+    ap.add_argument("--rows_metrics", nargs="+", default=["mutual_knn", "cka", "svcca"])
     ap.add_argument("--calibrate", type=int, default=0, help="scale mode: K-permutation calibration cost, "
                     "featx vs calibrated-similarity's loop on one pair")
     ap.add_argument("--calibrate_rows", type=int, default=1000)

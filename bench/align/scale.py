@@ -3,7 +3,11 @@
 its own process so its peak RSS is its own; and K-permutation calibration of one pair, featx's
 batched path against ``calibrated-similarity``'s ``calibrate_layers`` loop on the same permutations.
 
-    python -m bench.align --rows 4000 32000 --calibrate 200      # writes bench/results/align-scale-cpu.json
+    python -m bench.align --rows 4000 32000 100000 --calibrate 200   # writes bench/results/align-scale-cpu.json
+
+mutual_knn is also run through the dense path (one N×N similarity matrix per layer, up to
+``DENSE_MAX`` rows) and with approximate neighbours (``--knn_index hnsw``, where faiss is installed,
+up to ``APPROX_MAX`` rows), and its scores compared with the row-blocked exact ones.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from bench.align.run import make_feats
 from bench.machine import provenance, write_results
 
 LAYERS, WIDTH = 4, 256
-#: N×N per layer (centred kernels): 4 layers x 4 bytes x N² — skipped where that passes this many bytes
-KERNEL_LIMIT = 6 * 2**30
+DENSE_MAX = 32000  # the dense path's N×N float32 similarity matrix per layer: 4 GiB at 32k rows
+#: HNSW on these random 256-wide rows builds slower than exact search runs on 2 loaded cores
+#: (32k rows: 559 s vs 262 s), so the approximate case stops here
+APPROX_MAX = 32000
 
 
 def _features(n: int, i: int) -> torch.Tensor:
@@ -33,15 +39,39 @@ def _features(n: int, i: int) -> torch.Tensor:
     return make_feats(i * 5, n, LAYERS, latent)  # i * 5: DIMS[0] = 256 for both models
 
 
-def one_case(x: str, y: str, metric: str, out: str) -> dict[str, Any]:
-    """Runs in the child: ``featx align`` in-process, then its own peak RSS."""
+def one_case(x: str, y: str, metric: str, out: str, mode: str = "blocked") -> dict[str, Any]:
+    """Runs in the child: ``featx align`` in-process (``mode``: blocked, dense: one N×N block per
+    layer, or hnsw), then its own peak RSS, the scores and (hnsw) the recall."""
+    from featx.align import metrics as M
+    from featx.align.results import load_results
     from featx.cli.main import main
 
+    n = torch.load(x, weights_only=True)["feats"].shape[0]
+    if mode == "dense":
+        M._BLOCK_BUDGET = n * n
+    extra = ["--knn_index", "hnsw"] if mode == "hnsw" else []
     t0 = time.perf_counter()
     rc = main(["align", "--x", x, "--y", y, "--metric", metric, "--topk", "10", "--out", out, "--quiet",
-               "--device", "cpu"])
-    return {"rc": rc, "seconds": round(time.perf_counter() - t0, 2),
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+               "--device", "cpu", *extra])
+    seconds = time.perf_counter() - t0
+    got = load_results(next(Path(out).rglob(f"{M.result_name(metric, 10)}.npz")))
+    rec = {"rc": rc, "seconds": round(seconds, 2),
+           "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+           "score": float(got["scores"][0][0])}
+    if mode == "hnsw":
+        rec["recall_at_k"] = [got["knn_recall_x"][0], got["knn_recall_y"][0]]
+    return rec
+
+
+def _modes(metric: str, n: int) -> list[str]:
+    if metric != "mutual_knn":
+        return ["blocked"]
+    try:
+        import faiss  # noqa: F401
+        approx = ["hnsw"] if n <= APPROX_MAX else []
+    except ImportError:
+        approx = []
+    return ["blocked"] + (["dense"] if n <= DENSE_MAX else []) + approx
 
 
 def rows_cases(rows: list[int], metrics: list[str], results: dict[str, Any], out: Path) -> None:
@@ -53,17 +83,18 @@ def rows_cases(rows: list[int], metrics: list[str], results: dict[str, Any], out
                 torch.save({"feats": _features(n, i)}, p)
                 paths.append(str(p))
             for metric in metrics:
-                key = f"{metric}@{n}"
-                if metric in ("cka", "unbiased_cka") and LAYERS * 4 * n * n > KERNEL_LIMIT:
-                    results["rows"][key] = {"skipped": f"N x N kernels: {LAYERS * 4 * n * n / 2**30:.0f} GiB per model"}
-                    continue
-                code = ("import json, sys; from bench.align.scale import one_case; "
-                        f"print(json.dumps(one_case({paths[0]!r}, {paths[1]!r}, {metric!r}, {tmp + '/al'!r})))")
-                r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-                results["rows"][key] = (json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0
-                                        else {"failed": r.stderr.strip().splitlines()[-1:]})
-                print(key, results["rows"][key], flush=True)
-                write_results(out, results)
+                for mode in _modes(metric, n):
+                    key = f"{metric}@{n}" + ("" if mode == "blocked" else f"/{mode}")
+                    code = ("import json, sys; from bench.align.scale import one_case; print(json.dumps(one_case("
+                            f"{paths[0]!r}, {paths[1]!r}, {metric!r}, {tmp + '/al-' + mode!r}, {mode!r})))")
+                    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+                    results["rows"][key] = (json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0
+                                            else {"failed": r.stderr.strip().splitlines()[-1:]})
+                    if mode != "blocked" and "score" in results["rows"][key]:
+                        exact = results["rows"][f"{metric}@{n}"].get("score")
+                        results["rows"][key]["score_minus_blocked"] = results["rows"][key]["score"] - exact
+                    print(key, results["rows"][key], flush=True)
+                    write_results(out, results)
 
 
 def calibration_case(k: int, n: int, metric: str, results: dict[str, Any], out: Path) -> None:

@@ -15,8 +15,8 @@ from typing import Callable
 from featx import settings
 from featx.align import calibration as C
 from featx.align import metrics as M
-from featx.align.run import (Entry, check_committed, check_enough_rows, check_options, check_same_rows, pick_device,
-                             read_prepared)
+from featx.align.run import (Entry, check_committed, check_enough_rows, check_options, check_same_rows, num_rows,
+                             pick_device, read_prepared)
 from featx.align.sides import build_side
 from featx.errors import UsageError
 from featx.pipeline.request import RunRequest
@@ -24,7 +24,8 @@ from featx.pipeline.stored import stored_models
 from featx.store import Store, open_store
 
 #: Per stored model id: the best score and its (layer of the new features, layer of the stored
-#: model), None where no layer pair scored above 0 (the reference's zero floor).
+#: model: the model's own layer number, as its manifest's ``layer_indices`` names it), None where no
+#: layer pair scored above 0 (the reference's zero floor).
 Scores = dict[str, tuple[float, tuple[int, int] | None]]
 
 
@@ -35,12 +36,13 @@ class Alignment:
     (``language``/``vision``/``all``: the models ``store`` holds for the data set). ``store``: a
     directory or ``s3://`` URL (default: ``FEATX_STORE`` / results/features). ``dataset``, ``subset``,
     ``pool``, ``caption_idx``, ``fmt`` as given to ``featx extract``. ``outliers`` and ``zero_floor``
-    as ``featx align``'s ``--outliers`` and ``--no-zero-floor``."""
+    as ``featx align``'s ``--outliers`` and ``--no-zero-floor``; ``knn_index`` as its ``--knn_index``
+    (``hnsw``: approximate neighbours, each state's recall in ``knn_recall``)."""
 
     def __init__(self, models: str | list[str], store: str | Store | None = None, *,
                  dataset: str = settings.DEFAULT_DATASET, subset: str | None = None, pool: str | None = None,
                  caption_idx: int = 0, fmt: str = "pt", device: str | None = None, outliers: str = "exact",
-                 zero_floor: bool = True, log: Callable[[str], None] = lambda msg: None):
+                 zero_floor: bool = True, knn_index: str = "exact", log: Callable[[str], None] = lambda msg: None):
         if outliers not in M.OUTLIER_MODES:
             raise UsageError(f"outliers={outliers!r}: choose one of {', '.join(M.OUTLIER_MODES)}")
         st = store if isinstance(store, Store) else open_store(store)
@@ -56,11 +58,11 @@ class Alignment:
         if any(e.key is None for e in side.entries):
             raise UsageError(f"{models!r}: name stored models; score your own features with .score(feats)")
         check_committed(st, side.entries, f" --dataset {dataset}" + (f" --subset {subset}" if subset else ""))
-        check_same_rows(side.entries)
+        check_same_rows(side.entries, log)
         self.entries: list[Entry] = side.entries
         self.device = pick_device(device)
-        self.outliers, self.zero_floor = outliers, zero_floor
-        self.num_rows = self.entries[0].manifest.num_rows
+        self.outliers, self.zero_floor, self.knn_index = outliers, zero_floor, knn_index
+        self.num_rows = num_rows(self.entries)
         self._prepared = dict(read_prepared(st, self.entries, "best", self.device, outliers, log))
         self._states: dict[tuple, M.ModelState] = {}
 
@@ -71,7 +73,7 @@ class Alignment:
     def _state(self, entry: Entry, metric: str, topk: int) -> M.ModelState:
         key = (entry.source, metric, topk if M.uses_topk(metric) else None)
         if key not in self._states:
-            self._states[key] = M.build_state(self._prepared[entry.source], [metric], topk)
+            self._states[key] = M.build_state(self._prepared[entry.source], [metric], topk, knn_index=self.knn_index)
         return self._states[key]
 
     def score(self, features: M.Features, metric: str = "mutual_knn", topk: int = 10, *, calibrate: int = 0,
@@ -88,6 +90,8 @@ class Alignment:
         if calibrate:
             try:
                 C.check_calibratable(metric)
+                if self.knn_index != "exact":
+                    raise ValueError(f"calibrate rebuilds exact neighbours for its null; use knn_index='exact'")
                 if calibrate < 1 or not 0 < alpha < 1:
                     raise ValueError(f"calibrate={calibrate}, alpha={alpha}: give K >= 1 and 0 < alpha < 1")
             except ValueError as err:
@@ -101,14 +105,17 @@ class Alignment:
             raise UsageError(f"features have {n} rows, the stored models {self.num_rows}: compute them on the "
                              "same data set rows, in its order")
         check_enough_rows([metric], topk, n)
-        mine = M.build_state(prepared, [metric], topk)
+        try:
+            mine = M.build_state(prepared, [metric], topk, knn_index=self.knn_index)
+        except ValueError as err:
+            raise UsageError(f"features: {err}") from err
         if calibrate:
             return self._calibrated(prepared, mine, metric, topk, calibrate, alpha, seed)
         out: Scores = {}
         for e in self.entries:
             score, (i, j) = M.best_of(metric, M.layer_scores(metric, mine, self._state(e, metric, topk)),
                                       self.zero_floor)
-            out[e.model_id] = (score, (i, j) if i >= 0 else None)
+            out[e.model_id] = (score, (i, e.layer(j)) if i >= 0 else None)
         return out
 
 
@@ -119,6 +126,7 @@ class Alignment:
         out = {}
         for e, other, row in zip(self.entries, others, null):
             score, layers = C.statistic(M.layer_scores(metric, mine, other))
+            layers = (layers[0], e.layer(layers[1])) if layers else None
             cal, p, tau = C.calibrate(score, row, alpha, C.upper_bound(metric, topk))
             out[e.model_id] = C.Calibrated(score, layers, cal, p, tau, k)
         return out

@@ -2,18 +2,21 @@
 
 The reference scores one layer pair at a time: for every layer ``i`` of model A and every layer
 ``j`` of model B it recomputes both k-NN graphs (or kernels) and the metric. Here each model's
-per-layer structures are computed once (:func:`build_state`: k-NN indices, dense neighbour masks,
-centred kernels, SVD bases) and a model pair is scored for all its layer pairs at once
+per-layer structures are computed once (:func:`build_state`: k-NN indices, centred kernels or
+centred layers, SVD bases) and a model pair is scored for all its layer pairs at once
 (:func:`layer_scores`), mostly as gathers and matrix products:
 
-* ``mutual_knn``: ``|knn_A(i) ∩ knn_B(i)|`` for all layer pairs = B's neighbour masks gathered at
-  A's neighbour indices, summed.
-* ``cycle_knn``: A's masks gathered at (B's neighbour of ``i``, ``i``).
+* ``mutual_knn``: ``|knn_A(i) ∩ knn_B(i)|`` for all layer pairs, from the two neighbour lists.
+* ``cycle_knn``: A's neighbour lists gathered at B's neighbours of ``i``, compared with ``i``.
+  Neighbours of a neighbours-only state come from row blocks (:func:`knn_blocked`), so every k-NN
+  measure but cknna holds ``O(N·k)`` per layer, never ``N×N``.
 * ``lcs_knn`` / ``edit_distance_knn``: the dynamic programmes run row by row over all
   (layer pair, sample) sequences at once (one ``cummax``/``cummin`` per row).
 * ``cka`` / ``unbiased_cka``: centred (resp. U-centred) kernels per layer, one matrix product per
   model pair (HSIC = Frobenius inner product of centred kernels; the unbiased estimator equals the
-  inner product of U-centred kernels / n(n-3), Song et al. 2012; Székely & Rizzo 2014).
+  inner product of U-centred kernels / n(n-3), Song et al. 2012; Székely & Rizzo 2014). Past
+  :data:`_KERNEL_STATE_BUDGET` no kernel is formed: the same inner products come from ``D×D``
+  feature products accumulated over row blocks (:func:`kernel_inner`).
 * ``cknna``: the unbiased HSIC of the masked kernels, expanded into sums over the (sparse)
   intersection of the two neighbour sets.
 * ``svcca``: canonical correlations of the two top-``cca_dim`` SVD subspaces = singular values of
@@ -170,8 +173,11 @@ class ModelState:
     topk: int = 0
     knn: torch.Tensor | None = None  # [L, N, k] int64, neighbours by decreasing similarity, self excluded
     knn_vals: torch.Tensor | None = None  # [L, N, k] similarities at those neighbours
-    mask: torch.Tensor | None = None  # [N*N, L] bool, position-major: mask[i*N + j, l] = j in knn_l(i)
+    knn_recall: list[float] | None = None  # per layer, where neighbours are approximate: recall@k vs exact
     kernels: dict[str, torch.Tensor] = field(default_factory=dict)  # 'centered'/'ucentered' [L, N*N]; 'raw' [N*N, L]
+    # cka/unbiased_cka beyond the kernel budget: the layers whose linear kernels they are (centred for
+    # 'centered', as prepared for 'ucentered'), used through D×D products (:func:`kernel_inner`)
+    linear: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     self_sim: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> [L] float64
     basis: torch.Tensor | None = None  # [L, N, cca_dim] float64 (svcca)
     # thin SVD of each centred layer, zero-padded to the widest rank R: U [L, N, R], S [L, R] float64
@@ -179,18 +185,18 @@ class ModelState:
     svd_u: torch.Tensor | None = None
     svd_s: torch.Tensor | None = None
     rank: torch.Tensor | None = None
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # per-layer statistics [L] float64
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # per-layer statistics [L] (or [L, N]) float64
     layers: Prepared | None = None  # the prepared layers, kept only where calibration permutes them
-    # cknna's neighbours as the reference picks them (torch.topk): the same tensors as knn/knn_vals/
-    # mask unless duplicate rows tie at the k-th place and topk keeps another one of them
+    # cknna's neighbours as the reference picks them (torch.topk): the same tensors as knn/knn_vals
+    # unless duplicate rows tie at the k-th place and topk keeps another one of them
     cknna_knn: torch.Tensor | None = None
     cknna_vals: torch.Tensor | None = None
     cknna_mask: torch.Tensor | None = None
 
     def nbytes(self) -> int:
-        tensors = [self.knn, self.knn_vals, self.mask, self.basis, self.cknna_knn, self.cknna_vals, self.cknna_mask,
+        tensors = [self.knn, self.knn_vals, self.basis, self.cknna_knn, self.cknna_vals, self.cknna_mask,
                    self.svd_u, self.svd_s, self.rank, *self.kernels.values(), *self.self_sim.values(),
-                   *self.stats.values()]
+                   *self.stats.values(), *(t for layers in self.linear.values() for t in layers)]
         unique = {id(t): t for t in tensors if t is not None}
         return sum(t.numel() * t.element_size() for t in unique.values())
 
@@ -209,11 +215,21 @@ def _needs(metrics) -> set[str]:
 
 _SVD_METRICS = ("orthogonal_procrustes", "angular_shape_metric", "linear_regression", "eigenspace_overlap")
 # metric -> the structure of a model's state it reads, besides its neighbours (``build_state``)
-_NEEDS = {"cycle_knn": "mask", "cka": "centered", "unbiased_cka": "ucentered", "cknna": "raw", "svcca": "basis",
+_NEEDS = {"cka": "centered", "unbiased_cka": "ucentered", "cknna": "raw", "svcca": "basis",
           "rsa": "rdm", "distance_correlation": "dcentered", "concentricity_difference": "concentricity",
           "uniformity_difference": "uniformity", **{m: "svd" for m in _SVD_METRICS}}
 _GRAM_NEEDS = {"knn", "cknna_knn", "raw", "centered", "ucentered", "rdm", "dcentered", "uniformity"}
 _BLOCK_BUDGET = 1 << 24  # elements of one [block, N] similarity block of the row-blocked k-NN
+#: Bytes of N×N kernels one model's state may hold for cka/unbiased_cka (4·L·N²); beyond it the
+#: kernels are never formed and every inner product goes through D×D feature products instead.
+_KERNEL_STATE_BUDGET = 1 << 30
+_LINEAR = ("centered", "ucentered")
+
+
+def kernel_route(num_layers: int, n: int, budget: int | None = None) -> bool:
+    """Whether cka/unbiased_cka keep N×N kernels (fast per pair: ``N²`` per layer pair) or, past the
+    budget, the layers themselves (``N·D_a·D_b`` per layer pair, memory ``D×D``)."""
+    return 4 * num_layers * n * n <= (budget or _KERNEL_STATE_BUDGET)
 
 
 def knn_blocked(x: torch.Tensor, topk: int, budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,6 +248,16 @@ def knn_blocked(x: torch.Tensor, topk: int, budget: int | None = None) -> tuple[
         vals.append(hat.gather(-1, i))
         del hat
     return torch.cat(idx), torch.cat(vals)
+
+
+def _knn_search(x: torch.Tensor, topk: int, knn_index: str) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    if knn_index == "exact":
+        return (*knn_blocked(x, topk), None)
+    from featx.align import ann
+
+    if knn_index not in ann.KNN_INDEXES:
+        raise ValueError(f"unknown knn index {knn_index!r}; choose one of {', '.join(ann.KNN_INDEXES)}")
+    return ann.hnsw_knn(x, topk)
 
 
 def _layer_chunk(n: int, budget: int = _KERNEL_BUDGET) -> int:
@@ -258,21 +284,29 @@ def nearest_neighbors(hat: torch.Tensor, topk: int) -> torch.Tensor:
     return idx
 
 
-def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFAULT_CCA_DIM) -> ModelState:
+def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFAULT_CCA_DIM,
+                knn_index: str = "exact") -> ModelState:
     """Everything ``metrics`` need of one model, from its prepared layers (``[L, N, D]`` or a list of
-    ``[N, D_l]``: every structure below is per layer, so widths may differ)."""
+    ``[N, D_l]``: every structure below is per layer, so widths may differ). ``knn_index``: exact
+    neighbours, or ``hnsw`` (approximate, :mod:`featx.align.ann`; cknna keeps exact ones)."""
     L, n = len(prepared), prepared[0].shape[0]
     need = _needs(metrics)
     if need & {"knn", "cknna_knn"} and not 1 <= topk < n:
         raise ValueError(f"topk {topk} must be between 1 and N-1 = {n - 1}")
     st = ModelState(n=n, num_layers=L, topk=topk)
+    if need & set(_LINEAR) and not kernel_route(L, n):
+        _set_linear(st, prepared, need & set(_LINEAR))
+        need -= set(_LINEAR)
     knn, vals, cknn, cvals = [], [], [], []
     kernels = {k: [] for k in ("raw", "centered", "ucentered", "rdm", "dcentered") if k in need}
     uniformity = []
-    if need & _GRAM_NEEDS == {"knn"}:  # neighbours only: row blocks, no N×N matrix
-        pairs = [knn_blocked(x, topk) for x in prepared]
-        knn, vals = [torch.stack([p[0] for p in pairs])], [torch.stack([p[1] for p in pairs])]
-    elif need & _GRAM_NEEDS:
+    if "knn" in need and (knn_index != "exact" or need & _GRAM_NEEDS == {"knn"}):  # no N×N matrix
+        found = [_knn_search(x, topk, knn_index) for x in prepared]
+        knn, vals = [torch.stack([f[0] for f in found])], [torch.stack([f[1] for f in found])]
+        if knn_index != "exact":
+            st.knn_recall = [f[2] for f in found]
+        need = need - {"knn"}
+    if need & _GRAM_NEEDS:
         step = _layer_chunk(n)
         for s in range(0, L, step):
             gram = _grams(prepared[s:s + step])  # [c, N, N] inner products
@@ -313,14 +347,14 @@ def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFA
         st.kernels[name] = torch.cat(parts)
     if "raw" in st.kernels:  # gathered at neighbour positions: position-major like the masks
         st.kernels["raw"] = st.kernels["raw"].T.contiguous()
-    if "mask" in need:
-        st.mask = knn_masks(st.knn)
     if cknn:
         _set_cknna_neighbours(st, torch.cat(cknn), torch.cat(cvals))
     if "centered" in need:
         st.self_sim["cka"] = _rowwise_sq(st.kernels["centered"])
     if "ucentered" in need:
         st.self_sim["unbiased_cka"] = _rowwise_sq(st.kernels["ucentered"]) / (n * (n - 3))
+    if st.linear:
+        _set_linear_self_sim(st)
     if "cknna" in metrics:
         st.self_sim["cknna"] = torch.cat([
             _cknna_hsic(st.cknna_knn[l:l + 1], st.cknna_vals[l:l + 1], st.cknna_mask,
@@ -339,6 +373,82 @@ def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFA
         st.stats["concentricity"] = torch.stack([
             F.cosine_similarity(x.double(), x.double().mean(dim=0, keepdim=True), dim=1).mean() for x in prepared])
     return st
+
+
+def _set_linear(st: ModelState, prepared: Prepared, names: set[str]) -> None:
+    """cka/unbiased_cka past the kernel budget: keep the layers whose linear kernels they are
+    (centred layers for 'centered': ``H K H = X_c X_cᵀ``), and for 'ucentered' what the unbiased
+    estimator needs besides ``<K, L>``: the diagonal ``k_ii``, the zero-diagonal row sums ``K̃1``
+    and their total (all ``O(N)`` per layer)."""
+    layers = list(prepared)
+    if "centered" in names:
+        st.linear["centered"] = [(x - x.mean(dim=0)).contiguous() for x in layers]
+    if "ucentered" in names:
+        st.linear["ucentered"] = layers
+        xs = [x.double() for x in layers]
+        diag = torch.stack([(x ** 2).sum(dim=1) for x in xs])  # [L, N]
+        rows = torch.stack([x @ x.sum(dim=0) for x in xs]) - diag  # K̃1 = X(Xᵀ1) - diag(K)
+        st.stats.update(k_diag=diag, k_rows=rows, k_sum=rows.sum(dim=1))
+
+
+def _set_linear_self_sim(st: ModelState) -> None:
+    n = st.n
+    for name, metric in (("centered", "cka"), ("ucentered", "unbiased_cka")):
+        if name in st.linear:
+            self_inner = torch.cat([_feature_inner(st, st, name, slice(l, l + 1), slice(l, l + 1)).reshape(1)
+                                    for l in range(st.num_layers)])
+            st.self_sim[metric] = self_inner / ((n * (n - 3)) if name == "ucentered" else 1)
+
+
+def gram_products(xa: list[torch.Tensor], xb: list[torch.Tensor], budget: int = _GATHER_BUDGET) -> torch.Tensor:
+    """``[La, Lb]`` float64 ``||X_aᵀ X_b||_F² = <X_a X_aᵀ, X_b X_bᵀ>``: the Frobenius inner product of
+    two linear kernels from ``D_a × D_b`` products accumulated (float64) over row blocks, never N×N."""
+    n = xa[0].shape[0]
+    out = torch.empty(len(xa), len(xb), dtype=torch.float64, device=xa[0].device)
+    for i, p in enumerate(xa):
+        for j, q in enumerate(xb):
+            step = max(1, budget // (p.shape[1] + q.shape[1]))
+            cross = torch.zeros(p.shape[1], q.shape[1], dtype=torch.float64, device=p.device)
+            for s in range(0, n, step):
+                cross += (p[s:s + step].T @ q[s:s + step]).double()
+            out[i, j] = (cross ** 2).sum()
+    return out
+
+
+def _kernel_feature_inner(kern: torch.Tensor, xb: list[torch.Tensor], n: int) -> torch.Tensor:
+    """``[La, Lb]`` ``<K_a, X_b X_bᵀ> = Σ (K_a X_b) ∘ X_b`` for A's flattened kernels ``[La, N*N]``."""
+    return torch.stack([torch.stack([((k.view(n, n) @ x) * x).sum() for x in xb]) for k in kern]).double()
+
+
+def _feature_inner(a: ModelState, b: ModelState, name: str, la: slice = slice(None), lb: slice = slice(None)
+                   ) -> torch.Tensor:
+    """``<C(K_a), C(K_b)>`` (C: double centring for 'centered', U-centring for 'ucentered') of A's
+    layers ``la`` and B's ``lb`` from their layers alone. Centring is a projection, so
+    ``<HK_aH, HK_bH> = ||X_caᵀ X_cb||²``; the U-centred product is the unbiased estimator's numerator
+    (Song et al. 2012, eq. 5): ``tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((n-1)(n-2)) - 2/(n-2)·(K̃1)ᵀ(L̃1)`` with
+    ``tr(K̃L̃) = <K, L> - Σ k_ii l_ii``."""
+    inner = gram_products(a.linear[name][la], b.linear[name][lb])
+    if name == "centered":
+        return inner
+    n, sa, sb = a.n, a.stats, b.stats
+    return (inner - sa["k_diag"][la] @ sb["k_diag"][lb].T
+            + sa["k_sum"][la][:, None] * sb["k_sum"][lb][None, :] / ((n - 1) * (n - 2))
+            - 2 * (sa["k_rows"][la] @ sb["k_rows"][lb].T) / (n - 2))
+
+
+def kernel_inner(a: ModelState, b: ModelState, name: str) -> torch.Tensor:
+    """``[La, Lb]`` float64 inner products of the two models' centred ('centered') or U-centred
+    ('ucentered') kernels, whichever form each state holds them in: both N×N kernels, one matrix
+    product; both layers, :func:`_feature_inner`; one of each, ``<C(K_a), L_b>`` (the centring of
+    one side suffices, it is a projection)."""
+    ka, kb = a.kernels.get(name), b.kernels.get(name)
+    if ka is not None and kb is not None:
+        return (ka @ kb.T).double()
+    if ka is not None:
+        return _kernel_feature_inner(ka, b.linear[name], a.n)
+    if kb is not None:
+        return _kernel_feature_inner(kb, a.linear[name], a.n).T
+    return _feature_inner(a, b, name)
 
 
 def _sq_distances(gram: torch.Tensor) -> torch.Tensor:
@@ -384,7 +494,7 @@ def _set_cknna_neighbours(st: ModelState, knn: torch.Tensor, vals: torch.Tensor)
     """cknna uses only the neighbour *set*; share the other metrics' tensors where the sets agree."""
     if st.knn is not None and torch.equal(st.knn.sort(dim=-1).values, knn.sort(dim=-1).values):
         st.cknna_knn, st.cknna_vals = st.knn, st.knn_vals
-        st.cknna_mask = st.mask if st.mask is not None else knn_masks(st.knn)
+        st.cknna_mask = knn_masks(st.knn)
     else:
         st.cknna_knn, st.cknna_vals, st.cknna_mask = knn, vals, knn_masks(knn)
 
@@ -435,9 +545,21 @@ def svcca_basis(prepared: Prepared, cca_dim: int = DEFAULT_CCA_DIM) -> torch.Ten
         act = x.double()
         act = act - act.mean(dim=0)
         act = act / (act.std(dim=0) + 1e-8)
-        u, _, _ = torch.linalg.svd(act, full_matrices=False)
-        out.append(u[:, :cca_dim])
+        out.append(_top_left_singular(act, cca_dim))
     return torch.stack(out)
+
+
+def _top_left_singular(act: torch.Tensor, c: int) -> torch.Tensor:
+    """``[N, c]`` top-``c`` left singular vectors of ``act`` from the smaller of its two Gram
+    matrices: the ``D×D`` covariance ``actᵀ act = V S² Vᵀ`` (then ``U = act V / S``; N·D² work, no
+    ``N×D`` factor) or, when ``D > N``, ``act actᵀ = U S² Uᵀ`` itself. Falls back to the thin SVD where
+    the ``c``-th singular value is too small for the squared form's precision (rank below ``c``)."""
+    n, d = act.shape
+    evals, evecs = torch.linalg.eigh(act.T @ act if d <= n else act @ act.T)  # ascending
+    top, sv = evecs[:, -c:].flip(-1), evals[-c:].flip(-1).clamp(min=0).sqrt()
+    if not sv[-1] > sv[0] * 1e-4:
+        return torch.linalg.svd(act, full_matrices=False)[0][:, :c]
+    return act @ top / sv if d <= n else top
 
 
 # -- pair scores ------------------------------------------------------------------------------------
@@ -473,13 +595,13 @@ def _mutual_knn(a: ModelState, b: ModelState) -> torch.Tensor:
 
 def _cycle_knn(a: ModelState, b: ModelState) -> torch.Tensor:
     # reference: compute_knn_accuracy(knn_A[knn_B]): is i among the A-neighbours of its B-neighbours?
+    # From the neighbour lists alone (N·k² per layer pair, no N×N masks).
     n, k = a.n, a.topk
-    cols = torch.arange(n, device=a.knn.device).view(1, n, 1)
+    rows = torch.arange(n, device=a.knn.device).view(1, 1, n, 1)
     out = []
-    for sl in _chunks(b.num_layers, a.num_layers * n * k):
-        lin = (b.knn[sl] * n + cols).reshape(-1)  # (knn_B(i), i) positions in A's masks
-        hits = a.mask.index_select(0, lin).view(-1, n, k, a.num_layers).any(dim=2)  # [cb, N, La]
-        out.append(hits.sum(dim=1, dtype=torch.int32).double().T / n)
+    for sl in _chunks(b.num_layers, a.num_layers * n * k * k):
+        nb = a.knn[:, b.knn[sl]].view(a.num_layers, -1, n, k * k)  # [La, cb, N, k*k]: A-neighbours of B-neighbours
+        out.append((nb == rows).any(dim=-1).sum(dim=-1, dtype=torch.int32).double() / n)
     return torch.cat(out, dim=1)
 
 
@@ -527,13 +649,13 @@ def _edit_distance_knn(a: ModelState, b: ModelState) -> torch.Tensor:
 
 
 def _cka(a: ModelState, b: ModelState) -> torch.Tensor:
-    hsic = (a.kernels["centered"] @ b.kernels["centered"].T).double()
+    hsic = kernel_inner(a, b, "centered")
     return hsic / (torch.sqrt(a.self_sim["cka"][:, None] * b.self_sim["cka"][None, :]) + 1e-6)
 
 
 def _unbiased_cka(a: ModelState, b: ModelState) -> torch.Tensor:
     n = a.n
-    hsic = (a.kernels["ucentered"] @ b.kernels["ucentered"].T).double() / (n * (n - 3))
+    hsic = kernel_inner(a, b, "ucentered") / (n * (n - 3))
     return hsic / (torch.sqrt(a.self_sim["unbiased_cka"][:, None] * b.self_sim["unbiased_cka"][None, :]) + 1e-6)
 
 

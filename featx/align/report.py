@@ -223,11 +223,19 @@ def layer_plot(data: dict, i: int, j: int, dest: Path) -> bool:
     im = ax.imshow(m, cmap="viridis", aspect="auto", origin="lower", interpolation="nearest")
     ax.set_ylabel(f"{_short(data['models_x'][i])} layer")
     ax.set_xlabel(f"{_short(data['models_y'][j])} layer")
-    ax.plot([data["layer_y"][i][j]], [data["layer_x"][i][j]], "r+", markersize=12)
-    from matplotlib.ticker import MaxNLocator
+    # rows/columns are the stored layers; their labels the model's layer numbers (--layers keeps some)
+    rows_x = (data.get("layer_indices_x") or [None] * (i + 1))[i] or list(range(m.shape[0]))
+    cols_y = (data.get("layer_indices_y") or [None] * (j + 1))[j] or list(range(m.shape[1]))
+    if data["layer_x"][i][j] >= 0:
+        ax.plot([cols_y.index(data["layer_y"][i][j])], [rows_x.index(data["layer_x"][i][j])], "r+", markersize=12)
+    if rows_x == list(range(m.shape[0])) and cols_y == list(range(m.shape[1])):
+        from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.set_yticks(range(len(rows_x)), [str(v) for v in rows_x], fontsize=7)
+        ax.set_xticks(range(len(cols_y)), [str(v) for v in cols_y], fontsize=7)
     fig.colorbar(im, ax=ax, label=data["metric"])
     ax.set_title(f"{data['metric']}: every layer pair of the best model pair", fontsize=9)
     fig.tight_layout()

@@ -23,7 +23,7 @@ import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,9 +31,14 @@ import torch
 from featx.align import calibration as C
 from featx.align import metrics as M
 from featx.align.results import save_results
+from featx.align.rows import Rows, rows_of
+from featx.align.rows import check_same_rows as _check_same_rows
 from featx.catalog import ModelSpec
 from featx.errors import UsageError
 from featx.store import ArtifactKey, Manifest, Store
+
+if TYPE_CHECKING:
+    from featx.features import ShardedFeatures
 
 LAYER_MODES = ("best", "all", "last")
 CALIBRATION_COLUMNS = ("raw_max", "calibrated", "p_value", "threshold")
@@ -43,7 +48,8 @@ CSV_COLUMNS = ("model_x", "model_y", "metric", "topk", "score", "layer_x", "laye
 FILE_FAMILY = "file"  # the family of features given as files
 #: Per-model lists a result holds for each side (``models_x``, ``models_y``, ...): key -> Entry attribute.
 PER_MODEL_KEYS = {"models": "model_id", "num_layers": "num_layers", "family": "family", "params": "num_params",
-                  "bpb": "bpb", "modality": "modality", "pool": "pool"}
+                  "bpb": "bpb", "modality": "modality", "pool": "pool", "knn_recall": "knn_recall",
+                  "layer_indices": "layer_indices"}
 
 
 @dataclass
@@ -59,7 +65,10 @@ class Entry:
     num_rows: int = 0
     num_params: int = 0
     bpb: float | None = None  # language models' bits per byte on the data set (the reference's file)
-    layer_offset: int = 0  # first stored layer's index (--layers last keeps only the last)
+    layer_indices: list[int] = field(default_factory=list)  # the model's layer each scored layer is
+    shards: list[Manifest] = field(default_factory=list)  # a sharded model's manifests, in row order
+    view: "ShardedFeatures | None" = None  # how a sharded model is read (featx.features)
+    knn_recall: float | None = None  # approximate neighbours (--knn_index): mean recall@k over layers
 
     @property
     def source(self) -> ArtifactKey | Path:
@@ -69,6 +78,17 @@ class Entry:
     @property
     def model_id(self) -> str:
         return self.spec.id if self.spec else str(self.path)
+
+    def layer(self, position: int) -> int:
+        """The model's layer number of stored layer ``position`` (-1 stays -1: no layer)."""
+        return self.layer_indices[position] if self.layer_indices and position >= 0 else position
+
+    @property
+    def rows(self) -> Rows | None:
+        """The rows its manifests say it was fed (None: features given as a file)."""
+        if self.manifest is None:
+            return None
+        return rows_of(self.shards or [self.manifest])
 
     @property
     def family(self) -> str:
@@ -127,6 +147,7 @@ class AlignResult:
     npy: Path | None = None
     csv: Path | None = None
     calibration: Calibration | None = None
+    knn_index: str = "exact"  # how the neighbours were found (approximate ones: entries' knn_recall)
 
     @property
     def indices(self) -> np.ndarray:
@@ -153,10 +174,13 @@ def check_options(metrics: list[str], topk: int) -> None:
         raise UsageError("cknna needs --topk 2 or more (as the reference)")
 
 
-def check_calibration(metrics: list[str], k: int, alpha: float) -> None:
+def check_calibration(metrics: list[str], k: int, alpha: float, knn_index: str = "exact") -> None:
     """Refuse a calibration that cannot run, before the store is touched."""
     if not k:
         return
+    if knn_index != "exact":
+        raise UsageError(f"--calibrate rebuilds exact neighbours for its null; drop --knn_index {knn_index} "
+                         "or --calibrate")
     if k < 1 or not 0 < alpha < 1:
         raise UsageError(f"--calibrate {k} --alpha {alpha}: give K >= 1 permutations and 0 < alpha < 1")
     distances = [m for m in metrics if M.is_distance(m)]
@@ -174,7 +198,10 @@ def check_enough_rows(metrics: list[str], topk: int, n: int) -> None:
 
 
 def check_committed(store: Store, entries: list[Entry], extract_hint: str) -> None:
-    """Attach manifests from one store listing; refuse (one line) when any model is not done."""
+    """Attach manifests from one store listing (a sharded model's from its shards' listing: every
+    shard of one layout committed); refuse (one line) when any model is not done."""
+    from featx.features import load_sharded
+
     prefixes = {f"{e.key.dataset}/{e.key.subset}/" for e in entries}
     states = {}
     for prefix in prefixes:
@@ -182,12 +209,20 @@ def check_committed(store: Store, entries: list[Entry], extract_hint: str) -> No
     absent = []
     for e in entries:
         st = states.get(e.key.stem)
-        if st is None or st.state != "done":
-            state = st.state if st else "missing"
-            why = f": {st.reason}" if st and st.reason else ""
-            absent.append((e, f"{state}{why}"))
-        else:
+        if st is not None and st.state == "done":
             e.manifest = st.manifest
+            continue
+        try:
+            view = load_sharded(store, e.key, e.spec.id)
+        except FileNotFoundError as err:
+            absent.append((e, str(err).split("; ")[0].removeprefix(f"{e.key.model_stem} in {store.url} ")))
+            continue
+        if view is not None:
+            e.view, e.shards, e.manifest = view, view.manifests, view.manifest
+            continue
+        state = st.state if st else "missing"
+        why = f": {st.reason}" if st and st.reason else ""
+        absent.append((e, f"{state}{why}"))
     if absent:
         ids = sorted({e.spec.id for e, _ in absent})
         listed = ", ".join(f"{e.spec.id} (pool {e.key.pool}, {why})" for e, why in absent)
@@ -195,19 +230,17 @@ def check_committed(store: Store, entries: list[Entry], extract_hint: str) -> No
                          f"run `featx extract --models {' '.join(ids)}{extract_hint}` first")
 
 
-def check_same_rows(entries: list[Entry]) -> None:
-    """Every model must have been fed the same rows in the same order: one fingerprint, one N
-    (files carry no fingerprint: their N is checked once read)."""
-    groups: dict[tuple[str, int], list[str]] = {}
-    for e in entries:
-        if e.manifest is None:
-            continue
-        groups.setdefault((e.manifest.rows_fingerprint, e.manifest.num_rows), []).append(e.spec.id)
-    if len(groups) > 1:
-        parts = "; ".join(f"rows_fingerprint {fp[:12]} with {n} rows for {', '.join(dict.fromkeys(ids))}"
-                          for (fp, n), ids in sorted(groups.items(), key=lambda kv: -len(kv[1])))
-        raise UsageError(f"features were computed on different data ({parts}); re-extract the odd ones with the "
-                         "same --dataset/--subset/--num_samples (`featx extract --force_remake --models ...`)")
+def check_same_rows(entries: list[Entry], log: Callable[[str], None] = print) -> None:
+    """Every model must have been fed the same rows in the same order (:mod:`featx.align.rows`;
+    files carry no fingerprint: their N is checked once read)."""
+    named = list({e.spec.id: e.rows for e in entries if e.manifest is not None}.items())
+    for note in _check_same_rows(named):
+        log(note)
+
+
+def num_rows(entries: list[Entry]) -> int:
+    """N of the stored models (their manifests'), checked the same by :func:`check_same_rows`."""
+    return entries[0].rows.num_rows
 
 
 # -- reading and preparing ------------------------------------------------------------------------------
@@ -251,6 +284,11 @@ def read_prepared(store: Store | None, entries: list[Entry], layers: str, device
         t0 = time.perf_counter()
         if isinstance(source, Path):
             x, tensors = read_file(source)
+        elif group[0].view is not None:  # row shards, memory-mapped, joined once into [N, L, D]
+            try:
+                x, tensors = group[0].view.feats, group[0].view.scalars
+            except (ValueError, FileNotFoundError) as err:
+                raise UsageError(str(err).splitlines()[0]) from err
         else:
             try:
                 loaded = load_key(store, source, group[0].spec.id if group[0].spec else None)
@@ -258,15 +296,16 @@ def read_prepared(store: Store | None, entries: list[Entry], layers: str, device
                 raise UsageError(str(err).splitlines()[0]) from err
             x, tensors = loaded.feats, loaded.tensors
         rows, depth = M.num_rows(x), M.num_layers(x)
-        manifest = group[0].manifest
-        if manifest is not None and rows != manifest.num_rows:
-            raise UsageError(f"{source.data}: {rows} rows but its manifest says {manifest.num_rows}; "
+        expected = group[0].rows
+        if expected is not None and rows != expected.num_rows:
+            raise UsageError(f"{source.data}: {rows} rows but its manifest says {expected.num_rows}; "
                              "re-extract it with `featx extract --force_remake`")
+        indices = _layer_indices(group[0].manifest, depth)
         num_params = int(_scalar(tensors.get("num_params")) or 0)
         for e in group:
             e.num_layers, e.num_rows, e.bpb = depth, rows, _scalar(tensors.get("bpb"))
             e.num_params = num_params or (e.spec.params if e.spec else 0)
-            e.layer_offset = depth - 1 if layers == "last" else 0
+            e.layer_indices = indices[-1:] if layers == "last" else indices
         try:
             prepared = M.prepare_features(x, device=device, layers=[depth - 1] if layers == "last" else None,
                                           outliers=outliers)
@@ -276,6 +315,16 @@ def read_prepared(store: Store | None, entries: list[Entry], layers: str, device
         log(f"read {n}/{len(by_source)} {group[0].model_id}: {depth} layers, {rows} rows "
             f"({time.perf_counter() - t0:.1f}s)")
         yield source, prepared
+
+
+def _layer_indices(manifest: Manifest | None, depth: int) -> list[int]:
+    """The model's layer each stored layer is: the manifest's ``layer_indices`` (``featx extract
+    --layers``), else all of them in order."""
+    indices = list(manifest.layer_indices) if manifest is not None and manifest.layer_indices else list(range(depth))
+    if len(indices) != depth:
+        raise UsageError(f"{manifest.data_key}: {depth} layers but its manifest names {len(indices)} "
+                         "(layer_indices); re-extract it with `featx extract --force_remake`")
+    return indices
 
 
 def check_rows(entries: list[Entry]) -> None:
@@ -290,17 +339,25 @@ def check_rows(entries: list[Entry]) -> None:
 
 def load_states(store: Store | None, entries: list[Entry], metrics, topk: int, layers: str, device: torch.device,
                 outliers: str = "exact", log: Callable[[str], None] = print,
-                keep_layers: frozenset = frozenset()) -> dict[ArtifactKey | Path, M.ModelState]:
+                keep_layers: frozenset = frozenset(), knn_index: str = "exact") -> dict[ArtifactKey | Path, M.ModelState]:
     """Read each distinct source once, prepare it, keep only what ``metrics`` need of it (and the
-    prepared layers of the sources in ``keep_layers``, which calibration permutes)."""
+    prepared layers of the sources in ``keep_layers``, which calibration permutes). With an
+    approximate ``knn_index`` each model's recall@k against exact neighbours is logged and kept."""
     states: dict[ArtifactKey | Path, M.ModelState] = {}
     names = {e.source: e.model_id for e in entries}
     for source, prepared in read_prepared(store, entries, layers, device, outliers, log):
         check_enough_rows(metrics, topk, prepared[0].shape[0])
         try:
-            states[source] = M.build_state(prepared, metrics, topk)
+            states[source] = M.build_state(prepared, metrics, topk, knn_index=knn_index)
         except ValueError as err:
             raise UsageError(f"{names[source]}: {err}") from err
+        recall = states[source].knn_recall
+        if recall is not None:
+            for e in entries:
+                if e.source == source:
+                    e.knn_recall = sum(recall) / len(recall)
+            log(f"{names[source]}: {knn_index} neighbours, recall@{topk} vs exact "
+                f"{', '.join(f'{r:.4f}' for r in recall)} (per layer, {min(M.num_rows(prepared), 1000)} sampled rows)")
         if source in keep_layers:
             states[source].layers = prepared
         del prepared
@@ -342,8 +399,7 @@ def score_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey | Path, 
                 res.pairs_computed += 1
             ly, lx = best
             res.scores[i, j] = score
-            res.layer_x[i, j] = lx + ex.layer_offset if lx >= 0 else -1
-            res.layer_y[i, j] = ly + ey.layer_offset if ly >= 0 else -1
+            res.layer_x[i, j], res.layer_y[i, j] = ex.layer(lx), ey.layer(ly)
             if keep_matrices:
                 res.matrices[(i, j)] = mat.T.cpu().numpy()
     if calibrate:
@@ -409,7 +465,7 @@ def result_path(out: Path, dataset: str, subset: str, x: Side, y: Side, metric: 
 def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers: str) -> AlignResult:
     path.parent.mkdir(parents=True, exist_ok=True)
     everything = res.x.entries + res.y.entries
-    ref = next((e.manifest for e in everything if e.manifest is not None), None)
+    ref = next((e for e in everything if e.manifest is not None), None)
     payload = {
         "scores": res.scores,
         "indices": res.indices,
@@ -421,11 +477,12 @@ def write_result(res: AlignResult, path: Path, dataset: str, subset: str, layers
         "kind": M.REGISTRY[res.metric].kind,
         "topk": res.topk if M.uses_topk(res.metric) else None,
         "zero_floor": res.zero_floor,
+        "knn_index": res.knn_index,
         "layers": layers,
         "dataset": dataset,
         "subset": subset,
-        "dataset_revision": ref.dataset_revision if ref else None,
-        "rows_fingerprint": ref.rows_fingerprint if ref else None,
+        "dataset_revision": ref.manifest.dataset_revision if ref else None,
+        "rows_fingerprint": ref.rows.fingerprint if ref else None,
         "num_rows": everything[0].num_rows,
         "label_x": res.x.label,
         "label_y": res.y.label,
@@ -493,6 +550,7 @@ class Options:
     calibrate: int = 0  # permutations of the null (0: no calibration)
     alpha: float = 0.05
     seed: int = 0
+    knn_index: str = "exact"  # or hnsw: approximate neighbours (featx.align.ann), recall reported
 
 
 def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint: str,
@@ -501,7 +559,7 @@ def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint
     written. ``extract_hint`` completes the `featx extract` command a refusal suggests."""
     metrics = list(opts.metrics)
     check_options(metrics, opts.topk)
-    check_calibration(metrics, opts.calibrate, opts.alpha)
+    check_calibration(metrics, opts.calibrate, opts.alpha, opts.knn_index)
     everything = x.entries + y.entries
     stored = x.stored + y.stored
     if opts.layout == "reference" and opts.layers == "last":
@@ -510,15 +568,18 @@ def align(store: Store, x: Side, y: Side, opts: Options, out: Path, extract_hint
     dataset, subset = (key.dataset, key.subset) if key else ("files", "default")
     paths = {m: result_path(out, dataset, subset, x, y, m, opts.topk, opts.layers, opts.layout) for m in metrics}
     check_committed(store, stored, extract_hint)
-    check_same_rows(stored)
+    check_same_rows(stored, log)
     if stored:
-        check_enough_rows(metrics, opts.topk, stored[0].manifest.num_rows)
+        check_enough_rows(metrics, opts.topk, num_rows(stored))
     dev = pick_device(opts.device)
     log(f"{len(x.entries)} x {len(y.entries)} models, metrics {', '.join(metrics)}, device {dev}, outliers "
         f"{opts.outliers}, {'best score floored at 0 (reference)' if opts.zero_floor else 'no zero floor'}")
     keep = frozenset(e.source for e in y.entries) if opts.calibrate else frozenset()
-    states = load_states(store, everything, metrics, opts.topk, opts.layers, dev, opts.outliers, log, keep)
+    states = load_states(store, everything, metrics, opts.topk, opts.layers, dev, opts.outliers, log, keep,
+                         opts.knn_index)
     calibrate = (opts.calibrate, opts.alpha, opts.seed) if opts.calibrate else None
     for metric in metrics:
         res = score_pairs(metric, x, y, states, opts.topk, opts.layers == "all", log, opts.zero_floor, calibrate)
+        if M.uses_topk(metric) and metric != "cknna":  # cknna takes exact neighbours (the reference's topk)
+            res.knn_index = opts.knn_index
         yield write_result(res, paths[metric], dataset, subset, opts.layers)

@@ -69,6 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flag(g, "layout", choices=["featx", "reference"], default="featx",
          help="featx: OUT/DATASET/SUBSET/X_pool-P_Y_pool-P/; reference: the reference's to_alignment_filename "
               "(OUT/DATASET/MODELSET/MODALITY_pool-P_prompt-False_.../)")
+    flag(g, "knn_index", choices=["exact", "hnsw"], default="exact",
+         help="neighbours of the k-NN measures: exact (default, the reference's) or hnsw: approximate (faiss HNSW, "
+              "pip install faiss-cpu) for very many rows, its recall@k against exact logged and in the results")
     g = p.add_argument_group("calibration (Groger et al. 2026, permutation null over the whole layer search)")
     flag(g, "calibrate", type=int, default=0, metavar="K",
          help="K permutations of the y side's rows: adds the calibrated score, add-one p-value and threshold "
@@ -96,7 +99,7 @@ def run_align(args: argparse.Namespace) -> int:
 
     metrics = list(dict.fromkeys(args.metric))
     check_options(metrics, args.topk)
-    check_calibration(metrics, args.calibrate, args.alpha)
+    check_calibration(metrics, args.calibrate, args.alpha, args.knn_index)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"featx align: {msg}", file=sys.stderr))
     store = open_store_from(args)
     request = RunRequest(args.dataset, args.subset, caption_idx=args.caption_idx, format=args.format)
@@ -113,7 +116,7 @@ def run_align(args: argparse.Namespace) -> int:
     where = f" --store {args.store}" if args.store else (f" --output_dir {args.output_dir}" if args.output_dir else "")
     hint = f" --dataset {args.dataset}" + (f" --subset {args.subset}" if args.subset else "") + where
     opts = Options(tuple(metrics), args.topk, args.layers, args.device, args.outliers, not args.no_zero_floor,
-                   args.layout, args.calibrate, args.alpha, args.seed)
+                   args.layout, args.calibrate, args.alpha, args.seed, args.knn_index)
     for res in align(store, x, y, opts, Path(args.out), hint, log):
         print(res.npy)
         print(res.csv)

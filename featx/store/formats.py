@@ -89,23 +89,57 @@ def write_tensors(tensors: dict[str, Any], path: Path, fmt: str) -> None:
         raise ValueError(f"unknown format {fmt!r}")
 
 
-def read_tensors(path: Path, fmt: str | None = None) -> dict[str, Any]:
-    """Load a feature file without executing pickled code (``weights_only=True``)."""
+def read_tensors(path: Path, fmt: str | None = None, mmap: bool = False) -> dict[str, Any]:
+    """Load a feature file without executing pickled code (``weights_only=True``). ``mmap``: the
+    tensors are views of the file mapped copy-on-write (``torch.load(mmap=True)``; safetensors'
+    byte ranges through :func:`_safetensors_mapped`), so a tensor's pages are read only when touched
+    and the file may be unlinked once loaded."""
     fmt = fmt or path.suffix.lstrip(".")
     if fmt == "pt":
-        return torch.load(path, map_location="cpu", weights_only=True)
-    from safetensors import safe_open
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    if mmap:
+        out = _safetensors_mapped(path)
+    else:
+        from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        out: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}
-        for k, v in (f.metadata() or {}).items():
-            out[k] = int(v) if v.isdigit() else v
+        with safe_open(str(path), "pt") as f:
+            out = {k: f.get_tensor(k) for k in f.keys()}
+            out.update((f.metadata() or {}).items())
+    out = {k: (int(v) if v.isdigit() else v) if isinstance(v, str) else v for k, v in out.items()}
     layers = sorted((int(m.group(1)), k) for k in out if (m := _LAYER_KEY.match(k)))
     if layers:
         out["feats"] = [out.pop(k) for _, k in layers]
     for k in ("loss", "bpb"):
         if k in out and out[k].shape == (1,):
             out[k] = out[k].reshape(())
+    return out
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_mapped(path: Path) -> dict[str, Any]:
+    """A safetensors file's tensors as views of one copy-on-write mapping of it (the format: an
+    8-byte little-endian header length, a JSON header of dtype/shape/data_offsets per tensor and
+    ``__metadata__``, then the bytes) and its metadata strings."""
+    import json
+    import mmap as mm
+
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        mapped = mm.mmap(f.fileno(), 0, access=mm.ACCESS_COPY)
+    base = 8 + size
+    out: dict[str, Any] = dict(header.pop("__metadata__", None) or {})
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        count = (end - start) // torch.empty((), dtype=dtype).element_size()
+        flat = torch.frombuffer(mapped, dtype=dtype, count=count, offset=base + start) if count else \
+            torch.empty(0, dtype=dtype)
+        out[name] = flat.reshape(info["shape"])
     return out
 
 
