@@ -115,7 +115,8 @@ class Alignment:
     def _calibrated(self, prepared: M.Prepared, mine: M.ModelState, metric: str, topk: int, k: int, alpha: float,
                     seed: int) -> dict[str, C.Calibrated]:
         others = [self._state(e, metric, topk) for e in self.entries]
-        null = C.null_statistics(metric, prepared, others, C.permutations(prepared[0].shape[0], k, seed), topk)
+        null = C.null_statistics(metric, prepared, others, C.permutations(prepared[0].shape[0], k, seed), topk,
+                                 state_a=mine)
         out = {}
         for e, other, row in zip(self.entries, others, null):
             score, layers = C.statistic(M.layer_scores(metric, mine, other))

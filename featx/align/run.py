@@ -366,7 +366,7 @@ def calibrate_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey | Pa
     for j, ey in enumerate(y.entries):
         a = states[ey.source]
         if ey.source not in nulls:
-            nulls[ey.source] = C.null_statistics(metric, a.layers, others, perms, topk)
+            nulls[ey.source] = C.null_statistics(metric, a.layers, others, perms, topk, state_a=a)
         for i, ex in enumerate(x.entries):
             obs, _ = C.statistic(M.layer_scores(metric, a, states[ex.source]))
             cal.raw_max[i, j] = obs
