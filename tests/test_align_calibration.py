@@ -191,13 +191,25 @@ def test_batched_null_equals_rebuilding_per_permutation(widths_pair, metric):
                                C._rebuilt_nulls(metric, pa, others, perms, TOPK), atol=1e-5, rtol=0)
 
 
-def test_tied_rows_are_rebuilt_and_equal_the_package():
-    """Duplicate rows tie; the tie rule picks neighbours by index, so such a side is rebuilt per
-    permutation, and the result is still the package's."""
+@pytest.mark.parametrize("metric", [m for m in SIMILARITIES if M.uses_topk(m)])
+def test_tied_rows_are_repicked_as_a_rebuild_picks_them(metric):
+    """Duplicate rows tie and the tie rule picks by index, so a permutation changes which of them are
+    neighbours: those rows are re-picked per permutation, and the null equals rebuilding."""
     a, b = _related(3)
     a[1], a[7] = a[4], a[4]  # three equal rows: ties at every k
     pa, pb = M.prepare_features(a), M.prepare_features(b)
-    assert C.has_ties(pa, TOPK) and not C.has_ties(pb, TOPK)
+    ties = C.tied_rows(pa, TOPK)
+    assert ties.count and not C.tied_rows(pb, TOPK).count
+    others = [M.build_state(pb, [metric], TOPK)]
+    perms = C.permutations(N, K, SEED)
+    torch.testing.assert_close(C.null_statistics(metric, pa, others, perms, TOPK),
+                               C._rebuilt_nulls(metric, pa, others, perms, TOPK), atol=1e-6, rtol=0)
+
+
+def test_tied_rows_equal_the_package():
+    a, b = _related(3)
+    a[1], a[7] = a[4], a[4]
+    pa, pb = M.prepare_features(a), M.prepare_features(b)
     sb = M.build_state(pb, ["mutual_knn"], TOPK)
     null = C.null_statistics("mutual_knn", pa, [sb], C.permutations(N, K, SEED), TOPK)[0]
     obs, _ = C.statistic(M.layer_scores("mutual_knn", M.build_state(pa, ["mutual_knn"], TOPK), sb))

@@ -79,14 +79,15 @@ def null_statistics(metric: str, prepared_a: M.Prepared, others: list[M.ModelSta
                     topk: int, state_a: M.ModelState | None = None) -> torch.Tensor:
     """``[len(others), K]``: the statistic of A's rows permuted by each ``perm`` against each state in
     ``others``, from A's one state (``state_a``, built here if not given) — see the module's note."""
-    if M.uses_topk(metric) and has_ties(prepared_a, topk):
+    ties = tied_rows(prepared_a, topk) if M.uses_topk(metric) else None
+    if metric == "cknna" and ties.count:  # its torch.topk leaves the order of ties unspecified
         return _rebuilt_nulls(metric, prepared_a, others, perms, topk)
     st = state_a if state_a is not None else M.build_state(prepared_a, [metric], topk)
     if metric in _OVERLAP and all(o.n * o.n * o.num_layers <= _MASK_BUDGET for o in others):
-        return _overlap_nulls(metric, st, others, perms)
+        return _overlap_nulls(metric, st, others, perms, ties)
     out = torch.empty(len(others), len(perms), dtype=torch.float64)
     for k, perm in enumerate(perms):
-        st_k = permuted_state(st, perm)
+        st_k = permuted_state(st, perm, ties)
         for m, other in enumerate(others):
             out[m, k] = statistic(M.layer_scores(metric, st_k, other))[0]
     return out
@@ -103,20 +104,53 @@ def _rebuilt_nulls(metric: str, prepared_a: M.Prepared, others: list[M.ModelStat
     return out
 
 
-def has_ties(prepared: M.Prepared, topk: int) -> bool:
-    """Does any row of any layer have two equal similarities among its first ``k+1`` (self excluded)?
-    Only then can a permutation change which neighbours (or their order) the tie rule picks."""
+@dataclass(frozen=True)
+class Ties:
+    """Per layer, the rows with two equal similarities among their first ``k+1`` (self excluded) and
+    their similarities to every row (self ``-inf``). Only for these can a permutation change which
+    neighbours (or their order) the tie rule (index order) picks, so only these are re-picked."""
+
+    rows: list[torch.Tensor]  # [T_l] row indices
+    sims: list[torch.Tensor]  # [T_l, N]
+
+    @property
+    def count(self) -> int:
+        return sum(r.numel() for r in self.rows)
+
+
+def tied_rows(prepared: M.Prepared, topk: int) -> Ties:
     n = prepared[0].shape[0]
+    rows, sims = [], []
     for x in prepared:
         _, vals = M.knn_blocked(x, min(topk + 1, n - 1))
-        if (vals[:, 1:] == vals[:, :-1]).any():
-            return True
-    return False
+        tied = (vals[:, 1:] == vals[:, :-1]).any(dim=1).nonzero().flatten()
+        s = x[tied] @ x.T
+        s[torch.arange(tied.numel(), device=x.device), tied] = float("-inf")
+        rows.append(tied)
+        sims.append(s)
+    return Ties(rows, sims)
 
 
-def permuted_state(st: M.ModelState, perm: torch.Tensor) -> M.ModelState:
+def _repick(lists: torch.Tensor, vals: torch.Tensor | None, ties: Ties | None, p: torch.Tensor, inv: torch.Tensor,
+            topk: int) -> None:
+    """In place: the tied rows' neighbours of ``lists [L, c, N, k]`` (new indices; ``vals`` alike)
+    under the ``c`` permutations ``p`` (inverses ``inv``) ``[c, N]``, picked by the tie rule afresh."""
+    if ties is None or not ties.count:
+        return
+    ar = torch.arange(p.shape[0], device=p.device)[:, None]
+    for layer, (rows, sims) in enumerate(zip(ties.rows, ties.sims)):
+        if rows.numel():
+            s = sims[:, p].transpose(0, 1)  # [c, T, N]: column j is new row j
+            nn = M.nearest_neighbors(s, topk)
+            at = inv[:, rows]  # [c, T]: where the tied rows went
+            lists[layer, ar, at] = nn
+            if vals is not None:
+                vals[layer, ar, at] = s.gather(-1, nn).to(vals.dtype)
+
+
+def permuted_state(st: M.ModelState, perm: torch.Tensor, ties: Ties | None = None) -> M.ModelState:
     """The state of the same layers with rows in the order ``perm`` (row ``i`` is old row
-    ``perm[i]``), from ``st`` by index operations alone."""
+    ``perm[i]``), from ``st`` by index operations alone; ``ties`` (:func:`tied_rows`) re-picked."""
     n = st.n
     dev = next((t.device for t in (st.knn, st.svd_u, st.basis, *st.kernels.values()) if t is not None),
                perm.device)
@@ -139,8 +173,13 @@ def permuted_state(st: M.ModelState, perm: torch.Tensor) -> M.ModelState:
                        extra=st.extra, svd_s=st.svd_s, rank=st.rank)
     out.knn, out.cknna_knn = once(st.knn, lists), once(st.cknna_knn, lists)
     out.knn_vals, out.cknna_vals = once(st.knn_vals, rows), once(st.cknna_vals, rows)
+    if out.knn is not None:
+        _repick(out.knn[:, None], out.knn_vals[:, None], ties, p[None], inv[None], st.topk)
     out.basis, out.svd_u = once(st.basis, rows), once(st.svd_u, rows)
-    out.mask, out.cknna_mask = (once(t, lambda t: t.index_select(0, pos)) for t in (st.mask, st.cknna_mask))
+    repicked = ties is not None and ties.count > 0
+    # cknna's own neighbours (where they differ from knn) are never re-picked: cknna with ties is rebuilt
+    out.mask = once(st.mask, lambda t: M.knn_masks(out.knn) if repicked else t.index_select(0, pos))
+    out.cknna_mask = once(st.cknna_mask, lambda t: t.index_select(0, pos))
     out.kernels = {name: (k.index_select(0, pos) if name == "raw"  # position-major
                           else k.index_select(1, _triu_positions(p) if name == "rdm" else pos))
                    for name, k in st.kernels.items()}
@@ -162,7 +201,8 @@ _MASK_BUDGET = 1 << 30  # bytes of the other side's [N*N, L] neighbour masks for
 _NULL_BUDGET = 1 << 24  # elements of one [K_chunk, La, N, k, Lb] gather
 
 
-def _overlap_nulls(metric: str, st: M.ModelState, others: list[M.ModelState], perms: list[torch.Tensor]) -> torch.Tensor:
+def _overlap_nulls(metric: str, st: M.ModelState, others: list[M.ModelState], perms: list[torch.Tensor],
+                   ties: Ties | None) -> torch.Tensor:
     """mutual_knn / jaccard_knn for every permutation and layer pair at once: A's permuted neighbour
     lists ``[K, La, N, k]`` looked up in B's neighbour masks (``|knn_A'(i) ∩ knn_B(i)|`` per row)."""
     n, k, la = st.n, st.topk, st.num_layers
@@ -178,7 +218,9 @@ def _overlap_nulls(metric: str, st: M.ModelState, others: list[M.ModelState], pe
             pk, ik = p[sl], inv[sl]  # [c, N]
             lists = st.knn[:, pk]  # [La, c, N, k]: A's lists at the permuted rows, old indices
             lists = torch.gather(ik[None].expand(la, -1, -1), 2, lists.reshape(la, pk.shape[0], n * k))
-            pos = rows + lists.view(la, pk.shape[0], n, k).transpose(0, 1)  # [c, La, N, k]
+            lists = lists.view(la, pk.shape[0], n, k)
+            _repick(lists, None, ties, pk, ik, k)
+            pos = rows + lists.transpose(0, 1)  # [c, La, N, k]
             hits = mask.index_select(0, pos.reshape(-1)).view(*pos.shape, -1).sum(dim=3, dtype=torch.int64)
             if metric == "mutual_knn":  # [c, La, N, Lb] -> [c, La, Lb]
                 scores = hits.sum(dim=2).double() / (n * k)
