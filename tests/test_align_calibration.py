@@ -217,3 +217,11 @@ def test_tied_rows_equal_the_package():
     want = calibrate_layers(list(pb), list(pa), lambda x, y: R.measure("mutual_knn", y, x, TOPK), agg="max", K=K,
                             alpha=0.05, smax=1.0, generator=torch.Generator().manual_seed(SEED))
     assert got == pytest.approx(tuple(float(w) for w in want), abs=1e-7)
+
+
+def test_calibration_benchmark_reports_equal_values():
+    from bench.align.calibration import case
+
+    got = case("mutual_knn", 60, 2, 5)
+    assert got["featx"]["p_value"] == pytest.approx(got["calibrated_similarity"]["p_value"], abs=1e-7)
+    assert got["featx"] == got["featx_rebuild"] and got["featx_s"] > 0 and got["calibrated_similarity_s"] > 0

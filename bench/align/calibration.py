@@ -56,7 +56,8 @@ def case(metric: str, n: int, layers: int, k: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     # the package permutes its second list: A (featx's permuted side) goes second
     theirs = calibrate_layers(list(pb), list(pa), lambda x, y: R.measure(metric, y, x, TOPK), agg="max", K=k,
-                              alpha=ALPHA, smax=C.upper_bound(metric, TOPK), generator=torch.Generator().manual_seed(SEED))
+                              alpha=ALPHA, smax=C.upper_bound(metric, TOPK),
+                              generator=torch.Generator().manual_seed(SEED))
     t_pkg = time.perf_counter() - t0
     names = ("calibrated", "p_value", "threshold")
     return {"metric": metric, "K": k, "rows": n, "layers": layers, "widths": [DIMS[i] for i in MODELS],
