@@ -17,10 +17,12 @@ bases (rows); thresholds, norms, singular values and self-similarities do not ch
 prepared state per model serves every permutation (:func:`permuted_state`), scored against the
 other side's state for all layer pairs at once. ``mutual_knn`` and ``jaccard_knn`` go further: all
 K permutations and all layer pairs in one gather of the other model's neighbour masks
-(:func:`_overlap_nulls`). Where a permuted model has tied similarities among a row's first k+1
-(duplicate rows), the tie rule (index order) would pick differently after the permutation, so that
-model's state is rebuilt per permutation, as the package does. The package's loop recomputes both
-sides for every layer pair and permutation.
+(:func:`_overlap_nulls`). Rows with tied similarities among their first k+1 (duplicate rows, or
+float32-exact ties of nearly collinear features) are the exception: the tie rule (index order)
+picks among the tied by their new indices, so those rows' neighbours are re-picked per permutation
+from their similarity rows (:class:`Ties`, :func:`_repick`), as a rebuild would pick them; cknna,
+whose ``torch.topk`` leaves tie order open, rebuilds its side per permutation then. The package's
+loop recomputes both sides for every layer pair and permutation.
 Permutations come from ``torch.randperm(N, generator=torch.Generator().manual_seed(seed))``, drawn in
 order, so a seed gives the package's permutations when it is handed the same generator."""
 
