@@ -126,6 +126,23 @@ def alignment(r: dict[str, Any]) -> list[str]:
             f"{r['same_best_layer_pair']} |"]
 
 
+def calibration(r: dict[str, Any]) -> list[str]:
+    rows = ["| metric | rows x layers (widths) | K | featx s | featx rebuilding per permutation s | "
+            "calibrated-similarity loop s | featx / package | p-value featx / package | calibrated featx / package |",
+            "|" + "---|" * 9]
+    for c in r["cases"]:
+        f, p = c["featx"], c["calibrated_similarity"]
+        rows.append(f"| {c['metric']} k={r['config']['topk']} | {c['rows']:,} x {c['layers']} "
+                    f"({', '.join(map(str, c['widths']))}) | {c['K']} | {c['featx_s']:.2f} | {c['featx_rebuild_s']:.2f} | "
+                    f"{c['calibrated_similarity_s']:.1f} | **{c['speedup_vs_package']:.0f}x** | "
+                    f"{f['p_value']:.4f} / {p['p_value']:.4f} | {f['calibrated']:.4f} / {p['calibrated']:.4f} |")
+    return ["**Calibration cost, `align-calibration-cpu.json`**: K-permutation calibration of one model pair "
+            "(max over every layer pair), same features and seeded permutations, one run each in one process: featx "
+            "(one state per model, permutations by index), featx rebuilding the permuted side per permutation, and "
+            "`calibrated-similarity`'s `calibrate_layers` with the reference's one-pair metric as its callback. "
+            f"Machine: {provenance(r)}.", ""] + rows
+
+
 def estimator(r: dict[str, Any]) -> list[str]:
     runs = r["runs"]
     big = [x["total_ratio"] for x in runs if x["full_params"] > 5e9 and x["tokens"] >= 8192]
@@ -236,7 +253,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     if not any(k != "extract-cpu" for k in extract):
         lines += ["**GPU** (`make bench-gpu`: 7B-class configs, real-size ViTs, MFU, estimator vs measured peak): "
                   "unmeasured: no GPU lent to this task.", ""]
-    for name, fn in (("align-cpu", alignment), ("estimator-cpu", estimator), ("store", store),
+    for name, fn in (("align-cpu", alignment), ("align-calibration-cpu", calibration), ("estimator-cpu", estimator), ("store", store),
                      ("reconcile", reconcile), ("scale-cpu", scale)):
         if name in results:
             lines += fn(results[name]) + [""]

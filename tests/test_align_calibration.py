@@ -151,3 +151,77 @@ def test_report_marks_non_significant_pairs(tmp_path, capsys):
     page = write_report(tmp_path / "al").read_text()
     assert "<th>p-value</th>" in page and page.count("(n.s.)") == 1  # the unrelated model only
     assert (tmp_path / "al" / "report").glob("*_heatmap.png")
+
+
+SIMILARITIES = [m for m in M.METRICS if not M.is_distance(m)]
+
+
+@pytest.fixture(scope="module")
+def widths_pair():
+    """Layers of different widths (one wider than N) sharing a latent, so nulls and scores differ."""
+    g = torch.Generator().manual_seed(11)
+    latent = torch.randn(N, 4, generator=g)
+    side = lambda widths: M.prepare_features([latent @ torch.randn(4, w, generator=g)  # noqa: E731
+                                              + torch.randn(N, w, generator=g) for w in widths])
+    return side([12, 48]), side([16, 24, 20])
+
+
+def test_permuted_state_scores_as_the_rebuilt_state(widths_pair):
+    """Every measure (distances too): the state mapped by the permutation scores as the state built
+    from the permuted rows, against a third state, for every layer pair."""
+    pa, pb = widths_pair
+    st = M.build_state(pa, M.METRICS, TOPK)
+    sb = M.build_state(pb, M.METRICS, TOPK)
+    for perm in C.permutations(N, 2, SEED):
+        mapped, rebuilt = C.permuted_state(st, perm), M.build_state(C.permute(pa, perm), M.METRICS, TOPK)
+        assert torch.equal(mapped.knn, rebuilt.knn) and torch.equal(mapped.knn_vals, rebuilt.knn_vals)
+        for metric in M.METRICS:
+            torch.testing.assert_close(M.layer_scores(metric, mapped, sb), M.layer_scores(metric, rebuilt, sb),
+                                       atol=1e-5, rtol=0, msg=metric)
+
+
+@pytest.mark.parametrize("metric", SIMILARITIES)
+def test_batched_null_equals_rebuilding_per_permutation(widths_pair, metric):
+    """The null of every similarity from one state equals rebuilding the permuted side per
+    permutation (what the package's callback does), several other models at once."""
+    pa, pb = widths_pair
+    others = [M.build_state(pb, [metric], TOPK), M.build_state(pa, [metric], TOPK)]
+    perms = C.permutations(N, 12, SEED)
+    torch.testing.assert_close(C.null_statistics(metric, pa, others, perms, TOPK),
+                               C._rebuilt_nulls(metric, pa, others, perms, TOPK), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("metric", [m for m in SIMILARITIES if M.uses_topk(m)])
+def test_tied_rows_are_repicked_as_a_rebuild_picks_them(metric):
+    """Duplicate rows tie and the tie rule picks by index, so a permutation changes which of them are
+    neighbours: those rows are re-picked per permutation, and the null equals rebuilding."""
+    a, b = _related(3)
+    a[1], a[7] = a[4], a[4]  # three equal rows: ties at every k
+    pa, pb = M.prepare_features(a), M.prepare_features(b)
+    ties = C.tied_rows(pa, TOPK)
+    assert ties.count and not C.tied_rows(pb, TOPK).count
+    others = [M.build_state(pb, [metric], TOPK)]
+    perms = C.permutations(N, K, SEED)
+    torch.testing.assert_close(C.null_statistics(metric, pa, others, perms, TOPK),
+                               C._rebuilt_nulls(metric, pa, others, perms, TOPK), atol=1e-6, rtol=0)
+
+
+def test_tied_rows_equal_the_package():
+    a, b = _related(3)
+    a[1], a[7] = a[4], a[4]
+    pa, pb = M.prepare_features(a), M.prepare_features(b)
+    sb = M.build_state(pb, ["mutual_knn"], TOPK)
+    null = C.null_statistics("mutual_knn", pa, [sb], C.permutations(N, K, SEED), TOPK)[0]
+    obs, _ = C.statistic(M.layer_scores("mutual_knn", M.build_state(pa, ["mutual_knn"], TOPK), sb))
+    got = C.calibrate(obs, null, 0.05, 1.0)
+    want = calibrate_layers(list(pb), list(pa), lambda x, y: R.measure("mutual_knn", y, x, TOPK), agg="max", K=K,
+                            alpha=0.05, smax=1.0, generator=torch.Generator().manual_seed(SEED))
+    assert got == pytest.approx(tuple(float(w) for w in want), abs=1e-7)
+
+
+def test_calibration_benchmark_reports_equal_values():
+    from bench.align.calibration import case
+
+    got = case("mutual_knn", 60, 2, 5)
+    assert got["featx"]["p_value"] == pytest.approx(got["calibrated_similarity"]["p_value"], abs=1e-7)
+    assert got["featx"] == got["featx_rebuild"] and got["featx_s"] > 0 and got["calibrated_similarity_s"] > 0

@@ -11,6 +11,9 @@ pair. The reference is written for CUDA (it loads features to ``cuda:0``); here 
 
     python -m bench.align              # 4 x 6 x 1024, mutual_knn: about a minute on 2 idle cores (make bench)
     python -m bench.align --rows 4000 32000 100000 --calibrate 200   # rows, calibration cost (bench/align/scale.py)
+    python -m bench.align --calibration 200 --samples 1000 --layers 4 --metrics mutual_knn cka
+                                       # K = 200 calibration of one pair: featx vs calibrated-similarity's
+                                       # loop (bench/align/calibration.py)
     python -m bench.align --full       # 20 x 25 x 1024, the size featx was built for: the loop takes
                                        # about a day on 2 CPU cores; run it where both finish
 """
@@ -48,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrate", type=int, default=0, help="scale mode: K-permutation calibration cost, "
                     "featx vs calibrated-similarity's loop on one pair")
     ap.add_argument("--calibrate_rows", type=int, default=1000)
+    ap.add_argument("--calibration", type=int, default=0, metavar="K", help="calibration mode: K permutations of "
+                    "one pair (--samples rows, --layers layers, each of --metrics), featx vs calibrated-similarity")
     a = ap.parse_args(argv)
+    if a.calibration:
+        from bench.align import calibration
+
+        out = Path(a.out) if a.out != str(RESULTS / "align-cpu.json") else RESULTS / "align-calibration-cpu.json"
+        return calibration.main(a.calibration, a.samples, a.layers, a.metrics, out)
     if a.rows or a.calibrate:
         from bench.align import scale
 

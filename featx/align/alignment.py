@@ -91,7 +91,7 @@ class Alignment:
             try:
                 C.check_calibratable(metric)
                 if self.knn_index != "exact":
-                    raise ValueError(f"calibrate rebuilds exact neighbours for its null; use knn_index='exact'")
+                    raise ValueError("calibrate permutes exact neighbour lists for its null; use knn_index='exact'")
                 if calibrate < 1 or not 0 < alpha < 1:
                     raise ValueError(f"calibrate={calibrate}, alpha={alpha}: give K >= 1 and 0 < alpha < 1")
             except ValueError as err:
@@ -122,7 +122,8 @@ class Alignment:
     def _calibrated(self, prepared: M.Prepared, mine: M.ModelState, metric: str, topk: int, k: int, alpha: float,
                     seed: int) -> dict[str, C.Calibrated]:
         others = [self._state(e, metric, topk) for e in self.entries]
-        null = C.null_statistics(metric, prepared, others, C.permutations(prepared[0].shape[0], k, seed), topk)
+        null = C.null_statistics(metric, prepared, others, C.permutations(prepared[0].shape[0], k, seed), topk,
+                                 state_a=mine)
         out = {}
         for e, other, row in zip(self.entries, others, null):
             score, layers = C.statistic(M.layer_scores(metric, mine, other))

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from featx.align import measures_extra as _extra
 from featx.align import registry
 
 #: The registry (``metrics.yaml``): every measure, and the reference's among them.
@@ -186,6 +187,7 @@ class ModelState:
     svd_s: torch.Tensor | None = None
     rank: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # per-layer statistics [L] (or [L, N]) float64
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # structures of measures_extra's measures
     layers: Prepared | None = None  # the prepared layers, kept only where calibration permutes them
     # cknna's neighbours as the reference picks them (torch.topk): the same tensors as knn/knn_vals
     # unless duplicate rows tie at the k-th place and topk keeps another one of them
@@ -196,7 +198,7 @@ class ModelState:
     def nbytes(self) -> int:
         tensors = [self.knn, self.knn_vals, self.basis, self.cknna_knn, self.cknna_vals, self.cknna_mask,
                    self.svd_u, self.svd_s, self.rank, *self.kernels.values(), *self.self_sim.values(),
-                   *self.stats.values(), *(t for layers in self.linear.values() for t in layers)]
+                   *self.stats.values(), *self.extra.values(), *(t for layers in self.linear.values() for t in layers)]
         unique = {id(t): t for t in tensors if t is not None}
         return sum(t.numel() * t.element_size() for t in unique.values())
 
@@ -218,6 +220,7 @@ _SVD_METRICS = ("orthogonal_procrustes", "angular_shape_metric", "linear_regress
 _NEEDS = {"cka": "centered", "unbiased_cka": "ucentered", "cknna": "raw", "svcca": "basis",
           "rsa": "rdm", "distance_correlation": "dcentered", "concentricity_difference": "concentricity",
           "uniformity_difference": "uniformity", **{m: "svd" for m in _SVD_METRICS}}
+_NEEDS.update(_extra.NEEDS)
 _GRAM_NEEDS = {"knn", "cknna_knn", "raw", "centered", "ucentered", "rdm", "dcentered", "uniformity"}
 _BLOCK_BUDGET = 1 << 24  # elements of one [block, N] similarity block of the row-blocked k-NN
 #: Bytes of N×N kernels one model's state may hold for cka/unbiased_cka (4·L·N²); beyond it the
@@ -372,6 +375,8 @@ def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFA
     if "concentricity" in need:
         st.stats["concentricity"] = torch.stack([
             F.cosine_similarity(x.double(), x.double().mean(dim=0, keepdim=True), dim=1).mean() for x in prepared])
+    for name in need & _extra.BUILDERS.keys():
+        _extra.BUILDERS[name](st, prepared)
     return st
 
 
@@ -712,12 +717,13 @@ def _jaccard_knn(a: ModelState, b: ModelState) -> torch.Tensor:
     return (hits / (2 * a.topk - hits)).mean(dim=-1)
 
 
-def _svd_products(a: ModelState, b: ModelState, reduce) -> torch.Tensor:
-    """``reduce(U_Aᵀ U_B [c, Lb, R_a, R_b], a layer indices)`` for every layer pair, in chunks."""
+def _svd_products(a: ModelState, b: ModelState, reduce, per_pair: int = 0) -> torch.Tensor:
+    """``reduce(U_Aᵀ U_B [c, Lb, R_a, R_b], a layer indices)`` for every layer pair, in chunks
+    (``per_pair``: elements ``reduce`` adds per layer pair)."""
     ra, rb = a.svd_u.shape[-1], b.svd_u.shape[-1]
     layers = torch.arange(a.num_layers, device=a.svd_u.device)
     out = []
-    for sl in _chunks(a.num_layers, b.num_layers * ra * rb, 1 << 22):
+    for sl in _chunks(a.num_layers, b.num_layers * (ra * rb + per_pair), 1 << 22):
         m = torch.einsum("anr,bns->abrs", a.svd_u[sl], b.svd_u)
         out.append(reduce(m, layers[sl]))
     return torch.cat(out)
@@ -796,7 +802,7 @@ _PAIR = {"mutual_knn": _mutual_knn, "cycle_knn": _cycle_knn, "lcs_knn": _lcs_knn
          # concentricity: mean cosine of the rows to their mean (ReSi, after Wang et al. 2022);
          # uniformity: log mean over pairs of exp(-2 ||x_i - x_j||²) (Wang & Isola 2020, t = 2)
          "concentricity_difference": _stat_difference("concentricity"),
-         "uniformity_difference": _stat_difference("uniformity")}
+         "uniformity_difference": _stat_difference("uniformity"), **_extra.PAIR}
 assert set(_PAIR) == set(METRICS), "metrics.yaml and the pair functions disagree"
 
 

@@ -179,7 +179,7 @@ def check_calibration(metrics: list[str], k: int, alpha: float, knn_index: str =
     if not k:
         return
     if knn_index != "exact":
-        raise UsageError(f"--calibrate rebuilds exact neighbours for its null; drop --knn_index {knn_index} "
+        raise UsageError(f"--calibrate permutes exact neighbour lists for its null; drop --knn_index {knn_index} "
                          "or --calibrate")
     if k < 1 or not 0 < alpha < 1:
         raise UsageError(f"--calibrate {k} --alpha {alpha}: give K >= 1 permutations and 0 < alpha < 1")
@@ -422,7 +422,7 @@ def calibrate_pairs(metric: str, x: Side, y: Side, states: dict[ArtifactKey | Pa
     for j, ey in enumerate(y.entries):
         a = states[ey.source]
         if ey.source not in nulls:
-            nulls[ey.source] = C.null_statistics(metric, a.layers, others, perms, topk)
+            nulls[ey.source] = C.null_statistics(metric, a.layers, others, perms, topk, state_a=a)
         for i, ex in enumerate(x.entries):
             obs, _ = C.statistic(M.layer_scores(metric, a, states[ex.source]))
             cal.raw_max[i, j] = obs
