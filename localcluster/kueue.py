@@ -94,9 +94,13 @@ class Kueue:
 
 def install_crds(cluster: Cluster, crds: Path) -> None:
     """Kueue's CRDs, applied server-side, and established."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds), timeout=120)
-    names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in sorted(crds.glob("*.yaml"))]
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names), timeout=90)
+    files = sorted(crds.resolve().glob("*.yaml"))  # kubectl -f does not follow a linked directory
+    names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in files]
+    for argv in (["apply", "--server-side", "--force-conflicts", *(a for p in files for a in ("-f", str(p)))],
+                 ["wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names)]):
+        proc = cluster.kubectl(*argv, check=False, timeout=120)
+        if proc.returncode != 0:
+            raise ControlPlaneError(f"kubectl {argv[0]} of Kueue's CRDs failed: {proc.stderr[-2000:]}")
 
 
 def start_kueue(cluster: Cluster, workdir: Path, *, bin_dir: Path | None = None, timeout: float = 120) -> Kueue:
