@@ -20,6 +20,7 @@ skips those shards and commits only the others) and from the Job and Workload st
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,33 +88,41 @@ class Shards:
         self.env = s3_env(self.kubectl)
 
 
-def running_extract(node: RealNode, namespace: str) -> dict[str, str]:
-    """pod name -> containerd id of each running featx extraction container in ``namespace``."""
+def running_extract(node: RealNode, namespace: str) -> dict[str, tuple[str, int]]:
+    """pod name -> (containerd id, host pid) of each running featx extraction container in ``namespace``."""
     rows = node.ctr("tasks", "ls", timeout=30).stdout.decode().splitlines()[1:]
     out = {}
-    for cid in (cols[0] for cols in map(str.split, rows) if cols[-1:] == ["RUNNING"]):
+    for cid, pid in ((cols[0], int(cols[1])) for cols in map(str.split, rows) if cols[-1:] == ["RUNNING"]):
         labels = json.loads(node.ctr("containers", "info", cid, timeout=30).stdout)["Labels"]
         if labels.get("io.kubernetes.pod.namespace") == namespace and labels.get("io.kubernetes.container.name") == "extract":
-            out[labels["io.kubernetes.pod.name"]] = cid
+            out[labels["io.kubernetes.pod.name"]] = (cid, pid)
     return out
+
+
+def sigterm_pending(pid: int) -> bool:
+    """Whether SIGTERM waits on process ``pid`` (stopped, it cannot take it yet)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+    return bool(pending & (1 << (signal.SIGTERM - 1)))
 
 
 @dataclass
 class Frozen:
     pod: str
     container: str
+    pid: int
     committed: set[str]  # shards in the store while it was frozen
 
 
 def freeze_after_first_shard(node: RealNode, namespace: str, shards: Shards) -> Frozen:
     """SIGSTOP the (one) running extraction container of ``namespace`` once a shard is committed."""
-    (pod, cid), = wait_until(lambda: running_extract(node, namespace).items(), 600,
-                             f"an extraction container in {namespace}", interval=0.2)
+    (pod, (cid, pid)), = wait_until(lambda: running_extract(node, namespace).items(), 600,
+                                    f"an extraction container in {namespace}", interval=0.2)
     wait_until(shards.committed, 300, f"a first shard of {pod}", interval=0.05)
     node.ctr("tasks", "kill", "-s", "SIGSTOP", cid, timeout=30)
     committed = shards.committed()
     assert len(committed) < SHARDS, f"{pod} committed all {SHARDS} shards before it could be frozen"
-    return Frozen(pod, cid, committed)
+    return Frozen(pod, cid, pid, committed)
 
 
 def pod_json(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any] | None:
@@ -122,14 +131,16 @@ def pod_json(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any] | No
 
 
 def thaw_once_deleted(kubectl: Kubectl, node: RealNode, namespace: str, frozen: Frozen) -> dict[str, Any]:
-    """SIGCONT the frozen container once its pod is being deleted (the kubelet's SIGTERM is pending
-    or follows), wait until the pod is gone; the pod as seen while it was being deleted."""
+    """SIGCONT the frozen container once its pod is being deleted and the kubelet's SIGTERM waits on
+    it (so featx takes the signal first thing, mid-shard), wait until the pod is gone; the pod as
+    seen while it was being deleted."""
     def deleting() -> dict[str, Any] | None:
         pod = pod_json(kubectl, namespace, frozen.pod)
         assert pod is not None, f"pod {frozen.pod} went before it was seen being deleted"
         return pod if pod["metadata"].get("deletionTimestamp") else None
 
     pod = wait_until(deleting, 120, f"pod {frozen.pod} to be deleted", interval=0.5)
+    wait_until(lambda: sigterm_pending(frozen.pid), 60, f"the kubelet's SIGTERM to {frozen.pod}", interval=0.1)
     node.ctr("tasks", "kill", "-s", "SIGCONT", frozen.container, timeout=30)
     wait_until(lambda: pod_json(kubectl, namespace, frozen.pod) is None, 120, f"pod {frozen.pod} to go", interval=0.5)
     return pod
@@ -178,13 +189,17 @@ def assert_cost_nothing(rel: Release, model: str, frozen: Frozen, before: dict[s
                         after: dict[str, tuple[str, str]]) -> None:
     """The disrupted model: one attempt, no failure counted, the shards committed before the
     disruption untouched and not extracted again, every shard verified."""
-    job = the_job(rel, model)
+    def finished() -> dict[str, Any] | None:
+        job = the_job(rel, model)
+        return job if {c["type"] for c in job["status"].get("conditions", []) if c["status"] == "True"} & \
+            {"Complete", "Failed"} else None
+
+    job = wait_until(finished, 120, f"the Job of {model} to finish", interval=1)
     print(f"\n[e2e] {model}: Job status {json.dumps(job['status'])}")
+    assert {c["type"] for c in job["status"]["conditions"] if c["status"] == "True"} == {"SuccessCriteriaMet", "Complete"}
     assert not job["status"].get("failed"), job["status"]
-    assert {c["type"] for c in job["status"].get("conditions", []) if c["status"] == "True"} == \
-        {"SuccessCriteriaMet", "Complete"}, job["status"]
     (row,) = [r for r in rel.status() if r["id"] == model]
-    assert (row["state"], row["attempts"]) == ("done", 0), row
+    assert (row["state"], row["attempts"]) == ("done", 1), row  # attempt 1 only, no failure record
     assert verify(rel)[model] == ("done", f"{SHARDS}/{SHARDS}")
     # the objects of the shards committed before the disruption were never written again
     kept = {k: v for k, v in before.items() if k.rsplit("/", 1)[1].split(".")[0] in frozen.committed}
