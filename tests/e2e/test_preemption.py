@@ -211,6 +211,7 @@ def assert_cost_nothing(rel: Release, model: str, frozen: Frozen, before: dict[s
     last = rel.pods.logs[pods[-1]["metadata"]["name"]]
     redone = committed_shards(last)
     assert redone and not redone & frozen.committed, (sorted(redone & frozen.committed), last[-2000:])
+    print(f"[e2e] {model}: {len(frozen.committed)} shards committed when frozen, {len(redone)} by the pod that finished it")
     (skipped,) = [e for e in events(last, "skipped") if e.get("model") == model]
     assert skipped["reason"] == f"{SHARDS - len(redone)}/{SHARDS} shards already committed", (skipped, len(redone))
 
