@@ -165,7 +165,7 @@ def committed_shards(log: str) -> set[str]:
     return names
 
 
-def verify(rel: Release) -> dict[str, str]:
+def verify(rel: Release) -> dict[str, tuple[str, str | None]]:
     """``featx status --verify`` in the controller's pod: every shard read back against its sha256."""
     out = rel.kubectl("-n", rel.namespace, "exec", "deploy/featx", "--", "featx", "status", "--verify", "--json",
                       "--store", f"s3://{BUCKET}/{rel.prefix}", "--models", *rel.models, "--dataset", "featx-sample",
