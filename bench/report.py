@@ -164,14 +164,35 @@ def reconcile(r: dict[str, Any]) -> list[str]:
 
 
 def scale(r: dict[str, Any]) -> list[str]:
-    rows = ["| rows | layout | seconds | rows/s | peak RSS MiB | output MiB (files) |", "|---|---|---|---|---|---|"]
+    rows = ["| rows | layout | seconds | rows/s | peak RSS MiB | peak heap MiB | output MiB (files) | load average at start |",
+            "|---|---|---|---|---|---|---|---|"]
     for c in r["cases"]:
-        layout = f"shards of {c['shard_rows']:,} rows" if c["shard_rows"] else "one file"
-        rows.append(f"| {c['rows']:,} | {layout} | {c['seconds']} | {c['rows_per_s']} | {c['peak_rss_mib']} | "
-                    f"{c['output_bytes'] / 2**20:.1f} ({c['files']}) |")
-    return [f"**Scale, `scale-cpu.json`**: `featx extract` of `{r['model']}` over `save_to_disk` data sets of short "
-            "captions, each run its own process (peak RSS from `wait4`; rows/s over the whole process: start, "
-            f"fingerprint, tokenise, extract, commit). Machine: {provenance(r)}.", ""] + rows
+        rows.append(f"| {c['rows']:,} | {_layout(c)} | {c['seconds']} | {c['rows_per_s']} | {c['peak_rss_mib']} | "
+                    f"{c['peak_anon_mib']} | {c['output_bytes'] / 2**20:.1f} ({c['files']}) | {c['loadavg_start'][0]:.2f} |")
+    lost = ["| rows | layout | uninterrupted s | killed at s | committed before the kill | work lost s | rerun s (rows) |",
+            "|---|---|---|---|---|---|---|"]
+    for c in r.get("preempted", []):
+        committed = f"{c['committed_before_kill']} shard(s)" if c["shard_rows"] else "nothing"
+        lost.append(f"| {c['rows']:,} | {_layout(c)} | {c['uninterrupted_s']} | {c['killed_at_s']} | {committed} | "
+                    f"**{c['lost_s']}** | {c['rerun_s']} ({c['rerun_rows']:,}) |")
+    sharded = {c["rows"]: c for c in r["cases"] if c["shard_rows"]}
+    base = sharded[min(sharded)] if sharded else {}
+    growth = [f"at {n:,} rows / at {base['rows']:,}: peak RSS {c['peak_rss_mib'] / base['peak_rss_mib']:.3f}, "
+              f"peak heap {c['peak_anon_mib'] / base['peak_anon_mib']:.3f}" for n, c in sorted(sharded.items())[1:]]
+    out = [f"**Scale, `scale-cpu.json`**: `featx extract` of `{r['model']}` over `save_to_disk` data sets of short "
+           "captions, each run its own process (peak RSS from `wait4`, which counts the pages of the data set's memory "
+           "map the process touched; peak heap: the largest `RssAnon` sampled every 0.2 s; rows/s over the whole process: start, "
+           "fingerprint, tokenise, extract, commit), one OpenMP thread per process (`--threads`: two spinning threads "
+           f"on this shared machine ran 4-15x slower). In shards of the same size: {'; '.join(growth) or '-'}. "
+           f"Machine: {provenance(r)}.", ""] + rows
+    if r.get("preempted"):
+        out += ["", "The work a preempted model loses (SIGKILL part-way, then the same command again; work lost = the "
+                "killed run's seconds after its last commit, by its own clock, which the rerun does again):", ""] + lost
+    return out
+
+
+def _layout(c: dict[str, Any]) -> str:
+    return f"shards of {c['shard_rows']:,} rows" if c["shard_rows"] else "one file"
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:

@@ -38,6 +38,9 @@ POLICIES = (TRANSIENT, USAGE, PERMANENT, OOM)
 EXIT_FAILED, EXIT_USAGE, EXIT_PERMANENT, EXIT_OOM = (p.exit_code for p in POLICIES)
 #: Exit codes with which a Job fails at once (its podFailurePolicy's FailJob rule).
 FAIL_JOB_EXIT_CODES = tuple(p.exit_code for p in POLICIES if p.fails_job)
+#: Exit codes with which an Indexed Job's index fails at once (FailIndex), not retried in place: those
+#: above, and out of memory (the same pod would fail again; the controller's next Job is a class larger).
+FAIL_INDEX_EXIT_CODES = tuple(p.exit_code for p in POLICIES if p.fails_job or p.kind == "oom")
 
 
 def clip(value: object, limit: int = 80, quote: bool = True) -> str:

@@ -77,6 +77,16 @@ def metadata_folder(name: str, content: bytes) -> Callable[[Path], None]:
     return setup
 
 
+def saved_dataset(texts: list) -> Callable[[Path], None]:
+    """root/data: a ``save_to_disk`` data set of one PNG per row and ``texts`` as its text column."""
+    def setup(root: Path) -> None:
+        from datasets import Dataset, Image
+
+        images = [{"bytes": _png(root / "0.png"), "path": None}] * len(texts)
+        Dataset.from_dict({"image": images, "text": texts}).cast_column("image", Image()).save_to_disk(str(root / "data"))
+    return setup
+
+
 def truncated_image(root: Path) -> None:
     data = image_folder(root)
     png = (data / "1.png").read_bytes()
@@ -315,6 +325,11 @@ CASES: dict[str, Case] = {
                                     setup=lambda root: image_folder(root, ["0.png", "/etc/hostname"])),
     "image missing": usage("--models", GPT2, "--dataset", "{data}", error="do not exist",
                            setup=lambda root: image_folder(root, ["0.png", "nope.png"])),
+    "save_to_disk row without text": usage("--models", GPT2, "--dataset", "{data}", error="1 row(s) have no text",
+                                           setup=saved_dataset(["a cat", None, "a dog"])),
+    "save_to_disk text not strings": usage("--models", GPT2, "--dataset", "{data}",
+                                           error="column 'text' is int64; it must hold a string or a list of strings",
+                                           setup=saved_dataset([1, 2, 3])),
     "empty data set": usage("--models", GPT2, "--dataset", "{data}", error="is empty: it has no rows",
                             setup=lambda root: image_folder(root, captions=b"")),
     "hub unreachable (offline)": Case(("--models", GPT2, "--dataset", "prh"), EXIT_FAILED, "cannot reach the Hugging Face hub"),

@@ -463,7 +463,7 @@ def test_dry_run_changes_nothing(config, tmp_path):
 def test_rendered_job_of_a_create(config):
     d = config.desired()[0]
     settings = replace(Settings(classes=config.classes, release=config.release),
-                       render=lambda d, s, n: render_job(config, d, s, n))
+                       render=lambda d, s, n, shards: render_job(config, d, s, n, shards))
     (create, *_) = decide([d], {}, [], settings)
     job = create.job
     c = job["spec"]["template"]["spec"]["containers"][0]

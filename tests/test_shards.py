@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -138,6 +139,42 @@ def test_sigkill_mid_shard_commit_then_rerun_extracts_only_missing_shards(whole,
     events = [json.loads(line) for line in r.err.splitlines() if line.startswith("{")]
     assert [e["shards"] for e in events if e["event"] == "skipped"] == ["0"]
     assert [e["shard"] for e in events if e["event"] == "committed"] == ["2/4", "3/4", "4/4"]
+    assert torch.equal(featx.load(MODEL, str(out), dataset="featx-sample").feats, whole)
+    assert not [p for p in (out / SHARDS).iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_sigterm_after_a_shard_then_rerun_extracts_only_missing_shards(whole, tmp_path):
+    """SIGTERM (a pod's deletion or preemption) once shard 0 is committed: the run stops with exit
+    143 and one line naming the shards committed; those stand, the rerun extracts the others only
+    and the result equals an uninterrupted run."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([FEATX, "extract", *DATA, "--output_dir", str(out), "--shard_rows", "16",
+                             "--log_format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("{") and json.loads(line)["event"] == "committed":
+            break
+    else:
+        raise AssertionError("".join(seen)[-2000:])
+    proc.send_signal(signal.SIGTERM)
+    err = "".join(seen) + proc.communicate(timeout=300)[1]
+    assert proc.returncode == 143, err[-2000:]
+    committed = [json.loads(x)["shard"] for x in err.splitlines() if x.startswith('{"') and '"committed"' in x]
+    k = len(committed)
+    assert 1 <= k < 4 and committed == [f"{i + 1}/4" for i in range(k)], err[-2000:]
+    assert [x for x in err.splitlines() if x.startswith("featx:")] == [
+        f"featx: interrupted by SIGTERM: committed nothing; {MODEL}: {k}/4 shards committed, the other {4 - k} "
+        "are extracted by a rerun"], err[-2000:]
+    assert sorted(p.name for p in (out / SHARDS).glob("*.manifest.json")) == [
+        f"shard-{i:05d}-of-00004.manifest.json" for i in range(k)]
+    assert status(out)["shards"] == f"{k}/4"
+    r = extract(out, "--shard_rows", "16", "--log_format", "json")
+    events = [json.loads(line) for line in r.err.splitlines() if line.startswith("{")]
+    assert [e["shards"] for e in events if e["event"] == "skipped"] == ["0" if k == 1 else f"0-{k - 1}"]
+    assert [e["shard"] for e in events if e["event"] == "committed"] == [f"{i + 1}/4" for i in range(k, 4)]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["store"].endswith(f"{SHARDS}/shard-NNNNN-of-00004.pt") and start["shards"] == f"{4 - k} of 4 shards of 16 rows"
     assert torch.equal(featx.load(MODEL, str(out), dataset="featx-sample").feats, whole)
     assert not [p for p in (out / SHARDS).iterdir() if p.name.startswith(".")]  # no temporaries left
 

@@ -157,6 +157,10 @@ def test_interruption_line():
     assert summary.exit_code == 143
     done = RunSummary([ModelOutcome("a", "committed")], interrupted=Interrupted(signal.SIGINT))
     assert done.interruption() == "interrupted by SIGINT: committed a" and done.exit_code == 130
+    sharded = RunSummary([], interrupted=Interrupted(signal.SIGTERM), in_progress="e", in_progress_shards=(3, 8),
+                         not_started=["f"])
+    assert sharded.interruption() == ("interrupted by SIGTERM: committed nothing; e: 3/8 shards committed, the other 5 "
+                                      "are extracted by a rerun; not committed: 1 not started")
 
 
 def test_sigterm_stops_any_command_with_143(tmp_path, monkeypatch):

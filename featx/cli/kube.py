@@ -91,6 +91,7 @@ def run_render(args: argparse.Namespace) -> int:
 
     from featx.kube.config import RunConfig
     from featx.kube.jobs import render_job
+    from featx.kube.rowcount import count_rows
     from featx.plan.sizing import choose
 
     overrides = []
@@ -105,12 +106,13 @@ def run_render(args: argparse.Namespace) -> int:
     else:
         config = _config_from_values(args, overrides)
     docs = []
-    for d in config.desired():
+    num_rows = count_rows(config.request).rows if config.sharding.rows_per_shard else None
+    for d in config.desired(num_rows):
         sizing = choose(d.spec, config.classes, config.request.qlora, batch_size=config.batch_size)
         if not sizing.fits:
             print(f"featx: warning: {d.id}: not rendered: {sizing.reason}", file=sys.stderr)
             continue
-        docs.append(render_job(config, d, sizing, 1))
+        docs.append(render_job(config, d, sizing, 1, tuple(range(d.layout.num_shards)) if d.layout else ()))
     sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120))
     return 0
 

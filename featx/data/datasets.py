@@ -27,6 +27,17 @@ HF_METADATA = ("metadata.jsonl", "metadata.csv")
 HF_TEXT_COLUMNS = ("text", "caption", "captions")
 
 
+def _arrow_rows(dataset: Any) -> Any:
+    """A ``datasets.Dataset``'s rows as one ``pyarrow.Table``: zero-copy slices of its memory map
+    (read with ``to_pylist`` a slice at a time, never the whole data set as Python objects)."""
+    return dataset.with_format("arrow")[:]
+
+
+def _image_bytes(item: dict) -> bytes:
+    """An ``Image(decode=False)`` cell's bytes: inline, else the file it names."""
+    return item["bytes"] if item.get("bytes") else Path(item["path"]).read_bytes()
+
+
 class ImageList:
     """Images addressed by row; picklable, so data-loader workers decode in parallel."""
 
@@ -45,8 +56,13 @@ class ImageList:
     def raw(self, i: int) -> bytes:
         if self._files is not None:
             return self._files[i].read_bytes()
-        item = self._dataset[i]["image"]
-        return item["bytes"] if item.get("bytes") else Path(item["path"]).read_bytes()
+        return _image_bytes(self._dataset[i]["image"])
+
+    def raws(self) -> list[bytes]:
+        """Every row's undecoded bytes, in one read (a slice's: what fingerprints hash)."""
+        if self._files is not None:
+            return [f.read_bytes() for f in self._files]
+        return [_image_bytes(item) for item in _arrow_rows(self._dataset).column("image").to_pylist()]
 
     def describe(self, i: int) -> str:
         """Row ``i`` for messages: its file when it has one."""
@@ -67,34 +83,75 @@ class ImageList:
                                  "from the data set") from None
 
 
+class TextList:
+    """Every row's texts (a list of strings each), addressed by row: read from Arrow's memory map
+    a slice at a time (a save_to_disk or hub data set), or held (a captions file's, read whole)."""
+
+    def __init__(self, dataset: Any = None, lists: list[list[str]] | None = None):
+        self._dataset, self._lists = dataset, lists
+
+    def __len__(self) -> int:
+        return len(self._lists) if self._lists is not None else len(self._dataset)
+
+    def slice(self, start: int, end: int) -> "TextList":
+        if self._lists is not None:
+            return TextList(lists=self._lists[start:end])
+        return TextList(dataset=self._dataset.select(range(start, end)))
+
+    def lists(self) -> list[list[str]]:
+        """These rows' texts as Python lists (only these rows are read)."""
+        if self._lists is not None:
+            return self._lists
+        return [_as_list(t) for t in _arrow_rows(self._dataset).column("text").to_pylist()]
+
+
+#: Rows read at a time to fingerprint a data set: bounds its host memory whatever N is.
+FINGERPRINT_ROWS = 4096
+
+
 @dataclass
 class Rows:
-    """The inputs of a run: dataset identity for file paths and manifests, texts and images."""
+    """The inputs of a run: dataset identity for file paths and manifests, texts and images. Rows
+    are read where they are used (a shard's when it is extracted), so N rows cost no N Python
+    objects."""
 
     name: str  # as it appears in output paths: "minhuh/prh" or a local base name
     subset: str
     revision: str | None
-    texts: list[str]
-    images: ImageList
-    all_texts: list[list[str]] = field(repr=False, default_factory=list)
+    captions: TextList = field(repr=False)
+    images: ImageList = field(repr=False)
+    caption_idx: int = 0
     source: str = ""  # the data set id as given (HF id, alias or path): what artifact keys are named from
     num_samples: int | None = None  # the rows asked for (None: all): part of a run's identity
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.captions)
+
+    @property
+    def all_texts(self) -> list[list[str]]:
+        """Every row's texts (all captions of each)."""
+        return self.captions.lists()
+
+    @property
+    def texts(self) -> list[str]:
+        """Each row's ``caption_idx``-th text: what a language model reads."""
+        return [t[self.caption_idx] for t in self.all_texts]
 
     def slice(self, start: int, end: int) -> "Rows":
-        """Rows ``[start, end)`` of these (a row shard); its ``fingerprint`` is of those rows only."""
-        return replace(self, texts=self.texts[start:end], images=self.images.slice(start, end),
-                       all_texts=self.all_texts[start:end])
+        """Rows ``[start, end)`` of these (a row shard), nothing read yet; its ``fingerprint`` is of
+        those rows only."""
+        return replace(self, captions=self.captions.slice(start, end), images=self.images.slice(start, end))
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over every row's texts and image bytes, in order (independent of caption_idx)."""
+        """sha256 over every row's texts and image bytes, in order (independent of caption_idx),
+        read ``FINGERPRINT_ROWS`` at a time."""
         h = hashlib.sha256()
-        for i, texts in enumerate(self.all_texts):
-            h.update(json.dumps(texts, ensure_ascii=False).encode())
-            h.update(hashlib.sha256(self.images.raw(i)).digest())
+        for start in range(0, len(self), FINGERPRINT_ROWS):
+            part = self.slice(start, min(start + FINGERPRINT_ROWS, len(self)))
+            for texts, raw in zip(part.all_texts, part.images.raws(), strict=True):
+                h.update(json.dumps(texts, ensure_ascii=False).encode())
+                h.update(hashlib.sha256(raw).digest())
         return h.hexdigest()
 
 
@@ -102,16 +159,33 @@ def _as_list(text: Any) -> list[str]:
     return [text] if isinstance(text, str) else list(text)
 
 
-def _pick(all_texts: list[list[str]], caption_idx: int, where: str) -> list[str]:
-    if not all_texts:
-        raise UsageError(f"{where} is empty: it has no rows; give a data set with image-caption rows")
-    width = min(len(t) for t in all_texts)
+def _check_caption_idx(width: int, caption_idx: int, where: str) -> None:
+    """``caption_idx`` must name a text of every row (``width``: the fewest texts a row has)."""
     if caption_idx < 0 or caption_idx >= width:
         raise UsageError(
             f"--caption_idx {caption_idx} is out of range: {where} has {width} text(s) per row; "
             f"use 0..{width - 1}"
         )
-    return [t[caption_idx] for t in all_texts]
+
+
+def _empty(where: str) -> UsageError:
+    return UsageError(f"{where} is empty: it has no rows; give a data set with image-caption rows")
+
+
+def _text_width(ds: Any, where: str) -> int:
+    """The fewest texts a row of ``ds`` has, from Arrow (one vectorised pass, no Python rows)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = _arrow_rows(ds).column("text")
+    if column.null_count:
+        raise UsageError(f"{where}: {column.null_count} row(s) have no text; fill or remove them")
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return 1
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) or \
+            not (pa.types.is_string(column.type.value_type) or pa.types.is_large_string(column.type.value_type)):
+        raise UsageError(f"{where}: column 'text' is {column.type}; it must hold a string or a list of strings")
+    return pc.min(pc.list_value_length(column)).as_py()
 
 
 def _take(num_samples: int, total: int, where: str) -> int:
@@ -132,8 +206,10 @@ def _from_hf(ds: Any, name: str, subset: str, revision: str | None, caption_idx:
     if num_samples is not None:
         ds = ds.select(range(_take(num_samples, len(ds), where)))
     ds = ds.cast_column("image", Image(decode=False))
-    all_texts = [_as_list(t) for t in ds["text"]]
-    return Rows(name, subset, revision, _pick(all_texts, caption_idx, where), ImageList(dataset=ds), all_texts)
+    if not len(ds):
+        raise _empty(where)
+    _check_caption_idx(_text_width(ds, where), caption_idx, where)
+    return Rows(name, subset, revision, TextList(dataset=ds), ImageList(dataset=ds), caption_idx)
 
 
 @dataclass(frozen=True)
@@ -224,8 +300,10 @@ def _from_folder(folder: Path, name: str, subset: str, caption_idx: int, num_sam
     absent = [str(f) for f in files if not f.is_file()]
     if absent:
         raise UsageError(f"{folder}: {len(absent)} image(s) named in the captions file do not exist, e.g. {absent[0]}")
-    all_texts = [c.texts for c in entries]
-    return Rows(name, subset, None, _pick(all_texts, caption_idx, str(folder)), ImageList(files=files), all_texts)
+    if not entries:
+        raise _empty(str(folder))
+    _check_caption_idx(min(len(c.texts) for c in entries), caption_idx, str(folder))
+    return Rows(name, subset, None, TextList(lists=[c.texts for c in entries]), ImageList(files=files), caption_idx)
 
 
 def local_name(path: Path) -> str:

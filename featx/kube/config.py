@@ -7,16 +7,17 @@ same rule ``featx extract`` writes paths with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from featx.catalog import ModelSpec, resolve
 from featx.errors import UsageError
 from featx.plan.sizing import GpuClass, load_classes
-from featx.pipeline.request import RunRequest
+from featx.pipeline.request import RunRequest, judge_stored
+from featx.pipeline.shards import ShardLayout, layout_for, stored_layout
 from featx.store.keys import ArtifactKey
-from featx.store.records import RunIdentity
+from featx.store.records import RunIdentity, StoredState
 from featx.yamlfile import read_yaml
 
 
@@ -29,6 +30,9 @@ class Desired:
     pool: str
     key: ArtifactKey
     identity: RunIdentity = field(hash=False)
+    #: its row shards when ``sharding.rowsPerShard`` is set and the row count is known: one Indexed
+    #: Job runs the missing ones; None: one Job (that, with ``rowsPerShard``, runs every shard in turn)
+    layout: ShardLayout | None = None
 
     @property
     def id(self) -> str:
@@ -37,6 +41,41 @@ class Desired:
     @property
     def stem(self) -> str:
         return self.key.stem
+
+    def in_store(self, committed: Mapping[str, StoredState]) -> "Desired":
+        """This model with the shard layout its files take: the one the store already holds for it
+        (its committed shards stay valid and one layout stays loadable, whatever ``rowsPerShard``
+        says now), else the configured one."""
+        if self.layout is None:
+            return self
+        held = stored_layout(committed, self.stem, self.layout.num_rows)
+        return replace(self, layout=held) if held is not None and held != self.layout else self
+
+    def judge(self, committed: Mapping[str, StoredState]) -> StoredState:
+        """Its state in one store listing: its one file, or every shard of ``layout`` (of any
+        layout the store holds when it is unknown); ask ``in_store``'s model."""
+        return judge_stored(committed, self.stem, self.identity, self.layout.num_shards if self.layout else None)
+
+
+#: The most completions (and failed indexes) the Job API allows an Indexed Job with backoffLimitPerIndex.
+MAX_INDEXES = 100_000
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """Values ``sharding``: rows per shard file (None: off, one file per model as before) and how
+    a sharded model's Indexed Job runs (``featx.kube.jobs``)."""
+
+    rows_per_shard: int | None = None
+    parallelism: int = 4
+    backoff_limit_per_index: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Sharding":
+        d = d or {}
+        rows, limit = int(d.get("rowsPerShard") or 0), d.get("backoffLimitPerIndex")
+        return cls(rows_per_shard=rows or None, parallelism=int(d.get("parallelism") or cls.parallelism),
+                   backoff_limit_per_index=cls.backoff_limit_per_index if limit is None else int(limit))
 
 
 @dataclass(frozen=True)
@@ -59,6 +98,7 @@ class RunConfig:
     job_template: dict[str, Any] = field(repr=False, hash=False, compare=False)
     raw: dict[str, Any] = field(repr=False, hash=False, compare=False, default_factory=dict)
     verify: bool = False  # values `verify`: hash committed files before counting them done
+    sharding: Sharding = Sharding()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
@@ -74,7 +114,7 @@ class RunConfig:
                 concurrency=int(d["concurrency"]), attempts=int(d["attempts"]),
                 interval_s=int(d.get("intervalSeconds") or 30), kueue_queue=str(d.get("kueueQueue") or ""),
                 extra_args=extra_args, classes=load_classes(d["gpuClasses"]), job_template=d["jobTemplate"], raw=d,
-                verify=bool(d.get("verify")))
+                verify=bool(d.get("verify")), sharding=Sharding.from_dict(d.get("sharding")))
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"run config: missing or bad key {e}; render it from the chart "
                              "(helm template / featx render) rather than by hand") from e
@@ -90,19 +130,31 @@ class RunConfig:
     def modelset_label(self) -> str:
         return self.modelset if isinstance(self.modelset, str) else "inline"
 
-    def desired(self) -> list[Desired]:
-        """The models of the run, in modelset order, each with its artifact key; refused as
-        ``featx extract`` refuses them (two models on one file, trust_remote_code not allowed)."""
+    def desired(self, num_rows: int | None = None) -> list[Desired]:
+        """The models of the run, in modelset order, each with its artifact key (and, sharded over
+        ``num_rows`` rows, its shard layout); refused as ``featx extract`` refuses them (two models
+        on one file, trust_remote_code not allowed, more shards than an Indexed Job holds)."""
         if isinstance(self.modelset, str):
             specs = resolve(self.modelset, None, self.modality)
         else:
             specs = resolve(None, list(self.modelset), self.modality)
         self.request.check(specs)
+        layout = self.layout(num_rows)
         out = []
         for spec in specs:
             key = self.request.key(spec)
-            out.append(Desired(spec, key.pool, key, self.request.identity(spec)))
+            out.append(Desired(spec, key.pool, key, self.request.identity(spec), layout))
         return out
+
+    def layout(self, num_rows: int | None) -> ShardLayout | None:
+        """Each model's row shards over ``num_rows`` rows (None: not sharded, or the count unknown)."""
+        if self.sharding.rows_per_shard is None or num_rows is None:
+            return None
+        layout = layout_for(num_rows, self.sharding.rows_per_shard, None)
+        if layout is not None and layout.num_shards > MAX_INDEXES:
+            raise UsageError(f"sharding.rowsPerShard {self.sharding.rows_per_shard} makes {layout.num_shards} shards of "
+                             f"{num_rows} rows; an Indexed Job holds at most {MAX_INDEXES}: raise rowsPerShard")
+        return layout
 
     @property
     def scan_prefix(self) -> str:

@@ -26,6 +26,8 @@ from featx.kube.jobs import release_selector, render_job
 from featx.kube.metrics import Metrics, model_states
 from featx.kube.observe import ObservedJob, observe
 from featx.kube.reconcile import Action, Create, Delete, GiveUp, Settings, Skip, decide
+from featx.kube.rowcount import count_rows
+from featx.pipeline.shards import format_indices
 from featx.logs import EventLog
 from featx.store import FailureRecord, Store, StoredState
 
@@ -53,7 +55,7 @@ def settings_for(config: RunConfig) -> Settings:
     return Settings(attempts=config.attempts, concurrency=config.concurrency, classes=config.classes,
                     qlora=config.request.qlora, batch_size=config.batch_size, release=config.release,
                     ttl_s=int(config.job_template.get("ttlSecondsAfterFinished") or 0),
-                    render=lambda d, sizing, attempt: render_job(config, d, sizing, attempt))
+                    render=lambda d, sizing, attempt, shards: render_job(config, d, sizing, attempt, shards))
 
 
 @dataclass
@@ -95,9 +97,19 @@ class Controller:
 
     @property
     def desired(self) -> list[Desired]:
-        if self._desired is None:  # the catalog does not change while the controller runs
-            self._desired = self.config.desired()
+        if self._desired is None:  # the catalog (and the data set's row count) do not change while it runs
+            self._desired = self.config.desired(self._num_rows())
         return self._desired
+
+    def _num_rows(self) -> int | None:
+        """The data set's row count for ``sharding.rowsPerShard`` (``featx.kube.rowcount``), said once."""
+        if not self.config.sharding.rows_per_shard:
+            return None
+        count = count_rows(self.config.request)
+        self.log.event("rows", rows=count.rows, source=count.source,
+                       reason=None if count.rows else "one Job per model runs its shards in turn; set numSamples "
+                                                      "for one Indexed Job of parallel shards")
+        return count.rows
 
     def observe(self) -> list[ObservedJob]:
         jobs = self.kube.list_jobs(self.selector)
@@ -210,7 +222,8 @@ class Controller:
             s = action.sizing
             self.log.event("create" if action.attempt == 1 else "retry", model=action.model, job=action.name,
                            attempt=action.attempt, gpu_class=s.class_name, gpus=s.gpus,
-                           token_budget=s.token_budget, reason=action.why, **extra)
+                           token_budget=s.token_budget, shards=format_indices(action.shards) or None,
+                           reason=action.why, **extra)
         elif isinstance(action, Delete):
             self.log.event("delete", model=action.model, job=action.name, reason=action.reason, **extra)
         elif isinstance(action, GiveUp):

@@ -6,6 +6,11 @@
 - ``podFailurePolicy``: the exit codes whose failure policy says so (``featx.errors``: 2 usage,
   3 model missing, gated, unsupported) fail the Job at once (condition reason ``PodFailurePolicy``); a pod disrupted by preemption or a node
   drain is ignored (the Job makes a new pod, no attempt is spent).
+- A sharded model (``Desired.layout``) gets one Indexed Job: one completion per shard to run
+  (``--shard_indices``; pod ``k`` runs the ``k``-th through ``--completion_index
+  $(JOB_COMPLETION_INDEX)``), ``parallelism`` pods at once, ``backoffLimitPerIndex`` retries of a
+  shard in place, ``maxFailedIndexes`` = every index (one shard's failure never stops the others),
+  and the policy per index: exit codes 2/3/4 fail the index at once (``FailIndex``), disruption is ignored.
 - ``ttlSecondsAfterFinished`` (``job.ttlSecondsAfterFinished``): finished Jobs and their logs stay
   that long, then Kubernetes removes them; a given-up model's last Job loses it (``GiveUp.keep``).
 - GPU: ``resources.limits[<class resource>] = gpus``; node affinity ``<memoryLabel> Gt memoryMiB-1``
@@ -18,9 +23,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from featx.errors import FAIL_JOB_EXIT_CODES
+from featx.errors import FAIL_INDEX_EXIT_CODES, FAIL_JOB_EXIT_CODES
 from featx.kube.config import Desired, RunConfig
 from featx.kube.naming import job_name, label_value
+from featx.pipeline.shards import format_indices
 from featx.plan.sizing import GiB, Sizing
 
 GROUP = "featx.io"
@@ -33,6 +39,8 @@ A_MODEL_ID, A_STEM, A_GPUS, A_TOKEN_BUDGET, A_BATCH, A_PEAK, A_SIZING = (
 A_GAVE_UP = f"{GROUP}/gave-up"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 CONTAINER = "extract"
+#: An Indexed Job's pod's index, set by the Job controller; Kubernetes expands ``$(...)`` in args.
+COMPLETION_INDEX = "$(JOB_COMPLETION_INDEX)"
 
 
 def release_selector(release: str) -> str:
@@ -40,8 +48,10 @@ def release_selector(release: str) -> str:
     return f"{L_RELEASE}={label_value(release)}"
 
 
-def extract_args(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> list[str]:
-    """Arguments of ``featx extract`` for one model (the container command is ``featx extract``)."""
+def extract_args(config: RunConfig, d: Desired, sizing: Sizing, attempt: int,
+                 shards: tuple[int, ...] = ()) -> list[str]:
+    """Arguments of ``featx extract`` for one model (the container command is ``featx extract``):
+    with ``shards``, those of ``d.layout`` (one per pod of an Indexed Job)."""
     request = config.request
     args = ["--models", d.id, "--store", config.store, "--dataset", request.dataset]
     if request.subset:
@@ -59,6 +69,12 @@ def extract_args(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) ->
         args.append("--qlora")
     if config.verify:  # the Job must redo what the controller found corrupt, not skip it by its listing
         args.append("--verify")
+    if shards:
+        assert d.layout is not None
+        args += ["--num_shards", str(d.layout.num_shards), "--shard_indices", format_indices(shards),
+                 "--completion_index", COMPLETION_INDEX]
+    elif config.sharding.rows_per_shard:  # the row count is unknown here: the pod lays out and runs every shard
+        args += ["--shard_rows", str(config.sharding.rows_per_shard)]
     args += ["--attempt", str(attempt), "--gpu_class", sizing.class_name, "--log_format", "json"]
     return args + list(config.extra_args)
 
@@ -87,10 +103,28 @@ def labels(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> dict[
     }
 
 
-def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> dict[str, Any]:
-    """The Job for ``attempt`` of model ``d`` on ``sizing`` (which must fit)."""
+def _indexed(config: RunConfig, shards: tuple[int, ...]) -> dict[str, Any]:
+    """The Indexed Job's fields for running ``shards`` (see the module docstring)."""
+    return {
+        "completionMode": "Indexed", "completions": len(shards),
+        "parallelism": min(config.sharding.parallelism, len(shards)),
+        "backoffLimitPerIndex": config.sharding.backoff_limit_per_index, "maxFailedIndexes": len(shards),
+        "podFailurePolicy": {"rules": [
+            {"action": "FailIndex",
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(FAIL_INDEX_EXIT_CODES)}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]},
+    }
+
+
+def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int,
+               shards: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The Job for ``attempt`` of model ``d`` on ``sizing`` (which must fit); with ``shards`` (of
+    ``d.layout``), the Indexed Job that runs them."""
     if not sizing.fits:
         raise ValueError(f"{d.id}: no GPU class fits ({sizing.reason}); nothing to render")
+    if shards and d.layout is None:
+        raise ValueError(f"{d.id}: shards {format_indices(shards)} without a shard layout; nothing to render")
     tpl = config.job_template
     name = job_name(config.release, d.stem, d.id, attempt)
     lab = labels(config, d, sizing, attempt)
@@ -105,7 +139,7 @@ def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> d
 
     pod = copy.deepcopy(tpl["podSpec"])
     container = next(c for c in pod["containers"] if c["name"] == CONTAINER)
-    container["args"] = extract_args(config, d, sizing, attempt)
+    container["args"] = extract_args(config, d, sizing, attempt, shards)
     resources = container.setdefault("resources", {})
     c = sizing.gpu_class
     assert c is not None
@@ -144,6 +178,9 @@ def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int) -> d
                                   "annotations": {**(tpl.get("podAnnotations") or {}), A_MODEL_ID: d.id}},
                      "spec": pod},
     }
+    if shards:
+        del spec["backoffLimit"]  # per index instead
+        spec.update(_indexed(config, shards))
     if tpl.get("activeDeadlineSeconds"):
         spec["activeDeadlineSeconds"] = int(tpl["activeDeadlineSeconds"])
     if tpl.get("ttlSecondsAfterFinished"):  # 0 = none: the controller deletes a committed model's Jobs itself

@@ -23,7 +23,6 @@ from featx.kube.config import Desired
 from featx.kube.observe import ObservedJob
 from featx.kube.reconcile import Action, Create, GiveUp
 from featx.kube.status import annotate
-from featx.pipeline.request import judge
 from featx.store.records import StoredState
 
 #: Every state ``featx status`` can show; each is exported (0 included), so a query need not guess.
@@ -36,7 +35,7 @@ def model_states(desired: Iterable[Desired], committed: Mapping[str, StoredState
                  observed: Iterable[ObservedJob]) -> dict[str, int]:
     """Models per state, as ``featx status --namespace --release`` counts them (the same ``judge``
     and ``annotate``). Pure."""
-    rows = [{"stem": d.stem, "state": judge(committed.get(d.stem), d.identity).state} for d in desired]
+    rows = [{"stem": d.stem, "state": d.in_store(committed).judge(committed).state} for d in desired]
     counts = dict.fromkeys(STATES, 0)
     for row in annotate(rows, observed):
         counts[row["state"]] = counts.get(row["state"], 0) + 1

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
+from featx.errors import policy_for_exit
 from featx.kube.jobs import A_GAVE_UP, A_GPUS, A_MODEL_ID, A_STEM, CONTAINER, L_ATTEMPT, L_CLASS
 
 Phase = Literal["pending", "running", "succeeded", "failed"]
@@ -50,19 +51,33 @@ def _true(conditions: Iterable[dict[str, Any]], kind: str) -> dict[str, Any] | N
     return next((c for c in conditions if c.get("type") == kind and c.get("status") == "True"), None)
 
 
+def _severity(term: dict[str, Any]) -> int:
+    """What a terminated container says of the whole attempt: one that cannot succeed on retry
+    (2) outranks out of memory (1), which outranks any other failure (0) and a success (-1), so
+    that an Indexed Job whose shards ended differently is judged by its worst one."""
+    code = term.get("exitCode")
+    policy = policy_for_exit(int(code)) if code is not None else None
+    if policy is not None and policy.fails_job:
+        return 2
+    if (policy is not None and policy.kind == "oom") or term.get("reason") == "OOMKilled":
+        return 1
+    return -1 if code == 0 else 0
+
+
 def _termination(pods: Iterable[dict[str, Any]]) -> tuple[int | None, str, str]:
-    """(exit code, reason, message) of the extraction container of the newest terminated pod."""
-    best: tuple[str, dict[str, Any]] | None = None
+    """(exit code, reason, message) of the extraction container of the most severe, then newest,
+    terminated pod (``_severity``)."""
+    best: tuple[int, str, dict[str, Any]] | None = None
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated")
             if cs.get("name") == CONTAINER and term:
-                when = str(term.get("finishedAt") or "")
-                if best is None or when >= best[0]:
-                    best = (when, term)
+                rank = (_severity(term), str(term.get("finishedAt") or ""))
+                if best is None or rank >= best[:2]:
+                    best = (*rank, term)
     if best is None:
         return None, "", ""
-    term = best[1]
+    term = best[2]
     code = term.get("exitCode")
     return (int(code) if code is not None else None), str(term.get("reason") or ""), str(term.get("message") or "")
 

@@ -24,6 +24,10 @@ Per model, numbered steps, the first that applies wins (level-triggered, as in k
 6. no enabled GPU class holds it -> skip with the reason (a configuration matter, not recorded).
 7. the concurrency limit (active Jobs of the release) is reached -> wait for the next pass.
 
+A sharded model (``Desired.layout``) is judged shard by shard: ``done`` when every shard is; each
+attempt is one Indexed Job over the shards not done when it is created (committed shards never
+run again), so an attempt that ran out of memory moves only the remaining shards up a class.
+
 Giving up writes a permanent failure record to the store once (``GiveUp.record``) and removes the
 TTL of the model's last Job (``GiveUp.keep``), so that it stays for ``kubectl logs`` until the
 record is cleared. Job names are deterministic per release + artifact +
@@ -39,10 +43,11 @@ from featx.errors import FailureKind, policy_for_exit
 from featx.kube.config import Desired
 from featx.kube.naming import job_name
 from featx.kube.observe import ObservedJob
-from featx.pipeline.request import judge_stored
+from featx.pipeline.request import missing_shards
+from featx.pipeline.shards import format_indices
 from featx.plan.sizing import GpuClass, Sizing, choose, escalate, size_on
 from featx.store.keys import ArtifactKey
-from featx.store.records import StoredState
+from featx.store.records import FailureRecord, StoredState
 
 #: Created: a first attempt; Retried: the next after a failure; Redone: a first attempt at a stale file.
 CreateReason = Literal["Created", "Retried", "Redone"]
@@ -62,6 +67,7 @@ class Create:
     why: str = ""  # "first attempt" or the previous attempt's failure
     reason: CreateReason = "Created"  # of its Kubernetes Event (featx.kube.events)
     cause: str = ""  # a retry's: the previous attempt's failure kind (oom, transient)
+    shards: tuple[int, ...] = ()  # a sharded model's: the shards its Indexed Job runs
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,9 @@ class Failure:
 
 @dataclass(frozen=True)
 class Settings:
-    """Policy as data. ``render(desired, sizing, attempt) -> Job manifest`` (``featx.kube.jobs``),
-    or None for a bare manifest holding only the name (tests of the decisions alone)."""
+    """Policy as data. ``render(desired, sizing, attempt, shards) -> Job manifest``
+    (``featx.kube.jobs``), or None for a bare manifest holding only the name (tests of the
+    decisions alone)."""
 
     attempts: int = 3
     concurrency: int = 10
@@ -113,7 +120,8 @@ class Settings:
     batch_size: int | None = None
     release: str = "featx"
     ttl_s: int = 0  # the Jobs' ttlSecondsAfterFinished; 0 = delete a committed model's finished Jobs
-    render: Callable[[Desired, Sizing, int], dict[str, Any]] | None = field(default=None, compare=False)
+    render: Callable[[Desired, Sizing, int, tuple[int, ...]], dict[str, Any]] | None = field(default=None,
+                                                                                          compare=False)
 
 
 # -- classification (pure helpers) ----------------------------------------------------------
@@ -121,7 +129,7 @@ class Settings:
 
 def classify(job: ObservedJob, state: StoredState | None) -> Failure:
     """Why a finished, uncommitted attempt failed, and whether retrying can help."""
-    record = state.failure if state is not None and state.state == "failed" else None
+    record = _failure(state)
     said = f": {record.reason}" if record is not None and record.reason else ""
     # else the container's termination message: featx's one line (an error, or what a stop signal left)
     told = said or (f": {job.pod_message}" if job.pod_message else "")
@@ -141,9 +149,14 @@ def classify(job: ObservedJob, state: StoredState | None) -> Failure:
     return Failure("transient", f"{code}{where}{told or (f': {job.message}' if job.message else '')}")
 
 
+def _failure(state: StoredState | None) -> FailureRecord | None:
+    """The model's failure record: of a model with nothing committed, or with some of its shards."""
+    return state.failure if state is not None and state.state in ("failed", "missing") else None
+
+
 def _recorded_permanent(state: StoredState | None) -> bool:
-    return bool(state is not None and state.state == "failed" and state.failure is not None
-                and state.failure.kind == "permanent")
+    record = _failure(state)
+    return record is not None and record.kind == "permanent"
 
 
 # -- the decision ---------------------------------------------------------------------------
@@ -159,7 +172,8 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
     budget = settings.concurrency - sum(j.active for j in observed)
     actions: list[Action] = []
 
-    def create(d: Desired, sizing: Sizing, attempt: int, why: str, reason: CreateReason, cause: str = "") -> None:
+    def create(d: Desired, sizing: Sizing, attempt: int, why: str, reason: CreateReason, cause: str = "",
+               shards: tuple[int, ...] = ()) -> None:
         nonlocal budget
         # 6. no enabled class holds the model: a configuration matter, nothing to record
         if not sizing.fits:
@@ -171,12 +185,18 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
             return
         budget -= 1
         name = job_name(settings.release, d.stem, d.id, attempt)
-        job = settings.render(d, sizing, attempt) if settings.render else {"metadata": {"name": name}}
-        actions.append(Create(d.id, attempt, job["metadata"]["name"], sizing, job, why, reason, cause))
+        job = settings.render(d, sizing, attempt, shards) if settings.render else {"metadata": {"name": name}}
+        if shards:
+            assert d.layout is not None
+            why += f"; shards {format_indices(shards)} of {d.layout.num_shards}"
+        actions.append(Create(d.id, attempt, job["metadata"]["name"], sizing, job, why, reason, cause, shards))
 
     for d in desired:
         jobs = sorted(by_stem.get(d.stem, ()), key=lambda j: j.attempt)
-        state = judge_stored(committed, d.stem, d.identity)  # one file, or every row shard
+        d = d.in_store(committed)  # a sharded model continues the layout its committed shards have
+        layout = d.layout
+        state = d.judge(committed)  # one file, or every row shard
+        shards = missing_shards(committed, d.stem, d.identity, layout.num_shards) if layout else ()
 
         # 1. committed with the run's identity: nothing to run; clean up its finished Jobs
         if state.state == "done":
@@ -229,7 +249,7 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
                 sizing = size_on(d.spec, settings.classes, last.gpu_class, last.gpus, settings.qlora,
                                  batch_size=settings.batch_size)
             create(d, sizing, last.attempt + 1, f"attempt {last.attempt} failed: {failure.reason}", "Retried",
-                   failure.kind)
+                   failure.kind, shards)
             continue
 
         # 4. no Job, and a permanent failure on record
@@ -242,5 +262,5 @@ def decide(desired: Iterable[Desired], committed: Mapping[str, StoredState], obs
         sizing = choose(d.spec, settings.classes, settings.qlora, batch_size=settings.batch_size)
         create(d, sizing, 1, "first attempt" if state.state == "missing"
                else f"store says {state.state}: {state.reason}".rstrip(": "),
-               "Redone" if state.state == "stale" else "Created")
+               "Redone" if state.state == "stale" else "Created", shards=shards)
     return actions

@@ -21,14 +21,16 @@ from featx.errors import UsageError
 from featx.flags import flag
 from featx.pipeline.keys import artifact_key, dataset_prefix
 from featx.pipeline.layers import FEATURE_DTYPES, parse_layers
-from featx.pipeline.shards import ShardLayout, committed_shards, layout_for, shard_count
-from featx.store.keys import FORMATS, ArtifactKey
+from featx.pipeline.shards import ShardLayout, committed_shards, layout_for, parse_indices, shard_count
+from featx.store.keys import FORMATS, ArtifactKey, shard_name
 from featx.store.records import RunIdentity, StoredState
 
 INITS = ("pretrained", "random")
 #: The flags ``add_data_options`` defines, as attribute names: on a cluster they come from chart
 #: values (``dataset``, ``subset``, ``pool``, ``captionIdx``, ``numSamples``), never ``job.extraArgs``.
 DATA_OPTIONS = ("dataset", "subset", "caption_idx", "num_samples", "pool")
+#: The flags ``add_shard_options`` defines: on a cluster the controller sets them (``sharding`` values).
+SHARD_OPTIONS = ("shard_rows", "num_shards", "shard_index", "shard_indices", "completion_index")
 _VALUE_OF = {"dataset": "dataset", "subset": "subset", "caption_idx": "captionIdx", "num_samples": "numSamples",
              "pool": "pool"}
 
@@ -80,6 +82,17 @@ def add_shard_options(g: argparse._ActionsContainer) -> None:
          help="rows per shard file (default: about 1 GiB of features per shard; small models stay one file)")
     flag(g, "num_shards", type=int, default=None, help="split each model's rows into this many shards")
     flag(g, "shard_index", type=int, default=None, help="run only this shard (0-based; needs --num_shards)")
+    flag(g, "shard_indices", type=_indices_flag, default=None,
+         help="run only these shards, e.g. 3,7,9 or 0-11,14 (needs --num_shards)")
+    flag(g, "completion_index", type=int, default=None,
+         help="run only the shard at this position of --shard_indices (an Indexed Job passes $(JOB_COMPLETION_INDEX))")
+
+
+def _indices_flag(text: str) -> tuple[int, ...]:
+    try:
+        return parse_indices(text)
+    except UsageError as e:  # argparse's own one-line error, with the flag's name
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_policy_options(g: argparse._ActionsContainer) -> None:
@@ -106,6 +119,8 @@ class RunRequest:
     shard_rows: int | None = None  # None (and no num_shards): automatic, ``featx.pipeline.shards``
     num_shards: int | None = None
     shard_index: int | None = None  # None: every shard not yet committed
+    shard_indices: tuple[int, ...] | None = None  # several shards (``--shard_index`` is one)
+    completion_index: int | None = None  # which of ``shard_indices`` to run alone (an Indexed Job's pod)
     layers: str | None = None  # None: every layer; else ``featx.pipeline.layers`` syntax
     feature_dtype: str | None = None  # None: the model's compute dtype
 
@@ -140,6 +155,18 @@ class RunRequest:
             if not isinstance(self.shard_index, int) or not 0 <= self.shard_index < self.num_shards:
                 raise UsageError(f"--shard_index {self.shard_index}: give 0..{self.num_shards - 1} "
                                  f"for --num_shards {self.num_shards}")
+        if self.shard_indices is not None:
+            if self.num_shards is None or self.shard_index is not None:
+                raise UsageError("--shard_indices needs --num_shards (the layout it indexes) and no --shard_index")
+            outside = [i for i in self.shard_indices if not 0 <= i < self.num_shards]
+            if outside or not self.shard_indices:
+                raise UsageError(f"--shard_indices: shard {outside[0] if outside else '(none)'} is not one of "
+                                 f"0..{self.num_shards - 1} for --num_shards {self.num_shards}")
+        if self.completion_index is not None:
+            count = len(self.shard_indices or ())
+            if not count or not 0 <= self.completion_index < count:
+                raise UsageError(f"--completion_index {self.completion_index}: give 0..{count - 1}, a position "
+                                 "in --shard_indices" if count else "--completion_index needs --shard_indices")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunRequest":
@@ -157,6 +184,7 @@ class RunRequest:
         add_data_options(parser)
         add_weight_options(parser)
         add_policy_options(parser)
+        add_shard_options(parser)
         try:
             given, _ = parser.parse_known_args(extra)
             defaults, _ = parser.parse_known_args([])
@@ -166,6 +194,10 @@ class RunRequest:
         if clash:
             raise UsageError(f"job.extraArgs {extra} sets --{clash[0]}: set the chart value "
                              f"{_VALUE_OF[clash[0]]} instead (the controller names files from it)")
+        sharded = [n for n in SHARD_OPTIONS if getattr(given, n) != getattr(defaults, n)]
+        if sharded:
+            raise UsageError(f"job.extraArgs {extra} sets --{sharded[0]}: set the chart value sharding.rowsPerShard "
+                             "instead (the controller gives each Job its shards)")
         return cls(dataset=str(values["dataset"]), subset=values.get("subset"), pool=values.get("pool"),
                    caption_idx=int(values.get("captionIdx") or 0), num_samples=values.get("numSamples"),
                    init=given.init, seed=given.seed, qlora=bool(values.get("qlora")) or given.qlora,
@@ -205,6 +237,18 @@ class RunRequest:
                            seed=self.seed if random else 0, qlora=spec.quantised(self.qlora),
                            compute_dtype=compute_dtype, model_revision=spec.revision, format=self.format,
                            layers=self.layers, feature_dtype=self.feature_dtype, **place)
+
+    def wanted_shards(self, num_shards: int) -> list[int]:
+        """The shards of a ``num_shards`` layout this process runs: ``--shard_index``, the
+        ``--completion_index``-th of ``--shard_indices`` (one pod of an Indexed Job), every one of
+        ``--shard_indices``, else all."""
+        if self.shard_index is not None:
+            return [self.shard_index]
+        if self.shard_indices is not None:
+            if self.completion_index is not None:
+                return [self.shard_indices[self.completion_index]]
+            return list(self.shard_indices)
+        return list(range(num_shards))
 
     def layout(self, num_rows: int, bytes_per_row: int | None = None) -> ShardLayout | None:
         """The row-shard layout this request asks for over ``num_rows`` rows (``featx.pipeline.shards``)."""
@@ -249,7 +293,7 @@ def judge_stored(states: Mapping[str, StoredState], stem: str, wanted: RunIdenti
     shards = committed_shards(states, stem)
     if single.state == "done" or not shards:
         return single
-    judged = [(st, judge(st, replace(wanted, data_key=f"{s}.{wanted.format}"))) for s, st in shards.items()]
+    judged = [(st, judge_shard(st, s, wanted)) for s, st in shards.items()]
     totals = {num_shards} if num_shards is not None else {n for s in shards if (n := shard_count(s))}
     total = max(totals, default=0)
     done = sum(j.state == "done" and st.manifest is not None and st.manifest.num_shards == total for st, j in judged)
@@ -258,6 +302,19 @@ def judge_stored(states: Mapping[str, StoredState], stem: str, wanted: RunIdenti
         return StoredState("done", reason=f"{total}/{total} shards", shards=(done, total))
     reason = f"{done}/{total} shards" + (f"; a shard is {bad.state}: {bad.reason}" if bad else "")
     return StoredState("missing", failure=single.failure, reason=reason, shards=(done, total))
+
+
+def missing_shards(states: Mapping[str, StoredState], stem: str, wanted: RunIdentity,
+                   num_shards: int) -> tuple[int, ...]:
+    """The shards of a ``num_shards`` layout of the model at ``stem`` that are not done for
+    ``wanted`` (pure: the controller's Indexed Job runs exactly these)."""
+    stems = ((i, f"{stem}/{shard_name(i, num_shards)}") for i in range(num_shards))
+    return tuple(i for i, s in stems if judge_shard(states.get(s), s, wanted).state != "done")
+
+
+def judge_shard(state: StoredState | None, shard_stem: str, wanted: RunIdentity) -> StoredState:
+    """One row shard's file as ``judge`` sees it for a run wanting the model ``wanted``."""
+    return judge(state, replace(wanted, data_key=f"{shard_stem}.{wanted.format}"))
 
 
 def judge(state: StoredState | None, wanted: RunIdentity) -> StoredState:

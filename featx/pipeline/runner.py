@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from featx import __version__
+from featx import __version__, settings
 from featx.catalog.spec import ModelSpec
 from featx.data.datasets import Rows
 from featx.display import RunDisplay
@@ -19,15 +19,16 @@ from featx.extract.loading import Loaded, pick_device, planned_dtype
 from featx.extract.result import Extraction
 from featx.extract.runner import ExtractOptions, extract_rows, feature_bytes_per_row, free_memory, load_model
 from featx.logs import EventLog, Progress
-from featx.pipeline.request import RunRequest, judge
+from featx.pipeline.request import RunRequest, judge, judge_stored
 from featx.pipeline.stored import verified
 from featx.signals import Interrupted
 from featx.store import ArtifactKey, FailureRecord, Manifest, Store, sha256_file
 from featx.store.base import CommittedByAnother
+from featx.store.keys import SHARD_PREFIX
 from featx.store.formats import feats_dtype, feats_shape, feature_layers, layer_shapes, select, write_tensors
 from featx.store.records import RunIdentity, StoredState
 from featx.pipeline.layers import layer_indices
-from featx.pipeline.shards import ShardLayout, stored_layout
+from featx.pipeline.shards import ShardLayout, format_indices, stored_layout
 
 
 @dataclass
@@ -57,6 +58,7 @@ class RunSummary:
     outcomes: list[ModelOutcome] = field(default_factory=list)
     interrupted: Interrupted | None = None  # the stop signal that ended the run early
     in_progress: str | None = None  # the model being extracted or committed when it came
+    in_progress_shards: tuple[int, int] | None = None  # (committed, of) when it is stored in row shards
     not_started: list[str] = field(default_factory=list)
 
     @property
@@ -88,8 +90,13 @@ class RunSummary:
             parts.append(f"{len(skipped)} already done")
         if failed:
             parts.append(f"failed: {', '.join(failed)}")
-        pending = ([f"{self.in_progress} (in progress)"] if self.in_progress else []) + \
-            ([f"{len(self.not_started)} not started"] if self.not_started else [])
+        pending = [f"{len(self.not_started)} not started"] if self.not_started else []
+        if self.in_progress and self.in_progress_shards:  # its committed shards stand
+            done, total = self.in_progress_shards
+            parts.append(f"{self.in_progress}: {done}/{total} shards committed, the other {total - done} "
+                         "are extracted by a rerun")
+        elif self.in_progress:
+            pending.insert(0, f"{self.in_progress} (in progress)")
         line = f"interrupted by {self.interrupted.name if self.interrupted else 'a signal'}: {'; '.join(parts)}"
         return line + (f"; not committed: {', '.join(pending)}" if pending else "")
 
@@ -104,6 +111,7 @@ class Runner:
         self._fingerprint: str | None = None
         self._shard_prints: dict[tuple[ShardLayout, int], str] = {}
         self._display: RunDisplay | None = None  # the run's terminal display, while run() is in progress
+        self._sharded: ShardLayout | None = None  # the layout of the model run_one extracts, when in shards
 
     @property
     def fingerprint(self) -> str:
@@ -153,7 +161,14 @@ class Runner:
                 with contextlib.suppress(FeatxError):  # unreadable now: reported as not committed
                     now = self.store.state(key)
             before = states.get(key.stem)
-            if now and now.state == "done" and now.manifest != (before.manifest if before else None):
+            if summary.in_progress is not None and self._sharded is not None:
+                summary.in_progress_shards = self._committed_shards(spec, key, self._sharded)
+            if summary.in_progress_shards and summary.in_progress_shards[0] == summary.in_progress_shards[1]:
+                # the signal came during the last shard's commit, held until its manifest was written
+                summary.outcomes.append(ModelOutcome(summary.in_progress, "committed",
+                                                     where=f"{self.store.url}/{key.model_stem}/"))
+                summary.in_progress = summary.in_progress_shards = None
+            elif now and now.state == "done" and now.manifest != (before.manifest if before else None):
                 # the signal came during the commit, held until its new manifest was written
                 summary.outcomes.append(ModelOutcome(summary.in_progress, "committed", where=f"{self.store.url}/{key.data}"))
                 summary.in_progress = None
@@ -162,6 +177,13 @@ class Runner:
             self.log.event("interrupted", signal=stop.name, in_progress=summary.in_progress,
                            not_started=len(summary.not_started))
         return summary
+
+    def _committed_shards(self, spec: ModelSpec, key: ArtifactKey, layout: ShardLayout) -> tuple[int, int] | None:
+        """(committed, of) shards of ``layout`` the store holds for ``spec`` now; None when unreadable."""
+        with contextlib.suppress(FeatxError):
+            states = self.store.scan(key.model_stem)
+            return judge_stored(states, key.model_stem, self.request.identity(spec), layout.num_shards).shards
+        return None
 
     def _done(self, spec: ModelSpec, stored: StoredState | None, wanted: RunIdentity, **where: str) -> bool:
         """Whether ``stored`` counts as done for ``wanted`` (never under --force_remake); a corrupt or
@@ -192,9 +214,9 @@ class Runner:
 
     def _missing_shards(self, spec: ModelSpec, key: ArtifactKey, layout: ShardLayout,
                         states: dict[str, StoredState]) -> list[int]:
-        """The shards of ``layout`` this run extracts (``--shard_index``: that one), logging the
-        committed ones it skips and why any other is redone."""
-        wanted = [self.request.shard_index] if self.request.shard_index is not None else range(layout.num_shards)
+        """The shards of ``layout`` this run extracts (``--shard_index``/``--shard_indices``: those),
+        logging the committed ones it skips and why any other is redone."""
+        wanted = self.request.wanted_shards(layout.num_shards)
         todo, done = [], []
         for index in wanted:
             shard_key = key.shard(index, layout.num_shards)
@@ -203,7 +225,7 @@ class Runner:
             (done if shard_done else todo).append(index)
         if done:
             self.log.event("skipped", model=spec.id, reason=f"{len(done)}/{layout.num_shards} shards already committed",
-                           shards=_ranges(done), where=f"{self.store.url}/{key.model_stem}/")
+                           shards=format_indices(done), where=f"{self.store.url}/{key.model_stem}/")
         return todo
 
     def run_one(self, spec: ModelSpec, key: ArtifactKey, states: dict[str, StoredState] | None = None,
@@ -212,16 +234,21 @@ class Runner:
         once the model is loaded) the shards ``todo`` (None: every one not committed)."""
         t0 = time.perf_counter()
         ex = self.opts.extract
+        self._sharded = None
         self.log.event("start", model=spec.id, attempt=self.opts.attempt, gpu_class=self.opts.gpu_class or self.device,
                        batch_plan={"batch_size": ex.batch_size or "auto", "token_budget": ex.token_budget or "auto"},
                        dataset=f"{self.rows.name}@{self.rows.revision or self.rows.subset}", rows=len(self.rows),
-                       pool=key.pool, store=f"{self.store.url}/{key.data}")
+                       pool=key.pool, **self._where(key, layout, todo))
         loaded = None
         try:
             loaded = load_model(spec, self.device, self.request.init, self.request.seed,
                                 spec.quantised(self.request.qlora))
             if layout is None:
                 layout = self.request.layout(len(self.rows), feature_bytes_per_row(loaded))
+                if layout is not None:  # automatic: the loaded model's features are large
+                    self.log.event("sharded", model=spec.id, reason="about "
+                                   f"{settings.auto_shard_bytes() / 2**30:g} GiB of features per shard",
+                                   **self._where(key, layout, None))
             if layout is not None:
                 if todo is None:
                     todo = self._missing_shards(spec, key, layout, states or {})
@@ -254,6 +281,15 @@ class Runner:
             loaded = None  # drop the model before collecting, so its memory is free for the next one
             free_memory()
 
+    def _where(self, key: ArtifactKey, layout: ShardLayout | None, todo: list[int] | None) -> dict[str, str]:
+        """Where a model's features go, for its log lines: its one file, or its shards' folder and layout."""
+        if layout is None:
+            return {"store": f"{self.store.url}/{key.data}"}
+        start, end = layout.bounds(0)
+        count = f"{len(todo)} of {layout.num_shards}" if todo is not None else f"{layout.num_shards}"
+        return {"store": f"{self.store.url}/{key.model_stem}/{SHARD_PREFIX}NNNNN-of-{layout.num_shards:05d}.{key.fmt}",
+                "shards": f"{count} shards of {end - start} rows"}
+
     def _extract(self, spec: ModelSpec, loaded: Loaded, rows: Rows, pool: str) -> Extraction:
         progress = Progress(self.log, spec.id, len(rows), run=self._display)
         try:
@@ -277,6 +313,7 @@ class Runner:
         # the model's features are never in two forms: its one file (another run's) goes first, manifest first
         self.store.delete(key.manifest)
         self.store.delete(key.data)
+        self._sharded = layout
         rows_done = 0
         for index in todo:
             start, end = layout.bounds(index)
@@ -317,14 +354,3 @@ class Runner:
                 dataset_revision=self.rows.revision, device=loaded.device,
                 attn_implementation=loaded.attn_implementation, fallbacks=loaded.fallbacks, extraction=result.info)
             return self.store.commit(key, path, manifest)
-
-
-def _ranges(indices: list[int]) -> str:
-    """``0-11,14``: shard indices as runs, for one log line however many shards there are."""
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and runs[-1][1] == i - 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)

@@ -61,7 +61,7 @@ def shard_count(stem: str) -> int | None:
     return int(count) if count.isdigit() and int(count) > 0 else None
 
 
-def stored_layout(states: dict[str, StoredState], model_stem: str, num_rows: int) -> ShardLayout | None:
+def stored_layout(states: Mapping[str, StoredState], model_stem: str, num_rows: int) -> ShardLayout | None:
     """The layout of the shards already committed for ``model_stem`` over ``num_rows`` rows (an
     automatic rerun continues it rather than starting another); None when there are none."""
     counts = {st.manifest.num_shards for st in committed_shards(states, model_stem).values()
@@ -70,3 +70,29 @@ def stored_layout(states: dict[str, StoredState], model_stem: str, num_rows: int
         return None
     count = counts.pop()
     return ShardLayout(num_rows, count) if count <= num_rows else None
+
+
+def format_indices(indices: list[int] | tuple[int, ...]) -> str:
+    """``0-11,14``: shard indices as runs, short however many shards there are (a log line, a Job's
+    ``--shard_indices``); ``parse_indices`` reads it back."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
+
+
+def parse_indices(text: str) -> tuple[int, ...]:
+    """The shard indices ``0-11,14`` names, in the order written; refused unless each is a
+    non-negative number or an ascending range, and none repeats."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()) or (dash and int(last) < int(first)):
+            raise UsageError(f"{text!r}: give shard indices as 3,7,9 or ranges as 0-11,14")
+        out += range(int(first), int(last if dash else first) + 1)
+    if len(set(out)) != len(out):
+        raise UsageError(f"{text!r} names a shard twice: give each once")
+    return tuple(out)

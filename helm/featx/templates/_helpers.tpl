@@ -184,6 +184,7 @@ verify: {{ .Values.verify | toJson }}
 store: {{ include "featx.storeUrl" . | toJson }}
 concurrency: {{ .Values.concurrency | toJson }}
 attempts: {{ .Values.attempts | toJson }}
+sharding: {{ .Values.sharding | default dict | toJson }}
 intervalSeconds: {{ .Values.controller.intervalSeconds | toJson }}
 kueueQueue: {{ (dig "queueName" "" (.Values.kueue | default dict)) | toJson }}
 extraArgs: {{ .Values.job.extraArgs | default list | toJson }}
