@@ -100,11 +100,22 @@ def running_extract(node: RealNode, namespace: str) -> dict[str, tuple[str, int]
     return out
 
 
+def _sigterm_in(pid: int, *masks: str) -> bool:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return any(int(fields[m], 16) & (1 << (signal.SIGTERM - 1)) for m in masks)
+
+
 def sigterm_pending(pid: int) -> bool:
     """Whether SIGTERM waits on process ``pid`` (stopped, it cannot take it yet)."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
-    return bool(pending & (1 << (signal.SIGTERM - 1)))
+    return _sigterm_in(pid, "ShdPnd", "SigPnd")
+
+
+def sigterm_caught(pid: int) -> bool:
+    """Whether process ``pid`` handles SIGTERM: featx's main has started (``featx.signals``)."""
+    try:
+        return _sigterm_in(pid, "SigCgt")
+    except FileNotFoundError:
+        return False
 
 
 @dataclass
@@ -117,7 +128,8 @@ class Frozen:
 
 def freeze_after_first_shard(node: RealNode, namespace: str, shards: Shards) -> Frozen:
     """SIGSTOP the extraction container that starts in ``namespace`` after its first shard is
-    committed (the pod of a later shard, before it commits)."""
+    committed (the pod of a later shard, before it commits), once featx runs in it (frozen before
+    that, the kubelet's SIGTERM would kill it at once, not featx stop)."""
     seen: set[str] = set()
 
     def first_committed() -> set[str]:
@@ -126,7 +138,7 @@ def freeze_after_first_shard(node: RealNode, namespace: str, shards: Shards) -> 
 
     wait_until(first_committed, 600, f"a first shard in {namespace}", interval=0.2)
     (pod, (cid, pid)), = wait_until(
-        lambda: [(p, c) for p, c in running_extract(node, namespace).items() if c[0] not in seen], 300,
+        lambda: [(p, c) for p, c in running_extract(node, namespace).items() if c[0] not in seen and sigterm_caught(c[1])], 300,
         f"the extraction container of a later shard in {namespace}", interval=0.05)
     node.ctr("tasks", "kill", "-s", "SIGSTOP", cid, timeout=30)
     committed = shards.committed()
