@@ -228,7 +228,7 @@ def assert_cost_nothing(rel: Release, model: str, frozen: Frozen, before: dict[s
     # each shard was extracted once: the succeeded pods' commits are disjoint and cover every shard
     pods = [p for p in rel.pods.pods.values() if model_of(p) == model and p["status"].get("phase") == "Succeeded"]
     by_pod = {p["metadata"]["name"]: committed_shards(rel.pods.logs[p["metadata"]["name"]]) for p in pods}
-    assert frozen.pod not in by_pod
+    # (a frozen pod whose signal came inside its commit's publish section finishes that commit first)
     assert sum(len(v) for v in by_pod.values()) == SHARDS and len(set().union(*by_pod.values())) == SHARDS, by_pod
     print(f"[e2e] {model}: {len(frozen.committed)} shards committed when frozen; commits by pod: {by_pod}")
 
