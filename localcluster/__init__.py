@@ -3,7 +3,8 @@
 A real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok for
 fake GPU nodes, started with kwokctl from binaries built by ``scripts/build-control-plane.sh``),
 a :class:`PodRunner` that runs pods' commands locally on fake nodes (``controlplane``), and a real
-node with containerd, runc and kubelet that runs featx's images (``node``, ``local``).
+node with containerd, runc and kubelet that runs featx's images (``node``, ``local``), and Kueue as a
+host process against either (``kueue``).
 Not part of the installed featx package. The pytest fixtures are in :mod:`tests.cluster.fixtures`.
 """
 

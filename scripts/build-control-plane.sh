@@ -3,7 +3,8 @@
 # kube-scheduler), kwok/kwokctl and helm from Go modules, for the featx test suite; and the parts of
 # a real node beside it: kubelet, kube-proxy, containerd 2.x (+ shim, ctr), runc, a cluster DNS
 # (CoreDNS with only the plugins a test cluster uses) and the static `pause` binary of the sandbox
-# image (scripts/build-images.sh wraps it into an image).
+# image (scripts/build-images.sh wraps it into an image); and Kueue (cmd/kueue and its CRDs) for the
+# suite's Kueue tier.
 #
 # Why from source: this machine (and CI) reaches only package registries, not GitHub releases,
 # dl.k8s.io or container registries, so kwokctl cannot download its binaries itself.
@@ -11,6 +12,8 @@
 # Binaries are cached OUTSIDE the checkout, keyed by version:
 #   ${FEATX_TOOLS_DIR:-$HOME/.cache/featx/tools}/k8s-<k8s>-kwok-<kwok>/bin/
 #   ${FEATX_TOOLS_DIR:-$HOME/.cache/featx/tools}/helm-<helm>/bin/helm   (symlinked into the bin dir)
+#   ${FEATX_TOOLS_DIR:-$HOME/.cache/featx/tools}/kueue-<kueue>/bin/kueue (symlinked too; its CRDs in
+#     kueue-<kueue>/crds/, linked as <bin dir>/../kueue-crds)
 # A warm cache returns at once. The last stdout line is the bin directory; progress goes to stderr.
 # Each binary records how it was built (.<name>.recipe), so a version bump rebuilds only what changed.
 # Cold build: ~35 min of CPU (about 18 min on 2 idle cores), ~5 GB of Go build cache (default
@@ -25,22 +28,24 @@ HELM_VERSION="v3.22.0"    # helm.sh/helm/v3
 CONTAINERD_VERSION="v2.2.9"  # github.com/containerd/containerd/v2; Kubernetes >= 1.36 needs 2.x
 RUNC_VERSION="v1.3.3"     # github.com/opencontainers/runc
 COREDNS_VERSION="v1.12.4" # github.com/coredns/coredns
+KUEUE_VERSION="v0.17.0"   # sigs.k8s.io/kueue (cmd/kueue; CRDs from config/components/crd/bases)
 
 TOOLS_DIR="${FEATX_TOOLS_DIR:-$HOME/.cache/featx/tools}"
 DEST="${TOOLS_DIR}/k8s-${K8S_VERSION}-kwok-${KWOK_VERSION}"
 BIN_DIR="${DEST}/bin"
 HELM_DEST="${TOOLS_DIR}/helm-${HELM_VERSION}"
+KUEUE_DEST="${TOOLS_DIR}/kueue-${KUEUE_VERSION}"
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwokctl helm
-          kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc coredns pause)
-RECIPE_REV=3               # bump when the way binaries are built changes
+          kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc coredns pause kueue)
+RECIPE_REV=4               # bump when the way binaries are built changes
 STAMP="rev=${RECIPE_REV} k8s=${K8S_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} helm=${HELM_VERSION}"
-STAMP+=" containerd=${CONTAINERD_VERSION} runc=${RUNC_VERSION} coredns=${COREDNS_VERSION}"
+STAMP+=" containerd=${CONTAINERD_VERSION} runc=${RUNC_VERSION} coredns=${COREDNS_VERSION} kueue=${KUEUE_VERSION}"
 
 is_complete() {
     [[ -f "${DEST}/VERSIONS" && "$(cat "${DEST}/VERSIONS")" == "${STAMP}" ]] || return 1
     local b
     for b in "${BINARIES[@]}"; do [[ -x "${BIN_DIR}/${b}" ]] || return 1; done
-    [[ -f "${DEST}/stages/pod-ready.yaml" ]]
+    [[ -f "${DEST}/stages/pod-ready.yaml" && -f "${DEST}/kueue-crds/kueue.x-k8s.io_clusterqueues.yaml" ]]
 }
 
 # Fast path: nothing to do.
@@ -272,12 +277,26 @@ else
     echo "${pause_recipe}" >"${PARTIAL}/bin/.pause.recipe"
 fi
 
+# --- Kueue: the upstream command and its CRDs (the suite applies them server-side) -------------
+kueue_src="${SRC}/kueue-${KUEUE_VERSION}"
+mkdir -p "${KUEUE_DEST}/bin"
+wrapper_module "${kueue_src}" featx.local/kueue "sigs.k8s.io/kueue ${KUEUE_VERSION}" sigs.k8s.io/kueue/cmd/kueue
+build_in "${kueue_src}" "${KUEUE_DEST}/bin/kueue" sigs.k8s.io/kueue/cmd/kueue \
+    "-X sigs.k8s.io/kueue/pkg/version.GitVersion=${KUEUE_VERSION}"
+kueue_dir="$(cd "${kueue_src}" && go mod download -json "sigs.k8s.io/kueue@${KUEUE_VERSION}" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+[[ -d "${kueue_dir}/config/components/crd/bases" ]] || { log "no CRDs in sigs.k8s.io/kueue@${KUEUE_VERSION}"; exit 1; }
+mkdir -p "${KUEUE_DEST}/crds"
+install -m 0644 "${kueue_dir}"/config/components/crd/bases/*.yaml "${KUEUE_DEST}/crds/"
+ln -sfn "${KUEUE_DEST}/bin/kueue" "${PARTIAL}/bin/kueue"
+ln -sfn "${KUEUE_DEST}/crds" "${PARTIAL}/kueue-crds"
+
 # --- publish atomically -------------------------------------------------------------------------
 for b in "${BINARIES[@]}"; do
     case "${b}" in
         helm) version_arg="version" ;;
         coredns) version_arg="-version" ;;
-        pause|containerd-shim-runc-v2) continue ;;  # no version flag: pause would sleep; the shim wants a socket
+        pause|containerd-shim-runc-v2|kueue) continue ;;  # no version flag: pause would sleep; the shim wants a socket; kueue starts
         *) version_arg="--version" ;;
     esac
     "${PARTIAL}/bin/${b}" "${version_arg}" >/dev/null 2>&1 || { log "built ${b} does not run"; exit 1; }
