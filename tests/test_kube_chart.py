@@ -68,6 +68,7 @@ BAD_VALUES = {
     "ServiceMonitor without the health port": (
         {"metrics": {"serviceMonitor": {"enabled": True}}, "controller": {"health": {"port": 0, "failAfterIntervals": 3}}},
         "metrics.serviceMonitor.enabled needs controller.health.port"),
+    "Kueue priority without a queue": ({"kueue": {"priorityClassName": "featx-batch"}}, "without kueue.queueName"),
     "ServiceMonitor interval not a duration": ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
 }
 

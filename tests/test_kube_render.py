@@ -127,3 +127,16 @@ def test_layering_kube_planning_does_not_import_torch_or_kubernetes():
             "bad = [m for m in ('torch', 'kubernetes', 'boto3') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("extra, want", [
+    ((), None),
+    (("--set", "kueue.priorityClassName=featx-batch"), "featx-batch"),
+])
+def test_kueue_workload_priority_class_labels_the_job_not_its_pods(capsys, extra, want):
+    """``kueue.priorityClassName`` is Kueue's ``kueue.x-k8s.io/priority-class`` label on the Job
+    (a WorkloadPriorityClass); like the queue label it stays off the pods."""
+    (job,) = render(capsys, "--models", "gpt2", "--set", "kueue.queueName=gpu-queue", *extra)
+    assert job["metadata"]["labels"].get("kueue.x-k8s.io/priority-class") == want
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in job["spec"]["template"]["metadata"]["labels"])
+

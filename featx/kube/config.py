@@ -93,6 +93,7 @@ class RunConfig:
     attempts: int
     interval_s: int
     kueue_queue: str
+    kueue_priority: str  # a WorkloadPriorityClass for the Jobs' Workloads ("" = Kueue's default)
     extra_args: tuple[str, ...]
     classes: tuple[GpuClass, ...]
     job_template: dict[str, Any] = field(repr=False, hash=False, compare=False)
@@ -113,6 +114,7 @@ class RunConfig:
                 batch_size=int(d["batchSize"]) if d.get("batchSize") else None, store=str(d["store"]),
                 concurrency=int(d["concurrency"]), attempts=int(d["attempts"]),
                 interval_s=int(d.get("intervalSeconds") or 30), kueue_queue=str(d.get("kueueQueue") or ""),
+                kueue_priority=str(d.get("kueuePriorityClass") or ""),
                 extra_args=extra_args, classes=load_classes(d["gpuClasses"]), job_template=d["jobTemplate"], raw=d,
                 verify=bool(d.get("verify")), sharding=Sharding.from_dict(d.get("sharding")))
         except (KeyError, TypeError, ValueError) as e:

@@ -38,6 +38,7 @@ A_MODEL_ID, A_STEM, A_GPUS, A_TOKEN_BUDGET, A_BATCH, A_PEAK, A_SIZING = (
 #: on a given-up model's last Job, whose TTL the controller removed: it stays until the failure record is cleared
 A_GAVE_UP = f"{GROUP}/gave-up"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
 CONTAINER = "extract"
 #: An Indexed Job's pod's index, set by the Job controller; Kubernetes expands ``$(...)`` in args.
 COMPLETION_INDEX = "$(JOB_COMPLETION_INDEX)"
@@ -136,6 +137,8 @@ def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int,
         ann[A_TOKEN_BUDGET] = str(sizing.token_budget)
     if config.kueue_queue:
         lab[KUEUE_QUEUE] = config.kueue_queue
+        if config.kueue_priority:
+            lab[KUEUE_PRIORITY] = config.kueue_priority
 
     pod = copy.deepcopy(tpl["podSpec"])
     container = next(c for c in pod["containers"] if c["name"] == CONTAINER)
@@ -166,7 +169,7 @@ def render_job(config: RunConfig, d: Desired, sizing: Sizing, attempt: int,
     if affinity:
         pod["affinity"] = affinity
 
-    pod_labels = {k: v for k, v in lab.items() if k != KUEUE_QUEUE}
+    pod_labels = {k: v for k, v in lab.items() if k not in (KUEUE_QUEUE, KUEUE_PRIORITY)}
     spec: dict[str, Any] = {
         "backoffLimit": 0,
         "podFailurePolicy": {"rules": [

@@ -241,9 +241,8 @@ QUEUE = "featx"
 
 
 def kueue_objects(namespace: str) -> list[dict[str, Any]]:
-    """A ResourceFlavor, a ClusterQueue of one GPU that preempts lower priorities, a LocalQueue,
-    the PriorityClass of featx's pods (Kueue takes a Workload's priority from it when the Job names
-    no WorkloadPriorityClass) and a WorkloadPriorityClass above it for urgent work."""
+    """A ResourceFlavor, a ClusterQueue of one GPU that preempts lower priorities, a LocalQueue and
+    two WorkloadPriorityClasses: featx's (``kueue.priorityClassName``) and one above it for urgent work."""
     quota = [{"name": "cpu", "nominalQuota": "16"}, {"name": "memory", "nominalQuota": "64Gi"},
              {"name": "nvidia.com/gpu", "nominalQuota": "1"}]
     return [
@@ -254,7 +253,7 @@ def kueue_objects(namespace: str) -> list[dict[str, Any]]:
                                       "flavors": [{"name": FLAVOR, "resources": quota}]}]}},
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": namespace},
          "spec": {"clusterQueue": CLUSTER_QUEUE}},
-        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "featx-batch"},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass", "metadata": {"name": "featx-batch"},
          "value": 100, "description": "featx extraction: preemptible by urgent work"},
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass", "metadata": {"name": "featx-urgent"},
          "value": 1000, "description": "work that may preempt featx extraction"},
@@ -311,8 +310,8 @@ def test_kueue_admits_within_quota_and_preemption_costs_no_attempt_and_no_shard(
         kubectl("apply", "-f", "-", stdin=json.dumps(doc))
     started = time.monotonic()
     rel = install_release(kubectl, ns, models, {
-        "gpuClasses": GPU_CLASSES, "concurrency": 2, "kueue": {"queueName": QUEUE},
-        **SHARDED, "job": {"priorityClassName": "featx-batch"}}, tmp_path)
+        "gpuClasses": GPU_CLASSES, "concurrency": 2, "kueue": {"queueName": QUEUE, "priorityClassName": "featx-batch"},
+        **SHARDED}, tmp_path)
     for doc in kueue_objects(ns):  # the namespace exists now; its Jobs wait for the LocalQueue
         if doc not in cluster_wide:
             kubectl("apply", "-f", "-", stdin=json.dumps(doc))
@@ -328,7 +327,7 @@ def test_kueue_admits_within_quota_and_preemption_costs_no_attempt_and_no_shard(
         first_wl, other_wl = wl[jobs[first]["metadata"]["name"]], wl[jobs[other]["metadata"]["name"]]
         assert condition(first_wl, "Admitted").get("status") == "True"
         assert condition(other_wl, "QuotaReserved").get("status") != "True", other_wl.get("status")
-        assert first_wl["spec"]["priority"] == 100, first_wl["spec"]  # from the pods' PriorityClass
+        assert first_wl["spec"]["priority"] == 100, first_wl["spec"]  # its WorkloadPriorityClass
         before = shards.objects()
 
         kubectl("apply", "-f", "-", stdin=json.dumps(urgent_job(ns)))

@@ -207,6 +207,7 @@ attempts: {{ .Values.attempts | toJson }}
 sharding: {{ .Values.sharding | default dict | toJson }}
 intervalSeconds: {{ .Values.controller.intervalSeconds | toJson }}
 kueueQueue: {{ (dig "queueName" "" (.Values.kueue | default dict)) | toJson }}
+kueuePriorityClass: {{ (dig "priorityClassName" "" (.Values.kueue | default dict)) | toJson }}
 extraArgs: {{ .Values.job.extraArgs | default list | toJson }}
 gpuClasses: {{ .Values.gpuClasses | toJson }}
 jobTemplate:
@@ -244,6 +245,9 @@ values.schema.json has already checked each value on its own.
 {{- if and (hasKey $e "value") (regexMatch "TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|KEY" $name) }}
 {{- $errors = append $errors (printf "job.env[%d] %s has a plain value, which would be stored in the ConfigMap: put it in a Secret and use valueFrom.secretKeyRef (for HF_TOKEN: --set hfToken.secretName=<secret>; for S3 keys: s3.credentialsSecret)" $i $e.name) }}
 {{- end }}
+{{- end }}
+{{- if and (dig "priorityClassName" "" (.Values.kueue | default dict)) (not (dig "queueName" "" (.Values.kueue | default dict))) }}
+{{- $errors = append $errors "kueue.priorityClassName is set without kueue.queueName: Kueue only orders Jobs it queues; set kueue.queueName=<LocalQueue> too, or drop the priority class" }}
 {{- end }}
 {{- if and .Values.hfToken.secretName (not .Values.hfToken.key) }}
 {{- $errors = append $errors "hfToken.key is empty: name the Secret key holding the token (--set hfToken.key=HF_TOKEN)" }}
