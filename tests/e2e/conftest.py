@@ -102,13 +102,14 @@ class PodRecorder:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._poll()
+        self.poll()
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            self._poll()
+            self.poll()
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
+        """Record the pods as they are now (also after the run: a pod may end after its model is done)."""
         try:
             items = self.kubectl.json("-n", self.namespace, "get", "pods", "-l", "featx.io/model")["items"]
         except (AssertionError, subprocess.SubprocessError, ValueError):

@@ -226,6 +226,7 @@ def assert_cost_nothing(rel: Release, model: str, frozen: Frozen, before: dict[s
     kept = {k: v for k, v in before.items() if k.rsplit("/", 1)[1].split(".")[0] in frozen.committed}
     assert kept and all(after[k] == v for k, v in kept.items())
     # each shard was extracted once: the succeeded pods' commits are disjoint and cover every shard
+    rel.pods.poll()  # the last pod ends after its model is done, when the recorder may have stopped
     pods = [p for p in rel.pods.pods.values() if model_of(p) == model and p["status"].get("phase") == "Succeeded"]
     by_pod = {p["metadata"]["name"]: committed_shards(rel.pods.logs[p["metadata"]["name"]]) for p in pods}
     # (a frozen pod whose signal came inside its commit's publish section finishes that commit first)
