@@ -134,7 +134,7 @@ def test_jaccard_knn_vs_sets(pair):
     np.testing.assert_allclose(_scores("jaccard_knn", a, b, k), _each(a, b, jac), atol=1e-12)
 
 
-def test_concentricity_and_uniformity_differences(pair):
+def test_concentricity_uniformity_and_magnitude_differences(pair):
     a, b = pair
 
     def conc(x):
@@ -144,7 +144,11 @@ def test_concentricity_and_uniformity_differences(pair):
     def unif(x):  # Wang & Isola 2020: log E exp(-t ||x - y||²), t = 2, over pairs i < j
         return math.log(np.mean(np.exp(-2 * pdist(x, "sqeuclidean"))))
 
-    for metric, stat in (("concentricity_difference", conc), ("uniformity_difference", unif)):
+    def magnitude(x):  # ReSi's magnitude_difference: the Euclidean length of the mean row
+        return np.linalg.norm(x.mean(axis=0))
+
+    for metric, stat in (("concentricity_difference", conc), ("uniformity_difference", unif),
+                         ("magnitude_difference", magnitude)):
         np.testing.assert_allclose(_scores(metric, a, b), _each(a, b, lambda x, y: abs(stat(x) - stat(y))),
                                    atol=1e-6, err_msg=metric)
 

@@ -27,8 +27,8 @@ its source's definition) follow the same pattern: ``jaccard_knn`` from the neigh
 Procrustes family (orthogonal Procrustes, angular shape metric, linear regression, eigenspace
 overlap) from one thin SVD per centred layer (all are functions of ``U_Aᵀ U_B`` and the singular
 values, one batched product per model pair); ``rsa`` and ``distance_correlation`` from per-layer
-RDM vectors / double-centred distance matrices, one product as cka; the concentricity and uniformity
-differences from one statistic per layer. Distances' best layer pair is the minimum (:func:`best_of`).
+RDM vectors / double-centred distance matrices, one product as cka; the concentricity, uniformity and
+magnitude differences from one statistic per layer. Distances' best layer pair is the minimum (:func:`best_of`).
 
 A model's features are ``[N, L, D]`` or a list of ``[N, D_l]`` layers whose widths may differ (the
 reference's list input, e.g. a convnet's stages); every structure above is per layer, so every
@@ -219,7 +219,8 @@ _SVD_METRICS = ("orthogonal_procrustes", "angular_shape_metric", "linear_regress
 # metric -> the structure of a model's state it reads, besides its neighbours (``build_state``)
 _NEEDS = {"cka": "centered", "unbiased_cka": "ucentered", "cknna": "raw", "svcca": "basis",
           "rsa": "rdm", "distance_correlation": "dcentered", "concentricity_difference": "concentricity",
-          "uniformity_difference": "uniformity", **{m: "svd" for m in _SVD_METRICS}}
+          "uniformity_difference": "uniformity", "magnitude_difference": "magnitude",
+          **{m: "svd" for m in _SVD_METRICS}}
 _NEEDS.update(_extra.NEEDS)
 _GRAM_NEEDS = {"knn", "cknna_knn", "raw", "centered", "ucentered", "rdm", "dcentered", "uniformity"}
 _BLOCK_BUDGET = 1 << 24  # elements of one [block, N] similarity block of the row-blocked k-NN
@@ -372,6 +373,8 @@ def build_state(prepared: Prepared, metrics, topk: int = 10, cca_dim: int = DEFA
         st.self_sim["distance_correlation"] = _rowwise_sq(st.kernels["dcentered"]) / (n * n)
     if uniformity:
         st.stats["uniformity"] = torch.cat(uniformity)
+    if "magnitude" in need:
+        st.stats["magnitude"] = torch.stack([x.double().mean(dim=0).norm() for x in prepared])
     if "concentricity" in need:
         st.stats["concentricity"] = torch.stack([
             F.cosine_similarity(x.double(), x.double().mean(dim=0, keepdim=True), dim=1).mean() for x in prepared])
@@ -800,8 +803,10 @@ _PAIR = {"mutual_knn": _mutual_knn, "cycle_knn": _cycle_knn, "lcs_knn": _lcs_knn
          "angular_shape_metric": _angular_shape_metric, "linear_regression": _linear_regression,
          "eigenspace_overlap": _eigenspace_overlap, "rsa": _rsa, "distance_correlation": _distance_correlation,
          # concentricity: mean cosine of the rows to their mean (ReSi, after Wang et al. 2022);
-         # uniformity: log mean over pairs of exp(-2 ||x_i - x_j||²) (Wang & Isola 2020, t = 2)
+         # uniformity: log mean over pairs of exp(-2 ||x_i - x_j||²) (Wang & Isola 2020, t = 2);
+         # magnitude: the length of the mean row (ReSi's magnitude_difference)
          "concentricity_difference": _stat_difference("concentricity"),
+         "magnitude_difference": _stat_difference("magnitude"),
          "uniformity_difference": _stat_difference("uniformity"), **_extra.PAIR}
 assert set(_PAIR) == set(METRICS), "metrics.yaml and the pair functions disagree"
 
