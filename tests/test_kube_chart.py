@@ -400,26 +400,3 @@ def test_render_without_helm_says_how_to_get_it(monkeypatch, tmp_path):
     r = run_cli("render", "--modelset", "smoke")
     assert r.code == 2 and "helm not found" in r.err and "make install" in r.err and r.err.count("\n") == 1
 
-
-def _extract_env(helm: str, *args: str) -> list[dict[str, Any]]:
-    (cm,) = by_kind(docs(helm, *args), "ConfigMap")
-    template = yaml.safe_load(cm["data"]["run.yaml"])["jobTemplate"]
-    (container,) = [c for c in template["podSpec"]["containers"] if c["name"] == "extract"]
-    return container["env"]
-
-
-@pytest.mark.parametrize("args, source", [
-    ((), "requests.cpu"),  # the chart's default: a request of 4 CPUs, no limit
-    (("--set", "job.resources.limits.cpu=2"), "limits.cpu"),
-    (("--set", "job.env[0].name=OMP_NUM_THREADS", "--set-string", "job.env[0].valueFrom.configMapKeyRef.name=x",
-      "--set-string", "job.env[0].valueFrom.configMapKeyRef.key=y"), "set by job.env"),
-])
-def test_torch_threads_follow_the_containers_cpu(helm, args, source):
-    """OMP_NUM_THREADS comes from the extract container's CPU limit, else its request (the downward
-    API), and not twice when ``job.env`` sets it."""
-    threads = [e for e in _extract_env(helm, *args) if e["name"] == "OMP_NUM_THREADS"]
-    if source == "set by job.env":
-        assert len(threads) == 1 and "configMapKeyRef" in threads[0]["valueFrom"]
-    else:
-        assert threads == [{"name": "OMP_NUM_THREADS",
-                            "valueFrom": {"resourceFieldRef": {"containerName": "extract", "resource": source}}}]

@@ -113,28 +113,8 @@ access keys from a Secret reference (never a value in a ConfigMap).
       name: {{ .Values.hfToken.secretName | toJson }}
       key: {{ .Values.hfToken.key | toJson }}
 {{- end }}
-{{- include "featx.threadsEnv" . }}
 {{- range .Values.job.env }}
 - {{ toJson . }}
-{{- end }}
-{{- end }}
-
-{{/*
-OMP_NUM_THREADS from the container's CPU (its limit, else its request, which the schema requires;
-rounded up by the downward API): torch otherwise starts a thread per core of the node, and threads
-beyond the pod's share spin at every kernel's barrier (bench/README.md: 10k rows 25-59 s with 2
-threads, 3.5-4 s with 1, on a loaded 2-core machine). Left out when job.env sets it.
-*/}}
-{{- define "featx.threadsEnv" -}}
-{{- $source := ternary "limits.cpu" "requests.cpu" (hasKey (.Values.job.resources.limits | default dict) "cpu") -}}
-{{- $set := false -}}
-{{- range .Values.job.env }}{{ if eq .name "OMP_NUM_THREADS" }}{{ $set = true }}{{ end }}{{ end -}}
-{{- if not $set }}
-- name: OMP_NUM_THREADS
-  valueFrom:
-    resourceFieldRef:
-      containerName: extract
-      resource: {{ $source }}
 {{- end }}
 {{- end }}
 
